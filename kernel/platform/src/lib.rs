@@ -1,1 +1,249 @@
+//! Platform discovery: what machine Vigil is running on, read from the
+//! flattened device tree the firmware (here QEMU) leaves in memory.
+//!
+//! This crate is hardware-independent so the parsing is tested on the host
+//! against device trees built in the tests; the kernel only hands it a byte
+//! slice.
 #![no_std]
+#![forbid(unsafe_code)]
+
+mod bootargs;
+
+pub use bootargs::BootArgs;
+
+use core::fmt;
+
+/// Most CPUs Vigil manages. QEMU's `virt` board with GICv3 allows more, but
+/// per-CPU stacks are reserved statically for this many.
+pub const MAX_CPUS: usize = 8;
+
+/// A physical address range `[base, base + size)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub base: u64,
+    pub size: u64,
+}
+
+impl Region {
+    pub const fn new(base: u64, size: u64) -> Self {
+        Self { base, size }
+    }
+
+    /// One past the last byte.
+    pub const fn end(&self) -> u64 {
+        self.base + self.size
+    }
+
+    pub const fn contains(&self, addr: u64) -> bool {
+        addr >= self.base && addr < self.end()
+    }
+}
+
+/// How PSCI calls reach the firmware.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PsciConduit {
+    Smc,
+    Hvc,
+}
+
+/// Fixed-capacity list of CPU MPIDR affinity values, in device-tree order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuList {
+    mpidr: [u64; MAX_CPUS],
+    len: usize,
+}
+
+impl CpuList {
+    pub const fn new() -> Self {
+        Self {
+            mpidr: [0; MAX_CPUS],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, mpidr: u64) -> Result<(), Error> {
+        if self.len == MAX_CPUS {
+            return Err(Error::TooManyCpus);
+        }
+        self.mpidr[self.len] = mpidr;
+        self.len += 1;
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[u64] {
+        &self.mpidr[..self.len]
+    }
+
+    /// Logical index of the CPU whose MPIDR affinity fields equal `mpidr`'s.
+    pub fn index_of(&self, mpidr: u64) -> Option<usize> {
+        let want = mpidr & MPIDR_AFFINITY_MASK;
+        self.as_slice()
+            .iter()
+            .position(|&m| m & MPIDR_AFFINITY_MASK == want)
+    }
+}
+
+impl Default for CpuList {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Aff3 (bits 39:32) and Aff2..Aff0 (bits 23:0) of MPIDR_EL1 (Arm ARM D23.2).
+pub const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
+
+/// The GICv3 as the device tree describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GicInfo {
+    pub gicd: Region,
+    /// The first redistributor region (QEMU `virt` has one contiguous region).
+    pub gicr: Region,
+    /// The ITS control frame and translation frame (128 KiB), when present.
+    pub its: Option<Region>,
+}
+
+/// Everything Vigil needs to know about the machine at boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Platform<'a> {
+    pub memory: Region,
+    pub cpus: CpuList,
+    pub gic: GicInfo,
+    pub uart: Region,
+    pub psci: Option<PsciConduit>,
+    pub bootargs: &'a str,
+}
+
+/// Why the device tree could not be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// Not a flattened device tree (bad magic, truncated, bad version).
+    BadDtb,
+    NoMemory,
+    NoCpus,
+    TooManyCpus,
+    NoGicV3,
+    MissingReg(&'static str),
+    NoUart,
+    BadPsciMethod,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::BadDtb => write!(f, "no valid flattened device tree"),
+            Error::NoMemory => write!(f, "device tree has no /memory region"),
+            Error::NoCpus => write!(f, "device tree has no CPUs under /cpus"),
+            Error::TooManyCpus => write!(f, "more than {MAX_CPUS} CPUs in the device tree"),
+            Error::NoGicV3 => write!(f, "no arm,gic-v3 interrupt controller in the device tree"),
+            Error::MissingReg(what) => write!(f, "{what} node has no usable reg property"),
+            Error::NoUart => write!(f, "no arm,pl011 UART in the device tree"),
+            Error::BadPsciMethod => write!(f, "/psci method is neither smc nor hvc"),
+        }
+    }
+}
+
+/// Read the nth `reg` entry of a node.
+fn reg_n(node: fdt::node::FdtNode<'_, '_>, n: usize, what: &'static str) -> Result<Region, Error> {
+    let r = node
+        .reg()
+        .and_then(|mut it| it.nth(n))
+        .ok_or(Error::MissingReg(what))?;
+    let size = r.size.ok_or(Error::MissingReg(what))? as u64;
+    Ok(Region::new(r.starting_address as u64, size))
+}
+
+/// Discover the platform from a device tree blob.
+pub fn discover(dtb: &[u8]) -> Result<Platform<'_>, Error> {
+    let fdt = fdt::Fdt::new(dtb).map_err(|_| Error::BadDtb)?;
+
+    // fdt's convenience accessors panic on missing nodes; check first so a
+    // broken tree gives a clear error instead.
+    if fdt.find_node("/memory").is_none() {
+        return Err(Error::NoMemory);
+    }
+    let memory = fdt
+        .memory()
+        .regions()
+        .find_map(|r| {
+            r.size
+                .map(|s| Region::new(r.starting_address as u64, s as u64))
+        })
+        .ok_or(Error::NoMemory)?;
+
+    if fdt.find_node("/cpus").is_none() {
+        return Err(Error::NoCpus);
+    }
+    let mut cpus = CpuList::new();
+    for cpu in fdt.cpus() {
+        if cpu.property("reg").is_none() {
+            continue;
+        }
+        cpus.push(cpu.ids().first() as u64)?;
+    }
+    if cpus.is_empty() {
+        return Err(Error::NoCpus);
+    }
+
+    let gic_node = fdt.find_compatible(&["arm,gic-v3"]).ok_or(Error::NoGicV3)?;
+    let gicd = reg_n(gic_node, 0, "GIC distributor")?;
+    let gicr = reg_n(gic_node, 1, "GIC redistributor")?;
+    let its = match fdt.find_compatible(&["arm,gic-v3-its"]) {
+        Some(n) => Some(reg_n(n, 0, "GIC ITS")?),
+        None => None,
+    };
+
+    // Prefer the console /chosen names; fall back to the first PL011.
+    let uart_node = fdt
+        .chosen()
+        .stdout()
+        .filter(|n| {
+            n.compatible()
+                .is_some_and(|c| c.all().any(|s| s == "arm,pl011"))
+        })
+        .or_else(|| fdt.find_compatible(&["arm,pl011"]))
+        .ok_or(Error::NoUart)?;
+    let uart = reg_n(uart_node, 0, "UART")?;
+
+    let psci = match fdt
+        .find_compatible(&["arm,psci-1.0", "arm,psci-0.2", "arm,psci"])
+        .and_then(|n| n.property("method"))
+        .and_then(|p| p.as_str())
+    {
+        None => None,
+        Some("smc") => Some(PsciConduit::Smc),
+        Some("hvc") => Some(PsciConduit::Hvc),
+        Some(_) => return Err(Error::BadPsciMethod),
+    };
+
+    let bootargs = fdt.chosen().bootargs().unwrap_or("");
+
+    Ok(Platform {
+        memory,
+        cpus,
+        gic: GicInfo { gicd, gicr, its },
+        uart,
+        psci,
+        bootargs,
+    })
+}
+
+/// Total size of a device tree blob from its header, or `None` if the
+/// header is not an FDT header. Lets the kernel make a slice of the right
+/// length from a raw pointer before parsing.
+pub fn dtb_total_size(header: &[u8]) -> Option<usize> {
+    if header.len() < 8 || header[0..4] != [0xd0, 0x0d, 0xfe, 0xed] {
+        return None;
+    }
+    Some(u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,2 +1,154 @@
+//! Vigil: a bare-metal AArch64 hypervisor.
+//!
+//! Boot flow on the primary CPU: early console, platform discovery from
+//! QEMU's device tree, frame allocator and heap, EL2 stage-1 MMU, then the
+//! secondaries through PSCI. See `../../shared/DESIGN.md` for the design.
 #![no_std]
 #![no_main]
+
+extern crate alloc;
+
+mod arch;
+mod console;
+mod exit;
+mod ktest;
+mod logger;
+mod mm;
+mod percpu;
+mod psci;
+mod smp;
+
+use vigil_board_qemu_virt as board;
+use vigil_platform::{BootArgs, Platform, Region};
+
+/// Options Vigil understands on its command line.
+const KNOWN_OPTIONS: &[&str] = &["vigil.test", "vigil.log"];
+
+/// The device tree QEMU left at the base of RAM.
+fn device_tree() -> Result<&'static [u8], &'static str> {
+    let addr = board::DTB_ADDR as *const u8;
+    // SAFETY: QEMU's RAM starts at DTB_ADDR and the 8-byte FDT header is
+    // readable there whatever it holds; with the MMU off this is a plain
+    // physical read.
+    let header = unsafe { core::slice::from_raw_parts(addr, 8) };
+    let size = vigil_platform::dtb_total_size(header)
+        .ok_or("no device tree at the base of RAM (is this QEMU virt with an ELF kernel?)")?;
+    if size as u64 > board::DTB_MAX_SIZE {
+        return Err("device tree larger than the space reserved for it");
+    }
+    // SAFETY: the header says the blob is `size` bytes; that range is RAM
+    // reserved from the frame allocator and never written.
+    Ok(unsafe { core::slice::from_raw_parts(addr, size) })
+}
+
+fn fatal(what: core::fmt::Arguments<'_>) -> ! {
+    console::emergency_println(what);
+    exit::exit_failure()
+}
+
+#[no_mangle]
+extern "C" fn kmain() -> ! {
+    console::init(board::EARLY_UART);
+    let dtb = device_tree().unwrap_or_else(|e| fatal(format_args!("boot: {e}")));
+    let platform: Platform<'static> = vigil_platform::discover(dtb)
+        .unwrap_or_else(|e| fatal(format_args!("boot: device tree: {e}")));
+    console::init(platform.uart.base);
+    let args = BootArgs::new(platform.bootargs);
+    logger::init(args.get("vigil.log"));
+    for unknown in args.unknown("vigil.", KNOWN_OPTIONS) {
+        log::warn!("ignoring unknown boot option {unknown}");
+    }
+
+    if platform.cpus.index_of(arch::mpidr()) != Some(0) {
+        fatal(format_args!(
+            "boot: the boot CPU (MPIDR {:#x}) is not the first CPU of /cpus",
+            arch::mpidr()
+        ));
+    }
+
+    let dtb_region = Region::new(board::DTB_ADDR, dtb.len() as u64);
+    let mem = mm::init(platform.memory, &[dtb_region])
+        .unwrap_or_else(|e| fatal(format_args!("boot: memory: {e}")));
+
+    if !arch::mmu::check_stack_layout() {
+        fatal(format_args!(
+            "boot: linker script and boot code disagree on stacks"
+        ));
+    }
+    let devices = [
+        arch::mmu::DeviceRange {
+            start: board::LOW_DEVICE_SPACE.0,
+            end: board::LOW_DEVICE_SPACE.1,
+        },
+        arch::mmu::DeviceRange {
+            start: board::HIGH_DEVICE_SPACE.0,
+            end: board::HIGH_DEVICE_SPACE.1,
+        },
+    ];
+    arch::mmu::init((platform.memory.base, platform.memory.end()), &devices)
+        .unwrap_or_else(|e| fatal(format_args!("boot: page tables: {e}")));
+
+    let image = mm::image();
+    log::info!("Vigil {} starting", env!("CARGO_PKG_VERSION"));
+    log::info!(
+        "RAM {:#x}..{:#x} ({} MiB), image {:#x}..{:#x}, frame bitmap {:#x}, heap {:#x}..{:#x}, {} frames free",
+        platform.memory.base,
+        platform.memory.end(),
+        platform.memory.size >> 20,
+        image.base,
+        image.end(),
+        mem.bitmap.base,
+        mem.heap.base,
+        mem.heap.end(),
+        mem.free_frames
+    );
+    log::info!(
+        "GICD {:#x}, GICR {:#x} (+{:#x}), ITS {}, UART {:#x}",
+        platform.gic.gicd.base,
+        platform.gic.gicr.base,
+        platform.gic.gicr.size,
+        OptAddr(platform.gic.its),
+        platform.uart.base
+    );
+    let (major, minor) = psci::version();
+    log::info!(
+        "{} CPUs in the device tree; PSCI {major}.{minor} over {:?}",
+        platform.cpus.len(),
+        platform.psci.unwrap_or(vigil_platform::PsciConduit::Smc)
+    );
+
+    smp::announce();
+    let online = smp::start_secondaries(&platform.cpus, 0);
+    log::info!("{online} of {} CPUs online", platform.cpus.len());
+
+    if let Some(name) = args.get("vigil.test") {
+        ktest::run(name, &platform);
+    }
+    log::info!("boot complete; no guest configured yet, exiting");
+    exit::exit_success()
+}
+
+struct OptAddr(Option<Region>);
+
+impl core::fmt::Display for OptAddr {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some(r) => write!(f, "{:#x}", r.base),
+            None => f.write_str("none"),
+        }
+    }
+}
+
+#[no_mangle]
+extern "C" fn secondary_main(_index: usize) -> ! {
+    smp::announce();
+    loop {
+        aarch64_cpu::asm::wfe();
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    console::emergency_println(format_args!("panic: {info}"));
+    exit::exit_failure()
+}

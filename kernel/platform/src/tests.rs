@@ -1,0 +1,220 @@
+extern crate std;
+
+use super::*;
+use std::vec::Vec;
+use vm_fdt::FdtWriter;
+
+/// Options for building a QEMU `virt`-shaped device tree.
+struct Tree {
+    cpus: Vec<u32>,
+    with_its: bool,
+    with_gic: bool,
+    with_memory: bool,
+    psci_method: &'static str,
+    bootargs: &'static str,
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Self {
+            cpus: std::vec![0, 1, 2, 3],
+            with_its: true,
+            with_gic: true,
+            with_memory: true,
+            psci_method: "smc",
+            bootargs: "vigil.test=smp",
+        }
+    }
+}
+
+impl Tree {
+    fn build(&self) -> Vec<u8> {
+        let mut w = FdtWriter::new().unwrap();
+        let root = w.begin_node("").unwrap();
+        w.property_u32("#address-cells", 2).unwrap();
+        w.property_u32("#size-cells", 2).unwrap();
+        w.property_string("compatible", "linux,dummy-virt").unwrap();
+
+        let chosen = w.begin_node("chosen").unwrap();
+        w.property_string("stdout-path", "/pl011@9000000").unwrap();
+        w.property_string("bootargs", self.bootargs).unwrap();
+        w.end_node(chosen).unwrap();
+
+        if self.with_memory {
+            let mem = w.begin_node("memory@40000000").unwrap();
+            w.property_string("device_type", "memory").unwrap();
+            w.property_array_u64("reg", &[0x4000_0000, 0x8000_0000])
+                .unwrap();
+            w.end_node(mem).unwrap();
+        }
+
+        let cpus = w.begin_node("cpus").unwrap();
+        w.property_u32("#address-cells", 1).unwrap();
+        w.property_u32("#size-cells", 0).unwrap();
+        for &id in &self.cpus {
+            let cpu = w.begin_node(&std::format!("cpu@{id:x}")).unwrap();
+            w.property_string("device_type", "cpu").unwrap();
+            w.property_string("compatible", "arm,cortex-a57").unwrap();
+            w.property_u32("reg", id).unwrap();
+            w.property_string("enable-method", "psci").unwrap();
+            w.end_node(cpu).unwrap();
+        }
+        w.end_node(cpus).unwrap();
+
+        if self.with_gic {
+            let intc = w.begin_node("intc@8000000").unwrap();
+            w.property_string("compatible", "arm,gic-v3").unwrap();
+            w.property_u32("#address-cells", 2).unwrap();
+            w.property_u32("#size-cells", 2).unwrap();
+            w.property_null("ranges").unwrap();
+            w.property_array_u64("reg", &[0x0800_0000, 0x1_0000, 0x080a_0000, 0xf6_0000])
+                .unwrap();
+            if self.with_its {
+                let its = w.begin_node("its@8080000").unwrap();
+                w.property_string("compatible", "arm,gic-v3-its").unwrap();
+                w.property_null("msi-controller").unwrap();
+                w.property_array_u64("reg", &[0x0808_0000, 0x2_0000])
+                    .unwrap();
+                w.end_node(its).unwrap();
+            }
+            w.end_node(intc).unwrap();
+        }
+
+        let uart = w.begin_node("pl011@9000000").unwrap();
+        w.property_string_list(
+            "compatible",
+            std::vec!["arm,pl011".into(), "arm,primecell".into()],
+        )
+        .unwrap();
+        w.property_array_u64("reg", &[0x0900_0000, 0x1000]).unwrap();
+        w.end_node(uart).unwrap();
+
+        let psci = w.begin_node("psci").unwrap();
+        w.property_string_list(
+            "compatible",
+            std::vec![
+                "arm,psci-1.0".into(),
+                "arm,psci-0.2".into(),
+                "arm,psci".into()
+            ],
+        )
+        .unwrap();
+        w.property_string("method", self.psci_method).unwrap();
+        w.end_node(psci).unwrap();
+
+        w.end_node(root).unwrap();
+        w.finish().unwrap()
+    }
+}
+
+#[test]
+fn discovers_qemu_virt_layout() {
+    let dtb = Tree::default().build();
+    let p = discover(&dtb).unwrap();
+    assert_eq!(p.memory, Region::new(0x4000_0000, 0x8000_0000));
+    assert_eq!(p.cpus.as_slice(), &[0, 1, 2, 3]);
+    assert_eq!(p.gic.gicd, Region::new(0x0800_0000, 0x1_0000));
+    assert_eq!(p.gic.gicr, Region::new(0x080a_0000, 0xf6_0000));
+    assert_eq!(p.gic.its, Some(Region::new(0x0808_0000, 0x2_0000)));
+    assert_eq!(p.uart, Region::new(0x0900_0000, 0x1000));
+    assert_eq!(p.psci, Some(PsciConduit::Smc));
+    assert_eq!(p.bootargs, "vigil.test=smp");
+}
+
+#[test]
+fn total_size_comes_from_header() {
+    let dtb = Tree::default().build();
+    assert_eq!(dtb_total_size(&dtb), Some(dtb.len()));
+    assert_eq!(dtb_total_size(&[0u8; 16]), None);
+    assert_eq!(dtb_total_size(&dtb[..4]), None);
+}
+
+#[test]
+fn cpu_index_matches_affinity_only() {
+    let dtb = Tree {
+        cpus: std::vec![0x0, 0x1, 0x100, 0x101],
+        ..Tree::default()
+    }
+    .build();
+    let p = discover(&dtb).unwrap();
+    // MPIDR_EL1 read on a CPU has bit 31 (RES1) set and maybe MT/U bits.
+    assert_eq!(p.cpus.index_of(0x8000_0100), Some(2));
+    assert_eq!(p.cpus.index_of(0x8000_0101), Some(3));
+    assert_eq!(p.cpus.index_of(0x8000_0002), None);
+}
+
+#[test]
+fn its_is_optional() {
+    let dtb = Tree {
+        with_its: false,
+        ..Tree::default()
+    }
+    .build();
+    assert_eq!(discover(&dtb).unwrap().gic.its, None);
+}
+
+#[test]
+fn hvc_conduit() {
+    let dtb = Tree {
+        psci_method: "hvc",
+        ..Tree::default()
+    }
+    .build();
+    assert_eq!(discover(&dtb).unwrap().psci, Some(PsciConduit::Hvc));
+}
+
+#[test]
+fn errors_are_specific() {
+    assert_eq!(discover(&[0u8; 64]), Err(Error::BadDtb));
+    let no_gic = Tree {
+        with_gic: false,
+        ..Tree::default()
+    };
+    assert_eq!(discover(&no_gic.build()), Err(Error::NoGicV3));
+    let no_mem = Tree {
+        with_memory: false,
+        ..Tree::default()
+    };
+    assert_eq!(discover(&no_mem.build()), Err(Error::NoMemory));
+    let no_cpus = Tree {
+        cpus: std::vec![],
+        ..Tree::default()
+    };
+    assert_eq!(discover(&no_cpus.build()), Err(Error::NoCpus));
+    let too_many = Tree {
+        cpus: (0..9).collect(),
+        ..Tree::default()
+    };
+    assert_eq!(discover(&too_many.build()), Err(Error::TooManyCpus));
+    let bad_psci = Tree {
+        psci_method: "carrier-pigeon",
+        ..Tree::default()
+    };
+    assert_eq!(discover(&bad_psci.build()), Err(Error::BadPsciMethod));
+}
+
+#[test]
+fn error_messages_name_the_problem() {
+    let msg = std::format!("{}", Error::MissingReg("GIC ITS"));
+    assert_eq!(msg, "GIC ITS node has no usable reg property");
+}
+
+#[test]
+fn bootargs_lookup() {
+    let a = BootArgs::new(
+        "console=ttyAMA0 vigil.test=smp vigil.log=debug vigil.quiet vigil.test=abort",
+    );
+    assert_eq!(a.get("vigil.test"), Some("abort"), "later words override");
+    assert_eq!(a.get("vigil.log"), Some("debug"));
+    assert_eq!(a.get("vigil.quiet"), Some(""));
+    assert_eq!(a.get("vigil.missing"), None);
+    assert_eq!(a.get("console"), Some("ttyAMA0"));
+    assert_eq!(BootArgs::new("").get("vigil.test"), None);
+}
+
+#[test]
+fn bootargs_unknown_options_are_reported() {
+    let a = BootArgs::new("console=ttyAMA0 vigil.tset=smp vigil.log=info vigil.bogus");
+    let unknown: Vec<&str> = a.unknown("vigil.", &["vigil.test", "vigil.log"]).collect();
+    assert_eq!(unknown, std::vec!["vigil.tset=smp", "vigil.bogus"]);
+}

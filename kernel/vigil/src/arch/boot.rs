@@ -1,0 +1,124 @@
+//! Entry from QEMU and from PSCI CPU_ON, up to the first Rust code.
+//!
+//! The primary CPU enters `_start` at EL2 with the MMU off (QEMU starts
+//! secondaries powered off). It clears BSS and runs `kmain` on CPU 0's
+//! stack. Secondaries enter `_secondary_entry` with their logical index in
+//! x0 (PSCI context id), turn on the MMU with the tables the primary
+//! published in `SECONDARY_MMU`, and run `secondary_main`.
+
+use core::arch::global_asm;
+use core::sync::atomic::AtomicU64;
+
+/// Per-CPU stack size and the unmapped guard page below each stack. Must
+/// match `linker/vigil.ld`.
+pub const STACK_SIZE: u64 = 64 * 1024;
+pub const GUARD_SIZE: u64 = 4096;
+
+/// MAIR_EL2, TCR_EL2, TTBR0_EL2 and SCTLR_EL2 for secondaries, written by
+/// the primary (and cleaned to the point of coherency, since secondaries
+/// read them with the MMU and caches off) before any CPU_ON.
+#[no_mangle]
+pub static SECONDARY_MMU: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+global_asm!(
+    r#"
+.section .text.boot, "ax"
+.global _start
+_start:
+    mrs     x9, CurrentEL
+    cmp     x9, #(2 << 2)
+    b.ne    .Lnot_el2
+
+    // Clear BSS. It is 16-byte aligned and sized (linker script).
+    adrp    x9, __bss_start
+    add     x9, x9, :lo12:__bss_start
+    adrp    x10, __bss_end
+    add     x10, x10, :lo12:__bss_end
+1:  cmp     x9, x10
+    b.hs    2f
+    stp     xzr, xzr, [x9], #16
+    b       1b
+2:  mov     x0, #0
+    bl      .Lcpu_setup
+    bl      kmain
+    b       .Lpark
+
+.global _secondary_entry
+_secondary_entry:
+    mrs     x9, CurrentEL
+    cmp     x9, #(2 << 2)
+    b.ne    .Lnot_el2
+    cmp     x0, #{max_cpus}
+    b.hs    .Lpark
+    bl      .Lcpu_setup
+
+    // MMU on with the primary's tables before touching Rust data.
+    adrp    x9, SECONDARY_MMU
+    add     x9, x9, :lo12:SECONDARY_MMU
+    ldp     x10, x11, [x9]
+    ldp     x12, x13, [x9, #16]
+    msr     mair_el2, x10
+    msr     tcr_el2, x11
+    msr     ttbr0_el2, x12
+    isb
+    tlbi    alle2
+    dsb     nsh
+    isb
+    msr     sctlr_el2, x13
+    isb
+    mov     x0, x19
+    bl      secondary_main
+    b       .Lpark
+
+// x0 = logical CPU index. Sets SP, TPIDR_EL2, VBAR_EL2, FP access.
+// Preserves x0 and keeps it in x19 too.
+.Lcpu_setup:
+    mov     x19, x0
+    msr     tpidr_el2, x0
+    // Stack top = __stacks_start + (index + 1) * (GUARD + STACK).
+    adrp    x9, __stacks_start
+    add     x9, x9, :lo12:__stacks_start
+    ldr     x10, ={slot}
+    madd    x11, x0, x10, x10
+    add     sp, x9, x11
+    adrp    x9, exception_vectors
+    add     x9, x9, :lo12:exception_vectors
+    msr     vbar_el2, x9
+    // CPTR_EL2 (E2H=0 layout): RES1 bits, TFP=0 so FP/SIMD does not trap.
+    mov     x9, #0x33ff
+    msr     cptr_el2, x9
+    // SCTLR_EL2: RES1 bits only, MMU and caches off until Rust enables them.
+    ldr     x9, ={sctlr_res1}
+    msr     sctlr_el2, x9
+    isb
+    ret
+
+.Lnot_el2:
+.Lpark:
+    wfe
+    b       .Lpark
+"#,
+    max_cpus = const vigil_platform::MAX_CPUS,
+    slot = const STACK_SIZE + GUARD_SIZE,
+    sctlr_res1 = const super::mmu::SCTLR_EL2_RES1,
+);
+
+extern "C" {
+    /// Entry point for secondaries, for PSCI CPU_ON.
+    pub fn _secondary_entry();
+    static __stacks_start: u8;
+    static __stacks_end: u8;
+}
+
+/// The guard page below CPU `index`'s stack.
+pub fn stack_guard(index: usize) -> u64 {
+    stacks_start() + index as u64 * (STACK_SIZE + GUARD_SIZE)
+}
+
+pub fn stacks_start() -> u64 {
+    core::ptr::addr_of!(__stacks_start) as u64
+}
+
+pub fn stacks_end() -> u64 {
+    core::ptr::addr_of!(__stacks_end) as u64
+}

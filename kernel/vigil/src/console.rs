@@ -1,0 +1,138 @@
+//! The hypervisor console: a PL011 UART, shared by all CPUs.
+//!
+//! A line is written under a lock that records its owner, so that a CPU
+//! that faults or panics while printing can still print its report instead
+//! of deadlocking on itself.
+
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use tock_registers::interfaces::{Readable, Writeable};
+use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly};
+use tock_registers::{register_bitfields, register_structs};
+
+register_bitfields! {u32,
+    /// Flag register (PL011 TRM 3.3.3).
+    FR [
+        TXFF OFFSET(5) NUMBITS(1) [],
+        RXFE OFFSET(4) NUMBITS(1) [],
+        BUSY OFFSET(3) NUMBITS(1) [],
+    ],
+    /// Control register (PL011 TRM 3.3.8).
+    CR [
+        RXE OFFSET(9) NUMBITS(1) [],
+        TXE OFFSET(8) NUMBITS(1) [],
+        UARTEN OFFSET(0) NUMBITS(1) [],
+    ],
+    /// Line control (PL011 TRM 3.3.7).
+    LCR_H [
+        WLEN OFFSET(5) NUMBITS(2) [EightBit = 3],
+        FEN OFFSET(4) NUMBITS(1) [],
+    ],
+}
+
+register_structs! {
+    Pl011Regs {
+        (0x00 => dr: ReadWrite<u32>),
+        (0x04 => _reserved0),
+        (0x18 => fr: ReadOnly<u32, FR::Register>),
+        (0x1c => _reserved1),
+        (0x2c => lcr_h: WriteOnly<u32, LCR_H::Register>),
+        (0x30 => cr: WriteOnly<u32, CR::Register>),
+        (0x34 => _reserved2),
+        (0x44 => icr: WriteOnly<u32>),
+        (0x48 => @END),
+    }
+}
+
+/// Base address of the console PL011 (0: none yet).
+static UART_BASE: AtomicU64 = AtomicU64::new(0);
+/// CPU index + 1 of the lock holder, 0 when free.
+static OWNER: AtomicUsize = AtomicUsize::new(0);
+
+fn regs() -> Option<&'static Pl011Regs> {
+    let base = UART_BASE.load(Ordering::Acquire);
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: `base` is a PL011 register block, mapped as device memory
+    // (identity) for the whole life of the hypervisor; tock-registers
+    // accesses it with volatile reads and writes only.
+    Some(unsafe { &*(base as *const Pl011Regs) })
+}
+
+/// Use the PL011 at `base` as the console. Safe to call again (the early
+/// console and the device-tree one are the same UART on QEMU).
+pub fn init(base: u64) {
+    UART_BASE.store(base, Ordering::Release);
+    if let Some(r) = regs() {
+        r.cr.set(0);
+        r.icr.set(0x7ff);
+        r.lcr_h.write(LCR_H::WLEN::EightBit + LCR_H::FEN::SET);
+        r.cr.write(CR::UARTEN::SET + CR::TXE::SET + CR::RXE::SET);
+    }
+}
+
+struct Uart;
+
+impl Write for Uart {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let Some(r) = regs() else { return Ok(()) };
+        for b in s.bytes() {
+            if b == b'\n' {
+                put(r, b'\r');
+            }
+            put(r, b);
+        }
+        Ok(())
+    }
+}
+
+fn put(r: &Pl011Regs, b: u8) {
+    while r.fr.is_set(FR::TXFF) {
+        core::hint::spin_loop();
+    }
+    r.dr.set(b as u32);
+}
+
+/// Run `f` with the console held by this CPU. Re-entry from the same CPU
+/// (an exception while printing) proceeds without waiting.
+fn with_console(f: impl FnOnce(&mut Uart)) {
+    let me = crate::arch::cpu_index() + 1;
+    let nested = OWNER.load(Ordering::Relaxed) == me;
+    if !nested {
+        while OWNER
+            .compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            core::hint::spin_loop();
+        }
+    }
+    f(&mut Uart);
+    if !nested {
+        OWNER.store(0, Ordering::Release);
+    }
+}
+
+/// Print one line, tagged with the CPU.
+pub fn println_tagged(level: &str, args: fmt::Arguments<'_>) {
+    with_console(|u| {
+        let _ = writeln!(u, "[cpu{} {:5}] {}", crate::arch::cpu_index(), level, args);
+    });
+}
+
+/// Print a line whatever state the console lock is in: a CPU that died
+/// holding it must not silence the report of why.
+pub fn emergency_println(args: fmt::Arguments<'_>) {
+    let me = crate::arch::cpu_index() + 1;
+    // Wait a bounded time for another CPU to finish its line.
+    let acquired = crate::arch::wait_until(100, || {
+        OWNER
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+            || OWNER.load(Ordering::Relaxed) == me
+    });
+    let _ = writeln!(Uart, "[cpu{} FATAL] {}", me - 1, args);
+    if acquired {
+        OWNER.store(0, Ordering::Release);
+    }
+}
