@@ -43,7 +43,14 @@ pub fn image() -> &'static Path {
         let target = root.join("target/harness");
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(&root)
-            .args(["build", "-p", "vigil", "--target", "aarch64-unknown-none", "--release"])
+            .args([
+                "build",
+                "-p",
+                "vigil",
+                "--target",
+                "aarch64-unknown-none",
+                "--release",
+            ])
             .env("CARGO_TARGET_DIR", &target)
             .status()
             .expect("running cargo to build the hypervisor image");
@@ -89,7 +96,11 @@ impl Run {
         if why.is_empty() {
             Ok(())
         } else {
-            Err(format!("{}\n--- serial log ---\n{}", why.join("\n"), self.log))
+            Err(format!(
+                "{}\n--- serial log ---\n{}",
+                why.join("\n"),
+                self.log
+            ))
         }
     }
 
@@ -222,7 +233,9 @@ mod tests {
     fn passes_only_with_status_zero_and_all_lines() {
         let log = "[cpu0 INFO ] a b c\n[cpu1 INFO ] d e\n";
         assert!(run(Ending::Exited(0), log).check(&["a b", "d e"]).is_ok());
-        let e = run(Ending::Exited(0), log).check(&["a b", "zz"]).unwrap_err();
+        let e = run(Ending::Exited(0), log)
+            .check(&["a b", "zz"])
+            .unwrap_err();
         assert!(e.contains("log lacks a line containing \"zz\""), "{e}");
         let e = run(Ending::Exited(1), log).check(&["a b"]).unwrap_err();
         assert!(e.contains("QEMU exited with status 1"), "{e}");

@@ -24,8 +24,12 @@ fn all_cpus_come_up_at_el2_with_mmu_on() {
 #[test]
 fn default_boot_exits_cleanly() {
     let run = Qemu::new("").run();
-    run.check(&["Vigil 0.1.0 starting", "4 of 4 CPUs online", "boot complete"])
-        .unwrap();
+    run.check(&[
+        "Vigil 0.1.0 starting",
+        "4 of 4 CPUs online",
+        "boot complete",
+    ])
+    .unwrap();
 }
 
 #[test]
@@ -54,10 +58,14 @@ fn data_abort_at_el2_is_reported_with_esr_and_far() {
     // translation fault at level 3 (Arm ARM D24.2.40).
     assert!(report.contains("EC 0x25 (data abort at EL2)"), "{report}");
     assert!(report.contains("ESR 0x96000007"), "{report}");
-    assert!(report.contains(&format!("FAR {addr}")), "FAR not {addr}: {report}");
+    assert!(
+        report.contains(&format!("FAR {addr}")),
+        "FAR not {addr}: {report}"
+    );
     assert!(report.contains("ELR 0x"), "{report}");
     assert_eq!(
-        run.lines_with("DFSC 0x07 (translation fault), WnR 0").count(),
+        run.lines_with("DFSC 0x07 (translation fault), WnR 0")
+            .count(),
         1,
         "{}",
         run.log
@@ -86,9 +94,7 @@ fn failing_scenario_is_reported_as_failed() {
 /// A hung run is killed at the timeout and counted as a failure.
 #[test]
 fn hanging_scenario_is_killed_and_failed() {
-    let run = Qemu::scenario("hang")
-        .timeout(Duration::from_secs(8))
-        .run();
+    let run = Qemu::scenario("hang").timeout(Duration::from_secs(8)).run();
     assert_eq!(run.ending, Ending::TimedOut, "{}", run.log);
     assert!(run.elapsed < Duration::from_secs(30));
     assert!(run.check(&[]).is_err());
@@ -106,7 +112,11 @@ fn unknown_scenario_and_option_are_reported() {
         "{}",
         run.log
     );
-    assert_eq!(run.lines_with("ignoring unknown boot option vigil.lgo=debug").count(), 1);
+    assert_eq!(
+        run.lines_with("ignoring unknown boot option vigil.lgo=debug")
+            .count(),
+        1
+    );
 }
 
 #[test]
