@@ -53,7 +53,7 @@ impl<'a> FrameAllocator<'a> {
     /// Manage `[base, base + size)`, all frames free, with `bitmap` as
     /// storage (one bit per frame). Frames past the region are marked used.
     pub fn new(base: u64, size: u64, bitmap: &'a mut [u64]) -> Result<Self, FrameError> {
-        if base % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 {
+        if !base.is_multiple_of(PAGE_SIZE) || !size.is_multiple_of(PAGE_SIZE) {
             return Err(FrameError::Misaligned);
         }
         let frames = size / PAGE_SIZE;
@@ -106,7 +106,7 @@ impl<'a> FrameAllocator<'a> {
     }
 
     fn range_frames(&self, addr: u64, size: u64) -> Result<(u64, u64), FrameError> {
-        if addr % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 {
+        if !addr.is_multiple_of(PAGE_SIZE) || !size.is_multiple_of(PAGE_SIZE) {
             return Err(FrameError::Misaligned);
         }
         let end = addr.checked_add(size).ok_or(FrameError::OutOfRange)?;

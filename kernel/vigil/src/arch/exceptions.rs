@@ -22,7 +22,7 @@ pub struct TrapFrame {
 }
 
 const FRAME_SIZE: usize = core::mem::size_of::<TrapFrame>();
-const _: () = assert!(FRAME_SIZE % 16 == 0);
+const _: () = assert!(FRAME_SIZE.is_multiple_of(16));
 
 /// Which of the 16 vectors was taken (Arm ARM D1.3.1, "Exception vectors").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
