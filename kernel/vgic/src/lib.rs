@@ -1,1 +1,297 @@
+//! Vigil's virtual GICv3: the hardware-independent core.
+//!
+//! What the kernel does with it, per VM ([`Vgic`]):
+//!
+//! * **MMIO**: forward trapped accesses to the distributor frame
+//!   ([`Vgic::gicd_read`]/[`Vgic::gicd_write`]) and to the redistributor
+//!   region ([`Vgic::gicr_read`]/[`Vgic::gicr_write`], offsets relative to
+//!   the first redistributor, 128 KiB per vCPU).
+//! * **Entry**: [`Vgic::flush`] fills the N list registers (N from
+//!   `ICH_VTR_EL2`, see [`IchVtr::list_regs`]) and returns the
+//!   `ICH_HCR_EL2` value (underflow / no-pending requests included).
+//! * **Exit**: read back the LRs, `ICH_MISR_EL2` and `ICH_EISR_EL2`, and
+//!   call [`Vgic::fold`] on *every* exit (maintenance interrupt or not); it
+//!   folds the LR state back and runs one handler per maintenance reason.
+//! * **Injection** from any CPU: [`Vgic::set_line`] (level lines and edges of
+//!   SPIs/PPIs), [`Vgic::pulse`], [`Vgic::send_sgi`] (a trapped
+//!   `ICC_SGI1R_EL1` write), LPIs through the vITS crate. Each returns a
+//!   [`Kick`]: the vCPUs that must be made to exit (if running) or woken
+//!   (if in WFI) so their next flush sees the new state.
+//! * **Virtual timer**: [`Vgic::map_hw`] links PPI 27 to the physical PPI so
+//!   its LR carries the HW bit; drive its line with [`Vgic::set_line`].
+//!
+//! Locking: one lock per VM protects all interrupt state (distributor,
+//! redistributors, per-LPI state, every vCPU's list). The vITS takes it
+//! *after* its own locks (see the lock order in `vigil-vits`).
+
 #![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+mod irq;
+mod mem;
+mod mmio;
+mod regs;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
+mod state;
+pub mod sync;
+#[cfg(test)]
+mod tests;
+
+use alloc::vec::Vec;
+
+pub use irq::{LPI_BASE, MAINTENANCE_PPI, SPI_BASE, VTIMER_PPI};
+pub use mem::{GuestMemory, MemError, NoMemory};
+pub use mmio::{read_lpi_config, GICD_SIZE, GICR_SGI_BASE, GICR_STRIDE, VGIC_IIDR};
+pub use regs::{mpidr_aff, CpuIfContext, IchHcr, IchMisr, IchVtr, LrState, LrValue, SgiRequest};
+pub use state::{FoldReport, LpiConfig, VcpuStats, VgicState};
+pub use sync::{Mutex, MutexGuard};
+
+/// A set of vCPUs (by index, at most 64) that must be kicked: made to exit
+/// if running, woken if waiting for an interrupt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Kick(u64);
+
+impl Kick {
+    /// Add vCPU `v`.
+    pub fn add(&mut self, v: usize) {
+        if v < 64 {
+            self.0 |= 1 << v;
+        }
+    }
+    /// Whether `v` is in the set.
+    pub fn contains(&self, v: usize) -> bool {
+        v < 64 && self.0 & (1 << v) != 0
+    }
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+    /// Union with another set.
+    pub fn merge(&mut self, other: Kick) {
+        self.0 |= other.0;
+    }
+    /// The vCPU indices in the set.
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        (0..64).filter(move |v| self.0 & (1 << v) != 0)
+    }
+}
+
+/// Shape of one VM's virtual GIC.
+#[derive(Clone, Debug)]
+pub struct VgicConfig {
+    /// MPIDR of each vCPU, in vCPU index order (also redistributor order).
+    pub mpidrs: Vec<u64>,
+    /// Number of SPIs (rounded up to a multiple of 32, at most 988).
+    pub nr_spis: u32,
+    /// Virtual priority bits (`ICH_VTR_EL2.PRIbits` + 1; QEMU: 5).
+    pub pri_bits: u8,
+    /// LPI INTID bits reported in `GICD_TYPER.IDbits` (14..=32).
+    pub lpi_id_bits: u8,
+    /// Whether the VM has an ITS (LPIs supported).
+    pub lpis: bool,
+}
+
+impl VgicConfig {
+    /// A configuration with `n` vCPUs whose MPIDR Aff0 is the index.
+    pub fn simple(n: usize) -> Self {
+        Self {
+            mpidrs: (0..n as u64).collect(),
+            nr_spis: 64,
+            pri_bits: 5,
+            lpi_id_bits: 16,
+            lpis: true,
+        }
+    }
+}
+
+/// One VM's virtual GICv3.
+pub struct Vgic {
+    state: Mutex<VgicState>,
+    nr_vcpus: usize,
+}
+
+impl Vgic {
+    /// Build the vGIC of a VM, everything at reset values.
+    pub fn new(cfg: &VgicConfig) -> Self {
+        assert!(
+            !cfg.mpidrs.is_empty() && cfg.mpidrs.len() <= 64,
+            "1..=64 vCPUs"
+        );
+        // ITLinesNumber <= 30 keeps every SPI below the special INTIDs.
+        let nr_spis = cfg.nr_spis.div_ceil(32).clamp(1, 30) * 32;
+        Self {
+            state: Mutex::new(VgicState::new(
+                &cfg.mpidrs,
+                nr_spis,
+                cfg.pri_bits,
+                cfg.lpi_id_bits.clamp(14, 32),
+                cfg.lpis,
+            )),
+            nr_vcpus: cfg.mpidrs.len(),
+        }
+    }
+
+    /// Number of vCPUs.
+    pub fn nr_vcpus(&self) -> usize {
+        self.nr_vcpus
+    }
+
+    /// Lock the VM's interrupt state (for the vITS and for inspection).
+    pub fn lock(&self) -> MutexGuard<'_, VgicState> {
+        self.state.lock()
+    }
+
+    /// Before entering vCPU `v`: write `lrs` (all N of them; unused ones
+    /// become Invalid) and return the `ICH_HCR_EL2` value to program.
+    ///
+    /// The highest-priority interrupts go first (active ones before
+    /// pending ones, then by priority, then by INTID); no vINTID appears
+    /// twice; if more are waiting than fit, UIE (and NPIE when an LR is
+    /// pending) are set so a maintenance interrupt refills.
+    pub fn flush(&self, v: usize, lrs: &mut [LrValue]) -> IchHcr {
+        self.state.lock().flush(v, lrs)
+    }
+
+    /// After any exit of vCPU `v`: fold the LR values read back (same
+    /// order and count as written by [`Vgic::flush`]) and handle the
+    /// maintenance reasons in `misr` (`eisr` = `ICH_EISR_EL2`).
+    pub fn fold(&self, v: usize, lrs: &[LrValue], misr: IchMisr, eisr: u32) -> FoldReport {
+        self.state.lock().fold(v, lrs, misr, eisr)
+    }
+
+    /// Drive the input of interrupt `intid` (SGI/PPI of vCPU `v`, or SPI):
+    /// for a level-sensitive interrupt this is its line level; for an
+    /// edge-triggered one, `true` is an edge.
+    pub fn set_line(&self, v: usize, intid: u32, level: bool) -> Kick {
+        let mut k = Kick::default();
+        self.state.lock().set_line(v, intid, level, &mut k);
+        k
+    }
+
+    /// Set the pending latch of `intid` (an edge, whatever its config).
+    pub fn pulse(&self, v: usize, intid: u32) -> Kick {
+        let mut k = Kick::default();
+        let mut st = self.state.lock();
+        if let Some(irq) = st.irq_mut(v, intid) {
+            irq.latch = true;
+            st.queue(v, intid, &mut k);
+        }
+        k
+    }
+
+    /// A trapped write of `ICC_SGI1R_EL1` (`group1` = true) or
+    /// `ICC_SGI0R_EL1` by vCPU `from`.
+    pub fn send_sgi(&self, from: usize, value: u64, group1: bool) -> Kick {
+        let mut k = Kick::default();
+        self.state
+            .lock()
+            .sgi(from, &SgiRequest::decode(value), group1, &mut k);
+        k
+    }
+
+    /// Link (or unlink) virtual `intid` of vCPU `v` to physical `pintid`:
+    /// its LRs then carry HW = 1 and the guest's deactivation deactivates
+    /// the physical interrupt (the virtual timer, PPI 27).
+    pub fn map_hw(&self, v: usize, intid: u32, pintid: Option<u32>) {
+        if let Some(irq) = self.state.lock().irq_mut(v, intid) {
+            irq.hw = pintid;
+        }
+    }
+
+    /// Whether vCPU `v` has an interrupt to take (wake it from WFI).
+    pub fn has_deliverable(&self, v: usize) -> bool {
+        self.state.lock().has_deliverable(v)
+    }
+
+    /// Counters of vCPU `v`.
+    pub fn stats(&self, v: usize) -> VcpuStats {
+        self.state.lock().vcpus[v].stats
+    }
+
+    /// Read `len` bytes at `offset` of the distributor frame, by vCPU `v`.
+    pub fn gicd_read(&self, v: usize, offset: u64, len: u8) -> u64 {
+        let st = self.state.lock();
+        match u32::try_from(offset) {
+            Ok(off) if offset < GICD_SIZE => mmio::read(
+                &st,
+                mmio::GICD_REGIONS,
+                "GICD",
+                off,
+                len,
+                v,
+                true,
+                &NoMemory,
+            ),
+            _ => 0,
+        }
+    }
+
+    /// Write `len` bytes at `offset` of the distributor frame, by vCPU `v`.
+    pub fn gicd_write(&self, v: usize, offset: u64, len: u8, value: u64) -> Kick {
+        let mut st = self.state.lock();
+        match u32::try_from(offset) {
+            Ok(off) if offset < GICD_SIZE => mmio::write(
+                &mut st,
+                mmio::GICD_REGIONS,
+                "GICD",
+                off,
+                len,
+                v,
+                true,
+                value,
+                &NoMemory,
+            ),
+            _ => Kick::default(),
+        }
+    }
+
+    /// Split a redistributor-region offset into (vCPU, offset in frame).
+    fn gicr_frame(&self, offset: u64) -> Option<(usize, u32)> {
+        let v = usize::try_from(offset / GICR_STRIDE).ok()?;
+        (v < self.nr_vcpus).then_some((v, (offset % GICR_STRIDE) as u32))
+    }
+
+    /// Read at `offset` of the redistributor region (frame `offset / 128 KiB`
+    /// belongs to vCPU `offset / 128 KiB`).
+    pub fn gicr_read(&self, offset: u64, len: u8) -> u64 {
+        let Some((v, off)) = self.gicr_frame(offset) else {
+            log::warn!("vgic: GICR +{offset:#x}: beyond the last redistributor, RAZ");
+            return 0;
+        };
+        let st = self.state.lock();
+        mmio::read(
+            &st,
+            mmio::GICR_REGIONS,
+            "GICR",
+            off,
+            len,
+            v,
+            false,
+            &NoMemory,
+        )
+    }
+
+    /// Write at `offset` of the redistributor region. `mem` is used to read
+    /// the LPI pending table when `GICR_CTLR.EnableLPIs` is set.
+    pub fn gicr_write(&self, offset: u64, len: u8, value: u64, mem: &dyn GuestMemory) -> Kick {
+        let Some((v, off)) = self.gicr_frame(offset) else {
+            log::warn!("vgic: GICR +{offset:#x}: beyond the last redistributor, WI");
+            return Kick::default();
+        };
+        let mut st = self.state.lock();
+        mmio::write(
+            &mut st,
+            mmio::GICR_REGIONS,
+            "GICR",
+            off,
+            len,
+            v,
+            false,
+            value,
+            mem,
+        )
+    }
+}

@@ -1,0 +1,767 @@
+//! The interrupt state machine and list-register management.
+//!
+//! Model (KVM's `ap_list`, Bao's LR/spill handling): every vCPU keeps the
+//! list of interrupts that are *active or pending and deliverable* to it.
+//! Before entry, [`VgicState::flush`] sorts that list (active first, then by
+//! priority, then INTID) and writes the first N into the list registers;
+//! after exit, [`VgicState::fold`] folds every LR back into the interrupt
+//! state and the LRs are logically empty again. The software state is
+//! therefore authoritative and the LRs are a cache of one run, so:
+//!
+//! * an interrupt is on at most one vCPU's list, at most once: it can never be
+//!   in two LRs of a vCPU (vITS invariant 4), the flush also skips a second
+//!   entry with a vINTID already placed (a retired LPI instance that is still
+//!   active blocks the new instance of the same vINTID);
+//! * whatever was not acknowledged folds back as pending and competes again
+//!   by priority on the next entry (changing priority while pending reorders).
+//!
+//! LPIs: the per-LPI state (pending, priority, enable, target) lives here,
+//! like in a redistributor; the vITS only translates events to vINTIDs and
+//! drives the `lpi_*` interface under its route lock. Each `MAPTI` instance
+//! gets a generation; a list-register instance folds back only into the
+//! generation that loaded it.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use crate::irq::{Irq, LPI_BASE, SPI_BASE};
+use crate::regs::{mpidr_aff, IchHcr, IchMisr, LrState, LrValue, SgiRequest};
+use crate::Kick;
+
+/// A retired LPI instance still in a list register (acknowledged, not yet
+/// deactivated). It carries its own state: the per-LPI state it came from may
+/// already be freed or belong to a new mapping (vITS invariant 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Zombie {
+    pub active: bool,
+    pub priority: u8,
+}
+
+/// One entry of a vCPU's active-or-pending list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ApEntry {
+    pub intid: u32,
+    pub gen: u64,
+    pub zombie: Option<Zombie>,
+}
+
+/// What the flush put in one list register.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LrMeta {
+    pub intid: u32,
+    pub gen: u64,
+    pub written: LrValue,
+    pub zombie: bool,
+    pub loaded_pending: bool,
+    pub loaded_latch: bool,
+}
+
+/// Counters per vCPU (for tests and diagnostics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuStats {
+    /// Maintenance interrupts by reason.
+    pub maint_eoi: u64,
+    /// Underflow maintenance interrupts.
+    pub maint_underflow: u64,
+    /// No-pending maintenance interrupts.
+    pub maint_no_pending: u64,
+    /// LR-entry-not-present maintenance interrupts.
+    pub maint_lrenp: u64,
+    /// Interrupts acknowledged by the guest (pending bit consumed from an LR).
+    pub acked: u64,
+    /// Retired LPI instances dropped from an LR before the guest took them.
+    pub retired_dropped: u64,
+}
+
+/// The virtual redistributor-side state of one vCPU.
+pub(crate) struct VcpuState {
+    pub mpidr: u64,
+    pub private: Vec<Irq>,
+    pub ap: Vec<ApEntry>,
+    pub lr_meta: Vec<LrMeta>,
+    pub lpis_enabled: bool,
+    pub pendbaser: u64,
+    pub sleep: bool,
+    pub stats: VcpuStats,
+}
+
+/// Result of folding the list registers back after an exit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FoldReport {
+    /// vCPUs that now have work (interrupts migrated to them).
+    pub kick: Kick,
+    /// Level-sensitive INTIDs the guest deactivated (EOI maintenance): an
+    /// emulated device may re-evaluate its line (the resample notification).
+    pub resampled: Vec<u32>,
+}
+
+/// The LPI configuration byte of the property table (IHI 0069 §5.1.1):
+/// priority in bits \[7:2\], enable in bit 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LpiConfig {
+    /// Priority (bits \[1:0\] zero).
+    pub priority: u8,
+    /// Enable bit.
+    pub enabled: bool,
+}
+
+impl LpiConfig {
+    /// Decode a property-table byte.
+    pub fn from_byte(b: u8) -> Self {
+        Self {
+            priority: b & 0xfc,
+            enabled: b & 1 != 0,
+        }
+    }
+}
+
+/// The whole interrupt state of one VM, behind [`crate::Vgic`]'s lock.
+pub struct VgicState {
+    pub(crate) grp0_en: bool,
+    pub(crate) grp1_en: bool,
+    pub(crate) spis: Vec<Irq>,
+    pub(crate) vcpus: Vec<VcpuState>,
+    pub(crate) lpis: BTreeMap<u32, Irq>,
+    pub(crate) next_gen: u64,
+    pub(crate) propbaser: u64,
+    pub(crate) pri_mask: u8,
+    pub(crate) lpi_id_bits: u8,
+    pub(crate) has_lpis: bool,
+}
+
+impl VgicState {
+    pub(crate) fn new(
+        mpidrs: &[u64],
+        nr_spis: u32,
+        pri_bits: u8,
+        lpi_id_bits: u8,
+        has_lpis: bool,
+    ) -> Self {
+        let vcpus = mpidrs
+            .iter()
+            .enumerate()
+            .map(|(v, &mpidr)| VcpuState {
+                mpidr,
+                private: (0..SPI_BASE).map(|i| Irq::new(i, Some(v))).collect(),
+                ap: Vec::new(),
+                lr_meta: Vec::new(),
+                lpis_enabled: false,
+                pendbaser: 0,
+                sleep: true,
+                stats: VcpuStats::default(),
+            })
+            .collect();
+        let pri_bits = pri_bits.clamp(4, 8);
+        let mut s = Self {
+            grp0_en: false,
+            grp1_en: false,
+            spis: (0..nr_spis).map(|i| Irq::new(SPI_BASE + i, None)).collect(),
+            vcpus,
+            lpis: BTreeMap::new(),
+            next_gen: 1,
+            propbaser: 0,
+            pri_mask: !((1u16 << (8 - pri_bits)) - 1) as u8,
+            lpi_id_bits,
+            has_lpis,
+        };
+        for i in 0..s.spis.len() {
+            // Reset IROUTER = 0: Aff 0.0.0.0, i.e. the vCPU with MPIDR 0.
+            s.spis[i].target = s.vcpu_by_aff(0);
+        }
+        s
+    }
+
+    /// Number of vCPUs.
+    pub fn nr_vcpus(&self) -> usize {
+        self.vcpus.len()
+    }
+
+    pub(crate) fn nr_irqs(&self) -> u32 {
+        SPI_BASE + self.spis.len() as u32
+    }
+
+    pub(crate) fn vcpu_by_aff(&self, aff: u32) -> Option<usize> {
+        self.vcpus.iter().position(|c| mpidr_aff(c.mpidr) == aff)
+    }
+
+    pub(crate) fn irq(&self, v: usize, intid: u32) -> Option<&Irq> {
+        if intid < SPI_BASE {
+            self.vcpus.get(v)?.private.get(intid as usize)
+        } else if intid < LPI_BASE {
+            self.spis.get((intid - SPI_BASE) as usize)
+        } else {
+            self.lpis.get(&intid)
+        }
+    }
+
+    pub(crate) fn irq_mut(&mut self, v: usize, intid: u32) -> Option<&mut Irq> {
+        if intid < SPI_BASE {
+            self.vcpus.get_mut(v)?.private.get_mut(intid as usize)
+        } else if intid < LPI_BASE {
+            self.spis.get_mut((intid - SPI_BASE) as usize)
+        } else {
+            self.lpis.get_mut(&intid)
+        }
+    }
+
+    /// Which vCPU should hold this interrupt on its list right now
+    /// (KVM's `vgic_target_oracle`): an active interrupt stays where it is
+    /// active; a pending one goes to its target if it is enabled, its group
+    /// is enabled in `GICD_CTLR` and, for an LPI, the target redistributor
+    /// has `EnableLPIs` set.
+    fn oracle(&self, irq: &Irq) -> Option<usize> {
+        if irq.active {
+            return irq.owner.or(irq.target);
+        }
+        if !irq.pending() || !irq.enabled {
+            return None;
+        }
+        let group_on = if irq.group1 {
+            self.grp1_en
+        } else {
+            self.grp0_en
+        };
+        if !group_on {
+            return None;
+        }
+        let t = irq.target?;
+        if irq.is_lpi() && !self.vcpus.get(t)?.lpis_enabled {
+            return None;
+        }
+        Some(t)
+    }
+
+    /// Re-evaluate where an interrupt belongs after any state change, and
+    /// move it there (or leave the move to fold-back when it is in an LR).
+    /// `v` selects the bank for SGIs/PPIs.
+    pub(crate) fn queue(&mut self, v: usize, intid: u32, kick: &mut Kick) {
+        let Some(irq) = self.irq(v, intid) else {
+            return;
+        };
+        let want = self.oracle(irq);
+        let (owner, loaded, gen) = (irq.owner, irq.loaded, irq.gen);
+        match owner {
+            None => {
+                if let Some(t) = want {
+                    self.vcpus[t].ap.push(ApEntry {
+                        intid,
+                        gen,
+                        zombie: None,
+                    });
+                    if let Some(irq) = self.irq_mut(v, intid) {
+                        irq.owner = Some(t);
+                    }
+                    kick.add(t);
+                }
+            }
+            Some(o) => {
+                // In an LR, or staying: the owner's next exit settles it.
+                if loaded || want == Some(o) {
+                    kick.add(o);
+                    return;
+                }
+                self.vcpus[o]
+                    .ap
+                    .retain(|e| !(e.intid == intid && e.zombie.is_none()));
+                let target = want.filter(|&t| intid >= SPI_BASE || t == v);
+                if let Some(t) = target {
+                    self.vcpus[t].ap.push(ApEntry {
+                        intid,
+                        gen,
+                        zombie: None,
+                    });
+                    kick.add(t);
+                }
+                if let Some(irq) = self.irq_mut(v, intid) {
+                    irq.owner = target;
+                }
+            }
+        }
+    }
+
+    /// Drop or migrate entries of `v`'s list that no longer belong there
+    /// (KVM's `vgic_prune_ap_list`). Entries in LRs are left alone.
+    fn prune(&mut self, v: usize, kick: &mut Kick) {
+        let mut i = 0;
+        while i < self.vcpus[v].ap.len() {
+            let e = self.vcpus[v].ap[i];
+            if let Some(z) = e.zombie {
+                if z.active {
+                    i += 1;
+                } else {
+                    self.vcpus[v].ap.swap_remove(i);
+                }
+                continue;
+            }
+            let (stale, loaded, want) = match self.irq(v, e.intid) {
+                // vITS invariant 3: the interrupt may not exist any more.
+                None => (true, false, None),
+                Some(irq) => (
+                    irq.gen != e.gen || irq.owner != Some(v),
+                    irq.loaded,
+                    self.oracle(irq),
+                ),
+            };
+            if stale {
+                log::error!("vgic: vcpu {v}: stale list entry for INTID {}", e.intid);
+                self.vcpus[v].ap.swap_remove(i);
+                continue;
+            }
+            if loaded || want == Some(v) {
+                i += 1;
+                continue;
+            }
+            self.vcpus[v].ap.swap_remove(i);
+            if let Some(irq) = self.irq_mut(v, e.intid) {
+                irq.owner = None;
+            }
+            if want.is_some() {
+                self.queue(v, e.intid, kick);
+            }
+        }
+    }
+
+    /// Fill the list registers of vCPU `v` before entry; see
+    /// [`crate::Vgic::flush`].
+    pub(crate) fn flush(&mut self, v: usize, lrs: &mut [LrValue]) -> IchHcr {
+        if !self.vcpus[v].lr_meta.is_empty() {
+            // The kernel entered twice without folding: fold what we wrote,
+            // as if the guest had not touched it, so nothing is lost.
+            log::error!("vgic: vcpu {v}: flush without fold-back");
+            let written: Vec<LrValue> = self.vcpus[v].lr_meta.iter().map(|m| m.written).collect();
+            self.fold(v, &written, IchMisr::default(), 0);
+        }
+        let mut kick = Kick::default();
+        self.prune(v, &mut kick);
+
+        // (class, priority, intid, index): active first, then by priority.
+        let mut cand: Vec<(u8, u8, u32, usize)> = Vec::with_capacity(self.vcpus[v].ap.len());
+        for (idx, e) in self.vcpus[v].ap.iter().enumerate() {
+            if let Some(z) = e.zombie {
+                cand.push((0, z.priority, e.intid, idx));
+            } else if let Some(irq) = self.irq(v, e.intid) {
+                cand.push((u8::from(!irq.active), irq.priority, e.intid, idx));
+            }
+        }
+        cand.sort_unstable();
+
+        let n = lrs.len();
+        let mut metas: Vec<LrMeta> = Vec::with_capacity(n);
+        let mut leftover = false;
+        for &(_, _, intid, idx) in &cand {
+            // vITS invariant 4: never the same vINTID in two LRs.
+            if let Some(slot) = metas.iter().position(|m| m.intid == intid) {
+                // A retired instance still active blocks the new one: ask
+                // for a maintenance interrupt when it is deactivated.
+                if !metas[slot].written.hw() {
+                    metas[slot].written = metas[slot].written.with_eoi();
+                }
+                continue;
+            }
+            if metas.len() == n {
+                leftover = true;
+                break;
+            }
+            let e = self.vcpus[v].ap[idx];
+            let meta = if let Some(z) = e.zombie {
+                LrMeta {
+                    intid,
+                    gen: e.gen,
+                    written: LrValue::new(intid, z.priority, true, LrState::Active),
+                    zombie: true,
+                    loaded_pending: false,
+                    loaded_latch: false,
+                }
+            } else {
+                let Some(irq) = self.irq_mut(v, intid) else {
+                    continue;
+                };
+                // Never pending+active for a hardware-linked interrupt (the
+                // pending state lives in the physical GIC), nor for a level
+                // interrupt (its line is resampled at deactivation instead).
+                let pend = irq.pending() && !(irq.active && (irq.hw.is_some() || irq.level));
+                let state = LrState::from_flags(pend, irq.active);
+                if state == LrState::Invalid {
+                    continue;
+                }
+                let mut lr = LrValue::new(intid, irq.priority, irq.group1, state);
+                if let Some(p) = irq.hw {
+                    lr = lr.with_hw(p);
+                } else if irq.level {
+                    lr = lr.with_eoi();
+                }
+                let meta = LrMeta {
+                    intid,
+                    gen: irq.gen,
+                    written: lr,
+                    zombie: false,
+                    loaded_pending: pend,
+                    loaded_latch: irq.latch,
+                };
+                if pend {
+                    // The LR owns this pending state now.
+                    irq.latch = false;
+                }
+                irq.loaded = true;
+                meta
+            };
+            metas.push(meta);
+        }
+        for (i, lr) in lrs.iter_mut().enumerate() {
+            *lr = metas.get(i).map_or(LrValue::INVALID, |m| m.written);
+        }
+        let mut hcr = IchHcr::EN;
+        if leftover {
+            // More waiting than LRs: refill when the guest has consumed them.
+            if metas.iter().any(|m| m.loaded_pending) {
+                hcr |= IchHcr::NPIE;
+            }
+            hcr |= IchHcr::UIE;
+        }
+        self.vcpus[v].lr_meta = metas;
+        IchHcr::from_bits(hcr)
+    }
+
+    /// Fold the LR values read back after an exit; see [`crate::Vgic::fold`].
+    pub(crate) fn fold(
+        &mut self,
+        v: usize,
+        lrs: &[LrValue],
+        misr: IchMisr,
+        eisr: u32,
+    ) -> FoldReport {
+        let metas = core::mem::take(&mut self.vcpus[v].lr_meta);
+        let mut rep = FoldReport::default();
+        for (i, meta) in metas.iter().enumerate() {
+            let mut lr = lrs.get(i).copied().unwrap_or(meta.written);
+            if lr.vintid() != meta.intid {
+                log::error!(
+                    "vgic: vcpu {v}: LR{i} holds INTID {} but {} was written",
+                    lr.vintid(),
+                    meta.intid
+                );
+                lr = meta.written;
+            }
+            self.fold_one(v, meta, lr);
+        }
+        // One handler per maintenance reason (ICH_MISR_EL2).
+        if misr.has(IchMisr::EOI) {
+            self.maint_eoi(v, &metas, eisr, &mut rep);
+        }
+        if misr.has(IchMisr::U) {
+            self.maint_underflow(v);
+        }
+        if misr.has(IchMisr::NP) {
+            self.maint_no_pending(v);
+        }
+        if misr.has(IchMisr::LRENP) {
+            self.maint_lrenp(v);
+        }
+        self.prune(v, &mut rep.kick);
+        rep
+    }
+
+    fn fold_one(&mut self, v: usize, meta: &LrMeta, lr: LrValue) {
+        let (lp, la) = (lr.state().pending(), lr.state().active());
+        let pos = self.vcpus[v]
+            .ap
+            .iter()
+            .position(|e| e.intid == meta.intid && e.gen == meta.gen);
+        let Some(pos) = pos else {
+            log::error!(
+                "vgic: vcpu {v}: LR for INTID {} has no list entry",
+                meta.intid
+            );
+            return;
+        };
+        if self.vcpus[v].ap[pos].zombie.is_some() {
+            // vITS invariant 5/8: a retired instance folds into its own
+            // entry only; it may be acknowledged/deactivated, nothing else.
+            if meta.loaded_pending && !lp && la {
+                self.vcpus[v].stats.acked += 1;
+            } else if meta.loaded_pending && lp {
+                self.vcpus[v].stats.retired_dropped += 1;
+            }
+            if la {
+                if let Some(z) = self.vcpus[v].ap[pos].zombie.as_mut() {
+                    z.active = true;
+                }
+            } else {
+                self.vcpus[v].ap.swap_remove(pos);
+            }
+            return;
+        }
+        let mut acked = false;
+        match self.irq_mut(v, meta.intid) {
+            Some(irq) if irq.gen == meta.gen && irq.owner == Some(v) && irq.loaded => {
+                if !irq.sw_active_written {
+                    irq.active = la;
+                }
+                if lp && !irq.sw_pending_cleared {
+                    if irq.level {
+                        irq.latch |= meta.loaded_latch;
+                    } else {
+                        irq.latch = true;
+                    }
+                }
+                acked = meta.loaded_pending && !lp;
+                irq.loaded = false;
+                irq.sw_active_written = false;
+                irq.sw_pending_cleared = false;
+            }
+            _ => {
+                // vITS invariant 5: not the mapping that put it there.
+                log::error!(
+                    "vgic: vcpu {v}: LR for INTID {} folds into no mapping",
+                    meta.intid
+                );
+            }
+        }
+        if acked {
+            self.vcpus[v].stats.acked += 1;
+        }
+    }
+
+    /// EOI maintenance: LRs with the EOI bit were deactivated. For level
+    /// interrupts the line is resampled (the next flush re-delivers it if it
+    /// is still high; fold has already cleared the active state).
+    fn maint_eoi(&mut self, v: usize, metas: &[LrMeta], eisr: u32, rep: &mut FoldReport) {
+        self.vcpus[v].stats.maint_eoi += 1;
+        for (i, m) in metas.iter().enumerate() {
+            if eisr & (1 << i) == 0 || m.zombie {
+                continue;
+            }
+            if self.irq(v, m.intid).is_some_and(|irq| irq.level) {
+                rep.resampled.push(m.intid);
+            }
+        }
+    }
+
+    /// Underflow: zero or one LR still valid; the next flush refills.
+    fn maint_underflow(&mut self, v: usize) {
+        self.vcpus[v].stats.maint_underflow += 1;
+    }
+
+    /// No pending LR left; the next flush refills.
+    fn maint_no_pending(&mut self, v: usize) {
+        self.vcpus[v].stats.maint_no_pending += 1;
+    }
+
+    /// A deactivation matched no LR (EOIcount): only possible for an
+    /// interrupt evicted while active; its active state was already folded.
+    fn maint_lrenp(&mut self, v: usize) {
+        self.vcpus[v].stats.maint_lrenp += 1;
+        log::warn!("vgic: vcpu {v}: deactivation of an interrupt not in a list register");
+    }
+
+    /// Whether vCPU `v` has an interrupt to take (wake from WFI).
+    pub(crate) fn has_deliverable(&self, v: usize) -> bool {
+        self.vcpus[v].ap.iter().any(|e| {
+            e.zombie.is_none()
+                && self
+                    .irq(v, e.intid)
+                    .is_some_and(|irq| irq.pending() && self.oracle(irq) == Some(v))
+        })
+    }
+
+    pub(crate) fn set_line(&mut self, v: usize, intid: u32, level: bool, kick: &mut Kick) {
+        let Some(irq) = self.irq_mut(v, intid) else {
+            log::warn!("vgic: injection of unknown INTID {intid}");
+            return;
+        };
+        if irq.level {
+            irq.line = level;
+        } else if level {
+            irq.latch = true;
+        }
+        self.queue(v, intid, kick);
+    }
+
+    pub(crate) fn sgi(&mut self, from: usize, req: &SgiRequest, group1: bool, kick: &mut Kick) {
+        let me = self.vcpus[from].mpidr;
+        for t in 0..self.vcpus.len() {
+            if !req.targets_mpidr(self.vcpus[t].mpidr, me) {
+                continue;
+            }
+            let intid = u32::from(req.intid);
+            let irq = &mut self.vcpus[t].private[intid as usize];
+            // ICC_SGI1R generates Group 1 SGIs, ICC_SGI0R Group 0 ones; an
+            // SGI configured for the other group is not forwarded.
+            if irq.group1 != group1 {
+                continue;
+            }
+            irq.latch = true;
+            self.queue(t, intid, kick);
+        }
+    }
+
+    // ---- LPI interface (driven by the vITS under its route lock) ----
+
+    /// The redistributors' shared `GICR_PROPBASER`.
+    pub fn propbaser(&self) -> u64 {
+        self.propbaser
+    }
+
+    /// Number of LPI INTID bits the VM supports (`GICD_TYPER.IDbits` + 1).
+    pub fn lpi_id_bits(&self) -> u8 {
+        self.lpi_id_bits
+    }
+
+    /// Whether `intid` is an LPI INTID this VM supports, taking the
+    /// property table size (`GICR_PROPBASER.IDbits`) into account when set.
+    pub fn lpi_in_range(&self, intid: u32) -> bool {
+        intid >= LPI_BASE && u64::from(intid) < (1u64 << self.lpi_id_bits)
+    }
+
+    /// One more ITE maps to `intid`. The first mapping creates pristine
+    /// per-LPI state with a fresh generation (vITS invariant 5); further ITEs
+    /// share it. Returns the generation.
+    pub fn lpi_map(&mut self, intid: u32, target: Option<usize>, cfg: LpiConfig) -> u64 {
+        if let Some(irq) = self.lpis.get_mut(&intid) {
+            irq.map_refs += 1;
+            return irq.gen;
+        }
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        let mut irq = Irq::new(intid, target);
+        irq.gen = gen;
+        irq.map_refs = 1;
+        irq.priority = cfg.priority & self.pri_mask;
+        irq.enabled = cfg.enabled;
+        self.lpis.insert(intid, irq);
+        gen
+    }
+
+    /// One ITE fewer maps to `intid` (DISCARD, MAPD V=0). When it was the
+    /// last, the pending state is cleared, any instance in an LR is retired
+    /// and the per-LPI state is freed (vITS invariants 2, 6, 8).
+    pub fn lpi_unmap(&mut self, intid: u32, kick: &mut Kick) {
+        let Some(irq) = self.lpis.get_mut(&intid) else {
+            return;
+        };
+        irq.map_refs = irq.map_refs.saturating_sub(1);
+        if irq.map_refs > 0 {
+            return;
+        }
+        let irq = match self.lpis.remove(&intid) {
+            Some(irq) => irq,
+            None => return,
+        };
+        if let Some(o) = irq.owner {
+            let ap = &mut self.vcpus[o].ap;
+            if let Some(e) = ap
+                .iter_mut()
+                .find(|e| e.intid == intid && e.gen == irq.gen && e.zombie.is_none())
+            {
+                if irq.loaded || irq.active {
+                    // vITS invariant 8: an instance the guest may already
+                    // have taken can still be acknowledged and deactivated;
+                    // it keeps its own state, the per-LPI state goes.
+                    e.zombie = Some(Zombie {
+                        active: irq.active,
+                        priority: irq.priority,
+                    });
+                    kick.add(o);
+                } else {
+                    ap.retain(|e| !(e.intid == intid && e.gen == irq.gen && e.zombie.is_none()));
+                }
+            }
+        }
+        // vITS invariant 6: nothing refers to `irq` any more; it is dropped.
+    }
+
+    /// Generation of the live mapping of `intid`, if mapped.
+    pub fn lpi_gen(&self, intid: u32) -> Option<u64> {
+        self.lpis.get(&intid).map(|i| i.gen)
+    }
+
+    /// Whether `intid` is pending (latched, or in an LR right now).
+    pub fn lpi_pending(&self, intid: u32) -> bool {
+        self.lpis
+            .get(&intid)
+            .is_some_and(|i| i.latch || (i.loaded && i.owner.is_some()))
+    }
+
+    /// The vCPU an LPI is targeted at.
+    pub fn lpi_target(&self, intid: u32) -> Option<usize> {
+        self.lpis.get(&intid).and_then(|i| i.target)
+    }
+
+    /// New priority/enable from the property table (MAPTI, INV, INVALL).
+    pub fn lpi_set_config(&mut self, intid: u32, cfg: LpiConfig, kick: &mut Kick) {
+        let mask = self.pri_mask;
+        let Some(irq) = self.lpis.get_mut(&intid) else {
+            return;
+        };
+        irq.priority = cfg.priority & mask;
+        irq.enabled = cfg.enabled;
+        let t = irq.target.unwrap_or(0);
+        self.queue(t, intid, kick);
+    }
+
+    /// Make a mapped LPI pending on `target` (INT, a translated event).
+    /// Returns false when `intid` is not mapped (vITS invariant 3).
+    pub fn lpi_set_pending(&mut self, intid: u32, target: Option<usize>, kick: &mut Kick) -> bool {
+        let Some(irq) = self.lpis.get_mut(&intid) else {
+            return false;
+        };
+        irq.latch = true;
+        irq.target = target;
+        self.queue(target.unwrap_or(0), intid, kick);
+        true
+    }
+
+    /// Clear the pending state of an LPI (CLEAR).
+    pub fn lpi_clear_pending(&mut self, intid: u32, kick: &mut Kick) {
+        let Some(irq) = self.lpis.get_mut(&intid) else {
+            return;
+        };
+        irq.latch = false;
+        if irq.loaded {
+            irq.sw_pending_cleared = true;
+        }
+        self.queue(0, intid, kick);
+    }
+
+    /// Retarget an LPI (MOVI, MOVALL, MAPC of its collection). Pending state
+    /// moves with it exactly once (vITS invariant 9): a queued instance is
+    /// moved now, one in an LR folds back on the old vCPU's exit and is then
+    /// migrated by the prune.
+    pub fn lpi_set_target(&mut self, intid: u32, target: Option<usize>, kick: &mut Kick) {
+        let Some(irq) = self.lpis.get_mut(&intid) else {
+            return;
+        };
+        irq.target = target;
+        self.queue(0, intid, kick);
+    }
+
+    /// All mapped LPIs currently targeted at `v` (INVALL, MOVALL).
+    pub fn lpis_targeting(&self, v: usize) -> Vec<u32> {
+        self.lpis
+            .values()
+            .filter(|i| i.target == Some(v))
+            .map(|i| i.intid)
+            .collect()
+    }
+
+    /// Number of live per-LPI state records (for tests: invariant 6).
+    pub fn lpi_count(&self) -> usize {
+        self.lpis.len()
+    }
+
+    /// INTIDs held in list-register entries of vCPU `v` right now (loaded
+    /// by the last flush and not yet folded).
+    pub fn loaded_intids(&self, v: usize) -> Vec<u32> {
+        self.vcpus[v].lr_meta.iter().map(|m| m.intid).collect()
+    }
+
+    /// Number of entries (live and retired) on `v`'s active-or-pending list.
+    pub fn list_len(&self, v: usize) -> usize {
+        self.vcpus[v].ap.len()
+    }
+
+    /// Whether LPIs are enabled on `v`'s redistributor.
+    pub fn lpis_enabled(&self, v: usize) -> bool {
+        self.vcpus.get(v).is_some_and(|c| c.lpis_enabled)
+    }
+}

@@ -1,0 +1,607 @@
+//! Unit and property tests of the interrupt state machine, LR allocation and
+//! the register files.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::sim::SimCpu;
+use crate::*;
+
+fn vgic(n: usize) -> Vgic {
+    let g = Vgic::new(&VgicConfig::simple(n));
+    g.gicd_write(0, 0, 4, 0b11); // EnableGrp0 | EnableGrp1
+    g
+}
+
+fn spi_reg(base: u64, intid: u32) -> (u64, u64) {
+    (base + u64::from(intid / 32) * 4, 1u64 << (intid % 32))
+}
+
+fn enable_spi(g: &Vgic, intid: u32) {
+    let (o, b) = spi_reg(0x100, intid);
+    g.gicd_write(0, o, 4, b);
+}
+
+fn set_prio_spi(g: &Vgic, intid: u32, p: u8) {
+    g.gicd_write(0, 0x400 + u64::from(intid), 1, u64::from(p));
+}
+
+fn sgi_frame(v: usize, reg: u64) -> u64 {
+    v as u64 * GICR_STRIDE + GICR_SGI_BASE + reg
+}
+
+fn enable_private(g: &Vgic, v: usize, intid: u32) {
+    g.gicr_write(sgi_frame(v, 0x100), 4, 1 << intid, &NoMemory);
+}
+
+#[test]
+fn spi_edge_delivered_once() {
+    let g = vgic(1);
+    enable_spi(&g, 40);
+    g.gicd_write(0, 0xc00 + 40 / 16 * 4, 4, 0b10 << ((40 % 16) * 2)); // edge
+    g.pulse(0, 40);
+    let mut c = SimCpu::new(0, 4);
+    assert_eq!(c.drain(&g, 10), vec![40]);
+    assert_eq!(c.drain(&g, 10), Vec::<u32>::new());
+}
+
+#[test]
+fn more_pending_than_lrs_in_priority_order() {
+    let g = vgic(1);
+    let ids: Vec<u32> = (32..96).collect();
+    for &i in &ids {
+        enable_spi(&g, i);
+        // Priorities in 8 groups, scrambled against INTID order.
+        set_prio_spi(&g, i, (((i * 37) % 8) as u8) << 4);
+        g.pulse(0, i);
+    }
+    let mut c = SimCpu::new(0, 4);
+    let mut got = Vec::new();
+    let mut rounds = 0;
+    loop {
+        c.enter(&g);
+        assert!(c.hcr.bits() & IchHcr::EN != 0);
+        let mut any = false;
+        while let Some(i) = c.ack() {
+            got.push(i);
+            c.eoi(i);
+            any = true;
+        }
+        // The guest only exits when a maintenance interrupt fires.
+        let misr = c.misr();
+        c.exit(&g);
+        rounds += 1;
+        if !any {
+            break;
+        }
+        assert!(misr.bits() != 0, "refill needs a maintenance interrupt");
+    }
+    assert!(rounds >= 16);
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(sorted, ids, "each delivered exactly once");
+    let key = |i: u32| ((((i * 37) % 8) as u8) << 4, i);
+    for w in got.windows(2) {
+        assert!(key(w[0]) <= key(w[1]), "priority order: {w:?}");
+    }
+    let s = g.stats(0);
+    assert!(s.maint_no_pending + s.maint_underflow >= 15);
+    assert_eq!(s.acked, 64);
+}
+
+#[test]
+fn enabling_disabled_pending_delivers() {
+    let g = vgic(1);
+    g.pulse(0, 50);
+    let mut c = SimCpu::new(0, 4);
+    assert!(c.drain(&g, 4).is_empty());
+    let (o, b) = spi_reg(0x200, 50);
+    assert_eq!(g.gicd_read(0, o, 4) & b, b, "ISPENDR shows it pending");
+    let k = g.gicd_write(0, 0x100 + 4, 4, 1 << (50 - 32));
+    assert!(k.contains(0));
+    assert_eq!(c.drain(&g, 4), vec![50]);
+}
+
+#[test]
+fn icactiver_clears_active_and_allows_redelivery() {
+    let g = vgic(2);
+    enable_private(&g, 1, 3);
+    assert!(g.send_sgi(0, (3 << 24) | 0b10, true).contains(1));
+    let mut c = SimCpu::new(1, 4);
+    c.enter(&g);
+    assert_eq!(c.ack(), Some(3));
+    c.exit(&g); // left active, never EOIed
+    let act = g.gicr_read(sgi_frame(1, 0x300), 4);
+    assert_eq!(act & (1 << 3), 1 << 3);
+    // Another SGI while active: pending+active, not deliverable.
+    g.send_sgi(0, (3 << 24) | 0b10, true);
+    c.enter(&g);
+    assert_eq!(c.ack(), None);
+    c.exit(&g);
+    c.active.clear(); // the guest drops its priority (as if by APR write)
+    g.gicr_write(sgi_frame(1, 0x380), 4, 1 << 3, &NoMemory);
+    assert_eq!(g.gicr_read(sgi_frame(1, 0x300), 4) & (1 << 3), 0);
+    assert_eq!(c.drain(&g, 4), vec![3]);
+    g.send_sgi(0, (3 << 24) | 0b10, true);
+    assert_eq!(c.drain(&g, 4), vec![3]);
+}
+
+#[test]
+fn icactiver_while_loaded_wins_over_lr() {
+    let g = vgic(1);
+    enable_spi(&g, 33);
+    g.pulse(0, 33);
+    let mut c = SimCpu::new(0, 4);
+    c.enter(&g);
+    assert_eq!(c.ack(), Some(33));
+    g.gicd_write(0, 0x380 + 4, 4, 1 << 1); // ICACTIVER while in an LR
+    c.active.clear();
+    c.exit(&g);
+    assert_eq!(g.gicd_read(0, 0x300 + 4, 4) & 2, 0);
+    g.pulse(0, 33);
+    assert_eq!(c.drain(&g, 4), vec![33]);
+}
+
+#[test]
+fn priority_change_while_pending_reorders() {
+    let g = vgic(1);
+    for i in [40, 41] {
+        enable_spi(&g, i);
+        g.pulse(0, i);
+    }
+    set_prio_spi(&g, 40, 0x80);
+    set_prio_spi(&g, 41, 0x40);
+    let mut c = SimCpu::new(0, 4);
+    c.enter(&g);
+    c.exit(&g); // loaded then folded back untouched
+    set_prio_spi(&g, 40, 0x10);
+    assert_eq!(g.gicd_read(0, 0x400 + 40, 1), 0x10);
+    assert_eq!(c.drain(&g, 4), vec![40, 41]);
+}
+
+#[test]
+fn level_spi_redelivered_while_high_only() {
+    let g = vgic(1);
+    enable_spi(&g, 33); // 33 = the virtual UART, level by reset
+    g.set_line(0, 33, true);
+    let mut c = SimCpu::new(0, 4);
+    for _ in 0..3 {
+        c.enter(&g);
+        assert_eq!(c.ack(), Some(33));
+        let lr = c.lrs.iter().find(|l| l.vintid() == 33).copied().unwrap();
+        assert!(lr.eoi() && lr.state() == LrState::Active);
+        c.eoi(33);
+        assert!(c.misr().has(IchMisr::EOI));
+        let rep = c.exit(&g);
+        assert_eq!(rep.resampled, vec![33]);
+    }
+    c.enter(&g);
+    assert_eq!(c.ack(), Some(33));
+    c.exit(&g);
+    g.set_line(0, 33, false); // device drops the line while active
+    c.enter(&g);
+    c.eoi(33);
+    c.exit(&g);
+    assert!(c.drain(&g, 4).is_empty());
+    assert_eq!(g.stats(0).maint_eoi, 4);
+}
+
+#[test]
+fn level_dropped_before_ack_is_not_delivered() {
+    let g = vgic(1);
+    enable_spi(&g, 34);
+    g.set_line(0, 34, true);
+    let mut c = SimCpu::new(0, 4);
+    c.enter(&g);
+    c.exit(&g);
+    g.set_line(0, 34, false);
+    assert!(c.drain(&g, 4).is_empty());
+}
+
+#[test]
+fn edge_while_in_lr_is_not_lost() {
+    let g = vgic(1);
+    enable_spi(&g, 36);
+    g.gicd_write(0, 0xc00 + 8, 4, 0b10 << 8); // 36: edge
+    g.pulse(0, 36);
+    let mut c = SimCpu::new(0, 4);
+    c.enter(&g);
+    assert_eq!(c.ack(), Some(36));
+    g.pulse(0, 36); // a second edge while the first is active in the LR
+    c.exit(&g);
+    c.enter(&g);
+    let lr = c.lrs.iter().find(|l| l.vintid() == 36).copied().unwrap();
+    assert_eq!(lr.state(), LrState::PendingActive);
+    c.eoi(36);
+    assert_eq!(c.ack(), Some(36));
+    c.eoi(36);
+    c.exit(&g);
+    assert!(c.drain(&g, 4).is_empty());
+}
+
+#[test]
+fn sgi_targets_and_broadcast() {
+    let g = vgic(4);
+    for v in 0..4 {
+        enable_private(&g, v, 1);
+    }
+    // Target list {1, 3} in Aff1 = 0, RS = 0.
+    let k = g.send_sgi(0, (1 << 24) | 0b1010, true);
+    assert_eq!(k.iter().collect::<Vec<_>>(), vec![1, 3]);
+    // IRM: everyone but the sender.
+    let k = g.send_sgi(2, (1 << 24) | (1 << 40), true);
+    assert_eq!(k.iter().collect::<Vec<_>>(), vec![0, 1, 3]);
+    let mut got = [0; 4];
+    for (v, n) in got.iter_mut().enumerate() {
+        *n = SimCpu::new(v, 4).drain(&g, 4).len();
+    }
+    assert_eq!(
+        got,
+        [1, 1, 0, 1],
+        "pending SGIs coalesce: one delivery each"
+    );
+    // RS = 1 addresses Aff0 16..31: nobody here.
+    assert!(g
+        .send_sgi(0, (1 << 24) | (1 << 44) | 0xffff, true)
+        .is_empty());
+    // A Group 0 SGI request does not hit a Group 1 SGI.
+    assert!(g.send_sgi(0, (1 << 24) | 0b10, false).is_empty());
+}
+
+#[test]
+fn all_to_all_ipis_exactly_once() {
+    let g = vgic(4);
+    for v in 0..4 {
+        enable_private(&g, v, 0);
+    }
+    let mut cpus: Vec<SimCpu> = (0..4).map(|v| SimCpu::new(v, 4)).collect();
+    for _round in 0..50 {
+        for from in 0..4 {
+            let k = g.send_sgi(from, 1 << 40, true);
+            assert_eq!(k.iter().count(), 3);
+            for (v, c) in cpus.iter_mut().enumerate() {
+                if v != from {
+                    assert_eq!(c.drain(&g, 4), vec![0]);
+                } else {
+                    assert!(c.drain(&g, 4).is_empty());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn vtimer_uses_hw_lr() {
+    let g = vgic(1);
+    g.map_hw(0, VTIMER_PPI, Some(VTIMER_PPI));
+    enable_private(&g, 0, VTIMER_PPI);
+    g.set_line(0, VTIMER_PPI, true);
+    let mut c = SimCpu::new(0, 4);
+    c.enter(&g);
+    let lr = c.lrs[0];
+    assert!(lr.hw() && lr.pintid() == VTIMER_PPI && lr.vintid() == VTIMER_PPI && !lr.eoi());
+    assert_eq!(c.ack(), Some(VTIMER_PPI));
+    c.exit(&g);
+    // Still active: reloaded active only, never pending+active for HW.
+    c.enter(&g);
+    assert_eq!(c.lrs[0].state(), LrState::Active);
+    c.eoi(VTIMER_PPI);
+    assert_eq!(c.hw_deactivated, vec![VTIMER_PPI]);
+    c.exit(&g);
+    g.set_line(0, VTIMER_PPI, false); // the guest reprogrammed the timer
+    assert!(c.drain(&g, 4).is_empty());
+}
+
+#[test]
+fn disable_while_in_lr_retracts_at_exit() {
+    let g = vgic(1);
+    enable_spi(&g, 40);
+    g.pulse(0, 40);
+    let mut c = SimCpu::new(0, 4);
+    c.enter(&g);
+    g.gicd_write(0, 0x180 + 4, 4, 1 << 8); // ICENABLER
+    c.exit(&g);
+    assert!(c.drain(&g, 4).is_empty());
+    enable_spi(&g, 40);
+    assert_eq!(c.drain(&g, 4), vec![40], "still pending after re-enable");
+}
+
+#[test]
+fn icpendr_while_in_lr_clears() {
+    let g = vgic(1);
+    enable_spi(&g, 40);
+    g.pulse(0, 40);
+    let mut c = SimCpu::new(0, 4);
+    c.enter(&g);
+    g.gicd_write(0, 0x280 + 4, 4, 1 << 8);
+    c.exit(&g);
+    assert!(c.drain(&g, 4).is_empty());
+}
+
+#[test]
+fn irouter_moves_spi() {
+    let g = vgic(2);
+    enable_spi(&g, 45);
+    g.gicd_write(0, 0x6000 + 45 * 8, 8, 1); // Aff0 = 1
+    assert_eq!(g.gicd_read(0, 0x6000 + 45 * 8, 8), 1);
+    assert!(g.pulse(0, 45).contains(1));
+    assert!(SimCpu::new(0, 4).drain(&g, 4).is_empty());
+    // Move back to vCPU 0 while pending on vCPU 1's list.
+    g.gicd_write(0, 0x6000 + 45 * 8, 4, 0);
+    assert_eq!(SimCpu::new(0, 4).drain(&g, 4), vec![45]);
+    assert!(SimCpu::new(1, 4).drain(&g, 4).is_empty());
+}
+
+#[test]
+fn gicd_registers_and_widths() {
+    let g = vgic(4);
+    let typer = g.gicd_read(0, 4, 4);
+    assert_eq!(typer & 0x1f, 2, "64 SPIs + 32 -> ITLinesNumber 2");
+    assert_eq!((typer >> 5) & 7, 3);
+    assert_eq!((typer >> 17) & 1, 1, "LPIS");
+    assert_eq!((typer >> 19) & 0x1f, 15, "IDbits");
+    assert_eq!(g.gicd_read(0, 0, 4), 0b101_0011, "DS | ARE | Grp1 | Grp0");
+    assert_eq!(g.gicd_read(0, 8, 4), u64::from(VGIC_IIDR));
+    assert_eq!(g.gicd_read(0, 0xffe8, 4), 0x3b);
+    // Byte access to ISENABLER is not permitted: RAZ/WI.
+    g.gicd_write(0, 0x104, 1, 0xff);
+    assert_eq!(g.gicd_read(0, 0x104, 4), 0);
+    // Reserved offset, unaligned access, bad width.
+    assert_eq!(g.gicd_read(0, 0x20, 4), 0);
+    assert_eq!(g.gicd_read(0, 0x102, 4), 0);
+    assert_eq!(g.gicd_read(0, 0x100, 3), 0);
+    // SGI/PPI range through the GICD is RAZ/WI with ARE.
+    g.gicd_write(0, 0x100, 4, 0xffff_ffff);
+    assert_eq!(g.gicd_read(0, 0x100, 4), 0);
+    assert_eq!(g.gicr_read(sgi_frame(0, 0x100), 4), 0);
+    // Priority: byte and word access, 5 bits implemented.
+    g.gicd_write(0, 0x420, 4, 0x1122_33ff);
+    assert_eq!(g.gicd_read(0, 0x420, 4), 0x1020_30f8);
+    assert_eq!(g.gicd_read(0, 0x423, 1), 0x10);
+    // IROUTER halves; IRM is RES0.
+    g.gicd_write(0, 0x6000 + 40 * 8 + 4, 4, 0xff);
+    g.gicd_write(0, 0x6000 + 40 * 8, 4, 0x8000_0002);
+    assert_eq!(g.gicd_read(0, 0x6000 + 40 * 8, 8), 0xff_0000_0002);
+    // ICFGR: SPI config writable.
+    g.gicd_write(0, 0xc08, 4, 0b10);
+    assert_eq!(g.gicd_read(0, 0xc08, 4), 0b10);
+    assert_eq!(g.gicd_read(0, 0x1_0000, 4), 0, "outside the frame");
+}
+
+#[test]
+fn gicr_frames() {
+    let g = Vgic::new(&VgicConfig {
+        mpidrs: vec![0x0, 0x1, 0x100, 0x1_0000_0000],
+        ..VgicConfig::simple(4)
+    });
+    for v in 0..4u64 {
+        let t = g.gicr_read(v * GICR_STRIDE + 8, 8);
+        assert_eq!((t >> 8) & 0xffff, v, "Processor_Number");
+        assert_eq!(
+            (t >> 4) & 1,
+            u64::from(v == 3),
+            "Last only on the final frame"
+        );
+        assert_eq!(t & 1, 1, "PLPIS");
+        assert_eq!(g.gicr_read(v * GICR_STRIDE + 0xc, 4), t >> 32);
+    }
+    assert_eq!(g.gicr_read(2 * GICR_STRIDE + 8, 8) >> 32, 0x100);
+    assert_eq!(g.gicr_read(3 * GICR_STRIDE + 8, 8) >> 32, 0x0100_0000);
+    assert_eq!(
+        g.gicr_read(4 * GICR_STRIDE + 8, 8),
+        0,
+        "beyond the last frame"
+    );
+    // WAKER
+    assert_eq!(g.gicr_read(0x14, 4), 0b110);
+    g.gicr_write(0x14, 4, 0, &NoMemory);
+    assert_eq!(g.gicr_read(0x14, 4), 0);
+    // SGIs are edge (RO), PPIs configurable.
+    g.gicr_write(GICR_SGI_BASE + 0xc00, 4, 0, &NoMemory);
+    assert_eq!(g.gicr_read(GICR_SGI_BASE + 0xc00, 4), 0xaaaa_aaaa);
+    g.gicr_write(GICR_SGI_BASE + 0xc04, 4, 0b10, &NoMemory);
+    assert_eq!(g.gicr_read(GICR_SGI_BASE + 0xc04, 4), 0b10);
+    // PROPBASER/PENDBASER 64-bit and 32-bit halves.
+    g.gicr_write(0x70, 8, 0x4000_0000 | 15, &NoMemory);
+    assert_eq!(g.gicr_read(GICR_STRIDE + 0x70, 8), 0x4000_000f, "shared");
+    g.gicr_write(0x78, 4, 0x5000_0000, &NoMemory);
+    g.gicr_write(0x7c, 4, 0x4000_0000, &NoMemory); // PTZ
+    assert_eq!(g.gicr_read(0x78, 8), 0x5000_0000, "PTZ reads as 0");
+}
+
+// ---- property test against a reference model ----
+
+use proptest::prelude::*;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Inject(u8),
+    Enable(u8),
+    Disable(u8),
+    Prio(u8, u8),
+    /// Enter, acknowledge and EOI up to n interrupts, exit.
+    Run(u8),
+    /// Enter, acknowledge one and keep it active, exit.
+    AckHold,
+    /// Enter, EOI the most recent held one, exit.
+    EoiTop,
+}
+
+const IDS: [u32; 8] = [1, 5, 16, 40, 41, 42, 60, 90];
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..8u8).prop_map(Op::Inject),
+        2 => (0..8u8).prop_map(Op::Enable),
+        1 => (0..8u8).prop_map(Op::Disable),
+        1 => ((0..8u8), (0..4u8)).prop_map(|(i, p)| Op::Prio(i, p)),
+        3 => (0..6u8).prop_map(Op::Run),
+        1 => Just(Op::AckHold),
+        1 => Just(Op::EoiTop),
+    ]
+}
+
+#[derive(Clone, Copy, Default)]
+struct Model {
+    enabled: bool,
+    pending: bool,
+    active: bool,
+    prio: u8,
+    injected: u32,
+    delivered: u32,
+}
+
+struct Rig {
+    g: Vgic,
+    c: SimCpu,
+    m: [Model; 8],
+}
+
+impl Rig {
+    fn idx(intid: u32) -> usize {
+        IDS.iter().position(|&i| i == intid).unwrap()
+    }
+    fn set_enable(&self, i: usize, on: bool) {
+        let id = IDS[i];
+        if id < 32 {
+            let reg = if on { 0x100 } else { 0x180 };
+            self.g.gicr_write(sgi_frame(0, reg), 4, 1 << id, &NoMemory);
+        } else {
+            let (o, b) = spi_reg(if on { 0x100 } else { 0x180 }, id);
+            self.g.gicd_write(0, o, 4, b);
+        }
+    }
+    fn set_prio(&self, i: usize, p: u8) {
+        let id = IDS[i];
+        if id < 32 {
+            self.g.gicr_write(
+                sgi_frame(0, 0x400 + u64::from(id)),
+                1,
+                u64::from(p),
+                &NoMemory,
+            );
+        } else {
+            set_prio_spi(&self.g, id, p);
+        }
+    }
+    /// The guest acknowledged `id`: it must be the model's best candidate.
+    fn took(&mut self, id: u32) {
+        let i = Self::idx(id);
+        assert!(
+            self.m[i].pending,
+            "INTID {id} delivered without being pending (duplicate)"
+        );
+        let rp = self
+            .c
+            .active
+            .iter()
+            .rev()
+            .nth(1)
+            .map_or(0x100, |&(_, p)| u16::from(p));
+        let best = (0..8)
+            .filter(|&j| {
+                let m = &self.m[j];
+                m.pending && m.enabled && !m.active && u16::from(m.prio) < rp
+            })
+            .map(|j| (self.m[j].prio, IDS[j]))
+            .min();
+        assert_eq!(best, Some((self.m[i].prio, id)), "priority order");
+        self.m[i].pending = false;
+        self.m[i].active = true;
+        self.m[i].delivered += 1;
+    }
+    fn eoi(&mut self, id: u32) {
+        self.c.eoi(id);
+        self.m[Self::idx(id)].active = false;
+    }
+}
+
+fn run_ops(ops: &[Op]) {
+    let g = vgic(1);
+    for &id in &IDS[3..] {
+        // SPIs edge-triggered like the SGIs, so the model is one latch each.
+        g.gicd_write(0, 0xc00 + u64::from(id / 16) * 4, 4, 0xaaaa_aaaa);
+    }
+    g.gicr_write(sgi_frame(0, 0xc04), 4, 0xaaaa_aaaa, &NoMemory);
+    let mut r = Rig {
+        g,
+        c: SimCpu::new(0, 4),
+        m: [Model::default(); 8],
+    };
+    for op in ops {
+        match *op {
+            Op::Inject(i) => {
+                let i = usize::from(i);
+                r.g.pulse(0, IDS[i]);
+                r.m[i].pending = true;
+                r.m[i].injected += 1;
+            }
+            Op::Enable(i) => {
+                r.set_enable(usize::from(i), true);
+                r.m[usize::from(i)].enabled = true;
+            }
+            Op::Disable(i) => {
+                r.set_enable(usize::from(i), false);
+                r.m[usize::from(i)].enabled = false;
+            }
+            Op::Prio(i, p) => {
+                r.set_prio(usize::from(i), p << 5);
+                r.m[usize::from(i)].prio = p << 5;
+            }
+            Op::Run(n) => {
+                r.c.enter(&r.g);
+                for _ in 0..n {
+                    let Some(id) = r.c.ack() else { break };
+                    r.took(id);
+                    r.eoi(id);
+                }
+                r.c.exit(&r.g);
+            }
+            Op::AckHold => {
+                r.c.enter(&r.g);
+                if let Some(id) = r.c.ack() {
+                    r.took(id);
+                }
+                r.c.exit(&r.g);
+            }
+            Op::EoiTop => {
+                r.c.enter(&r.g);
+                if let Some(&(id, _)) = r.c.active.last() {
+                    r.eoi(id);
+                }
+                r.c.exit(&r.g);
+            }
+        }
+    }
+    // Drain: deactivate everything held, enable all, take everything.
+    r.c.enter(&r.g);
+    while let Some(&(id, _)) = r.c.active.last() {
+        r.eoi(id);
+    }
+    r.c.exit(&r.g);
+    for i in 0..8 {
+        r.set_enable(i, true);
+        r.m[i].enabled = true;
+    }
+    for _ in 0..20 {
+        r.c.enter(&r.g);
+        while let Some(id) = r.c.ack() {
+            r.took(id);
+            r.eoi(id);
+        }
+        r.c.exit(&r.g);
+    }
+    for (i, m) in r.m.iter().enumerate() {
+        assert!(!m.pending, "INTID {} lost", IDS[i]);
+        assert!(m.delivered >= 1 || m.injected == 0);
+        assert!(m.delivered <= m.injected);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #[test]
+    fn random_sequences_match_model(ops in proptest::collection::vec(op(), 1..60)) {
+        run_ops(&ops);
+    }
+}
