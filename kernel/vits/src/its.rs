@@ -1,0 +1,885 @@
+//! The virtual ITS of one VM.
+//!
+//! # Lock order (vITS invariant 10)
+//!
+//! 1. `Vits::cmdq` — the command queue and the register frame
+//!    (CTLR, CBASER, CWRITER, CREADR, BASER<n>). Held while commands run.
+//! 2. `Vits::routes` — the event -> vLPI route: devices, their ITTs and the
+//!    collection table. Held for every lookup or change of a route.
+//! 3. The VM's [`Vgic`] state lock — per-LPI and per-vCPU interrupt state.
+//!
+//! A lock is only ever taken while holding locks *above* it. The injection
+//! path ([`Vits::translate`], and so `GITS_TRANSLATER`) takes 2 then 3 and
+//! never 1. Guest memory is read with no route or vGIC lock held.
+//!
+//! # Error policy
+//!
+//! IHI 0069 §5.3 lets an ITS react to a command error either by ignoring the
+//! command and continuing, or by stalling (`GITS_CREADR.Stalled` until a
+//! `GITS_CWRITER.Retry`). This vITS **ignores and continues** for *every*
+//! parameter error (out-of-range DeviceID, EventID, ICID, INTID or RDbase;
+//! unmapped device or collection; MAPTI onto a mapped event; ITT or
+//! device-table entry outside RAM; unknown command number): the command has
+//! no effect at all (vITS invariant 7), CREADR moves past it, the error is
+//! logged, counted and recorded in [`Vits::last_error`]. `GITS_TYPER.SEIS`
+//! is 0: no SError is reported. The queue stalls only when a command cannot
+//! be *read* (its memory stopped being RAM): there is nothing to ignore;
+//! a write of CWRITER with Retry = 1 retries it.
+//!
+//! # Generations
+//!
+//! Every `MAPTI` that creates an LPI gives it a fresh generation (in the
+//! vGIC); list-register state folds back only into the generation that
+//! loaded it (vITS invariant 5). The ITE records the generation it mapped.
+
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use vigil_vgic::sync::Mutex;
+use vigil_vgic::{read_lpi_config, GuestMemory, Kick, LpiConfig, Vgic};
+
+use crate::cmd::Command;
+
+/// Second 64 KiB frame: `GITS_TRANSLATER` (IHI 0069 §12.19).
+pub const GITS_TRANSLATER: u64 = 0x1_0040;
+/// Size of the whole ITS register region (two 64 KiB frames).
+pub const GITS_SIZE: u64 = 0x2_0000;
+/// Table page size reported in `GITS_BASER<n>.Page_Size` (64 KiB).
+pub const TABLE_PAGE: u64 = 0x1_0000;
+/// Bytes per ITT entry (`GITS_TYPER.ITT_entry_size` + 1).
+pub const ITT_ENTRY_SIZE: u64 = 8;
+/// Bytes per device / collection table entry (`GITS_BASER.Entry_Size` + 1).
+pub const TABLE_ENTRY_SIZE: u64 = 8;
+/// `GITS_IIDR`: implementer ARM (0x43B), product 'V'.
+pub const VITS_IIDR: u32 = (0x56 << 24) | 0x43b;
+
+/// Shape of one vITS.
+#[derive(Clone, Debug)]
+pub struct VitsConfig {
+    /// DeviceID bits (`GITS_TYPER.Devbits` + 1), 1..=32.
+    pub device_id_bits: u8,
+    /// EventID bits (`GITS_TYPER.IDbits` + 1), 1..=32.
+    pub event_id_bits: u8,
+    /// DeviceID used for `GITS_TRANSLATER` writes made by a vCPU itself
+    /// (a CPU has no requester ID; the architecture leaves it to the
+    /// implementation).
+    pub cpu_device_id: u32,
+}
+
+impl Default for VitsConfig {
+    fn default() -> Self {
+        Self {
+            device_id_bits: 16,
+            event_id_bits: 16,
+            cpu_device_id: 0,
+        }
+    }
+}
+
+/// Why a command was ignored (the error policy above).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CmdError {
+    /// Command number not implemented.
+    UnknownCommand(u8),
+    /// DeviceID beyond `Devbits` or beyond the device table.
+    DeviceOutOfRange(u32),
+    /// The device table is not valid, or the two-level entry for this
+    /// DeviceID is not valid or not in RAM.
+    DeviceTableEntryInvalid(u32),
+    /// MAPD Size exceeds `GITS_TYPER.IDbits`.
+    IttSizeTooLarge(u8),
+    /// MAPD ITT_addr..+size is not RAM of the VM.
+    IttOutsideRam(u64),
+    /// The device is not mapped.
+    DeviceUnmapped(u32),
+    /// EventID beyond the device's ITT size.
+    EventOutOfRange(u32, u32),
+    /// The event is not mapped.
+    EventUnmapped(u32, u32),
+    /// MAPTI/MAPI onto an event that is already mapped.
+    EventAlreadyMapped(u32, u32),
+    /// ICID beyond the collection table.
+    CollectionOutOfRange(u16),
+    /// The collection is not mapped.
+    CollectionUnmapped(u16),
+    /// The INTID is not an LPI this VM supports.
+    LpiOutOfRange(u32),
+    /// RDbase names no redistributor.
+    RdbaseOutOfRange(u64),
+}
+
+/// Why [`Vits::translate`] raised nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TranslateError {
+    /// `GITS_CTLR.Enabled` is 0.
+    Disabled,
+    /// No such device is mapped.
+    DeviceUnmapped,
+    /// No such event is mapped.
+    EventUnmapped,
+    /// The event's collection is not mapped.
+    CollectionUnmapped,
+}
+
+/// An Interrupt Translation Entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ite {
+    intid: u32,
+    icid: u16,
+    gen: u64,
+}
+
+struct Device {
+    /// EventID bits of its ITT (MAPD Size + 1).
+    event_bits: u8,
+    events: BTreeMap<u32, Ite>,
+}
+
+/// The event -> vLPI route (lock 2).
+struct Routes {
+    enabled: bool,
+    devices: BTreeMap<u32, Device>,
+    collections: BTreeMap<u16, usize>,
+}
+
+/// The command queue and register frame (lock 1).
+struct CmdQueue {
+    enabled: bool,
+    cbaser: u64,
+    cwriter: u64,
+    creadr: u64,
+    stalled: bool,
+    baser: [u64; 2],
+    errors: u64,
+    commands: u64,
+    last_error: Option<CmdError>,
+}
+
+// GITS_CBASER / GITS_BASER<n> fields.
+const VALID: u64 = 1 << 63;
+const INDIRECT: u64 = 1 << 62;
+const CBASER_MASK: u64 = VALID | (7 << 59) | (7 << 53) | 0x000f_ffff_ffff_f000 | (3 << 10) | 0xff;
+const BASER_WMASK: u64 =
+    VALID | INDIRECT | (7 << 59) | (7 << 53) | 0x0000_ffff_ffff_f000 | (3 << 10) | 0xff;
+const BASER_TYPE_DEVICE: u64 = 1 << 56;
+const BASER_TYPE_COLLECTION: u64 = 4 << 56;
+const BASER_ENTRY_SIZE: u64 = (TABLE_ENTRY_SIZE - 1) << 48;
+const BASER_PAGE_64K: u64 = 2 << 8;
+const QUEUE_OFFSET_MASK: u64 = 0xf_ffe0;
+
+fn baser_base(v: u64) -> u64 {
+    // 64 KiB pages: PA[47:16] in place, PA[51:48] in bits [15:12].
+    (v & 0x0000_ffff_ffff_0000) | (((v >> 12) & 0xf) << 48)
+}
+
+fn baser_bytes(v: u64) -> u64 {
+    ((v & 0xff) + 1) * TABLE_PAGE
+}
+
+/// One VM's virtual ITS.
+pub struct Vits {
+    vgic: Arc<Vgic>,
+    cfg: VitsConfig,
+    cmdq: Mutex<CmdQueue>,
+    routes: Mutex<Routes>,
+}
+
+impl Vits {
+    /// A vITS at reset, delivering into `vgic`.
+    pub fn new(vgic: Arc<Vgic>, cfg: VitsConfig) -> Self {
+        let cfg = VitsConfig {
+            device_id_bits: cfg.device_id_bits.clamp(1, 32),
+            event_id_bits: cfg.event_id_bits.clamp(1, 32),
+            ..cfg
+        };
+        Self {
+            vgic,
+            cfg,
+            cmdq: Mutex::new(CmdQueue {
+                enabled: false,
+                cbaser: 0,
+                cwriter: 0,
+                creadr: 0,
+                stalled: false,
+                baser: [
+                    BASER_TYPE_DEVICE | BASER_ENTRY_SIZE | BASER_PAGE_64K,
+                    BASER_TYPE_COLLECTION | BASER_ENTRY_SIZE | BASER_PAGE_64K,
+                ],
+                errors: 0,
+                commands: 0,
+                last_error: None,
+            }),
+            routes: Mutex::new(Routes {
+                enabled: false,
+                devices: BTreeMap::new(),
+                collections: BTreeMap::new(),
+            }),
+        }
+    }
+
+    /// The vGIC this vITS delivers into.
+    pub fn vgic(&self) -> &Arc<Vgic> {
+        &self.vgic
+    }
+
+    /// Number of commands ignored under the error policy so far.
+    pub fn error_count(&self) -> u64 {
+        self.cmdq.lock().errors
+    }
+
+    /// The most recent command error.
+    pub fn last_error(&self) -> Option<CmdError> {
+        self.cmdq.lock().last_error
+    }
+
+    /// Number of commands consumed (CREADR advances) so far.
+    pub fn command_count(&self) -> u64 {
+        self.cmdq.lock().commands
+    }
+
+    /// The route of (DeviceID, EventID): (vINTID, ICID), if mapped.
+    pub fn lookup(&self, device: u32, event: u32) -> Option<(u32, u16)> {
+        let r = self.routes.lock();
+        let ite = r.devices.get(&device)?.events.get(&event)?;
+        Some((ite.intid, ite.icid))
+    }
+
+    /// The vCPU collection `icid` is mapped to.
+    pub fn collection(&self, icid: u16) -> Option<usize> {
+        self.routes.lock().collections.get(&icid).copied()
+    }
+
+    /// Raise the LPI of (DeviceID, EventID) as if the device had written
+    /// `GITS_TRANSLATER`. Callable from any CPU at any time; it takes the
+    /// route lock and the vGIC lock, never the command-queue lock
+    /// (vITS invariant 10). The route is read as a unit with the injection
+    /// (vITS invariant 2): once a DISCARD or MAPD(V=0) has returned, this
+    /// raises nothing for that event.
+    pub fn translate(&self, device: u32, event: u32) -> Result<Kick, TranslateError> {
+        let routes = self.routes.lock();
+        if !routes.enabled {
+            return Err(TranslateError::Disabled);
+        }
+        // vITS invariant 3: every step tolerates "not mapped any more".
+        let dev = routes
+            .devices
+            .get(&device)
+            .ok_or(TranslateError::DeviceUnmapped)?;
+        let ite = dev
+            .events
+            .get(&event)
+            .ok_or(TranslateError::EventUnmapped)?;
+        let vcpu = *routes
+            .collections
+            .get(&ite.icid)
+            .ok_or(TranslateError::CollectionUnmapped)?;
+        let mut kick = Kick::default();
+        let mut st = self.vgic.lock();
+        if st.lpi_gen(ite.intid) != Some(ite.gen) {
+            log::error!("vits: route to INTID {} has a stale generation", ite.intid);
+            return Err(TranslateError::EventUnmapped);
+        }
+        st.lpi_set_pending(ite.intid, Some(vcpu), &mut kick);
+        Ok(kick)
+    }
+
+    // ---- register frame ----
+
+    /// Read `len` bytes at `offset` of the ITS region (two 64 KiB frames).
+    pub fn mmio_read(&self, offset: u64, len: u8) -> u64 {
+        let Some((reg, part)) = check_access(offset, len) else {
+            return 0;
+        };
+        let q = self.cmdq.lock();
+        let v = match reg {
+            0x0000 => {
+                // Quiescent: all processing is synchronous, so the ITS is
+                // quiescent exactly when it is disabled.
+                if q.enabled {
+                    1
+                } else {
+                    1 << 31
+                }
+            }
+            0x0004 => u64::from(VITS_IIDR),
+            0x0008 => self.typer(),
+            0x0080 => q.cbaser,
+            0x0088 => q.cwriter,
+            0x0090 => q.creadr | u64::from(q.stalled),
+            0x0100 | 0x0108 => q.baser[((reg - 0x100) / 8) as usize],
+            0x0110..=0x0138 => 0,
+            0xffe8 => 0x3b,
+            GITS_TRANSLATER => 0,
+            _ => {
+                log::warn!("vits: read of reserved offset {offset:#x}, RAZ");
+                return 0;
+            }
+        };
+        match part {
+            Part::Whole => v,
+            Part::Low => v & 0xffff_ffff,
+            Part::High => v >> 32,
+        }
+    }
+
+    /// Write `len` bytes at `offset` of the ITS region. A CWRITER write
+    /// processes the queue up to it before returning; a TRANSLATER write is
+    /// an event from `cfg.cpu_device_id`.
+    pub fn mmio_write(&self, offset: u64, len: u8, value: u64, mem: &dyn GuestMemory) -> Kick {
+        if offset == GITS_TRANSLATER && matches!(len, 1 | 2 | 4) {
+            let mask = (1u64 << (u32::from(len) * 8)) - 1;
+            return self
+                .translate(self.cfg.cpu_device_id, (value & mask) as u32)
+                .unwrap_or_default();
+        }
+        let Some((reg, part)) = check_access(offset, len) else {
+            return Kick::default();
+        };
+        let mut q = self.cmdq.lock();
+        let merge = |old: u64| merge_part(old, value, part);
+        match reg {
+            0x0000 => {
+                let en = value & 1 != 0;
+                if en != q.enabled {
+                    q.enabled = en;
+                    self.routes.lock().enabled = en;
+                    if en {
+                        return self.process(&mut q, mem);
+                    }
+                }
+            }
+            0x0080 => {
+                if q.enabled {
+                    log::warn!("vits: GITS_CBASER write while enabled, ignored");
+                    return Kick::default();
+                }
+                let mut v = merge(q.cbaser) & CBASER_MASK;
+                let base = v & 0x000f_ffff_ffff_f000;
+                let size = ((v & 0xff) + 1) * 4096;
+                if v & VALID != 0 && !mem.is_ram(base, size) {
+                    log::warn!("vits: command queue {base:#x}+{size:#x} outside RAM, left invalid");
+                    v &= !VALID;
+                }
+                q.cbaser = v;
+                // IHI 0069 §12.19.2: writing CBASER resets CREADR to 0.
+                q.creadr = 0;
+                q.stalled = false;
+            }
+            0x0088 => {
+                let v = merge(q.cwriter);
+                let off = v & QUEUE_OFFSET_MASK;
+                if off >= ((q.cbaser & 0xff) + 1) * 4096 {
+                    log::warn!("vits: GITS_CWRITER {off:#x} beyond the command queue, ignored");
+                    return Kick::default();
+                }
+                q.cwriter = off;
+                if v & 1 != 0 {
+                    // Retry: resume a stalled queue.
+                    q.stalled = false;
+                }
+                return self.process(&mut q, mem);
+            }
+            0x0100 | 0x0108 => {
+                if q.enabled {
+                    log::warn!("vits: GITS_BASER write while enabled, ignored");
+                    return Kick::default();
+                }
+                let n = ((reg - 0x100) / 8) as usize;
+                let ro = q.baser[n] & !BASER_WMASK;
+                let mut v = (merge(q.baser[n]) & BASER_WMASK) | ro;
+                if n == 1 {
+                    v &= !INDIRECT; // the collection table is flat only
+                }
+                let (base, bytes) = (baser_base(v), baser_bytes(v));
+                if v & VALID != 0 && !mem.is_ram(base, bytes) {
+                    log::warn!(
+                        "vits: GITS_BASER{n} table {base:#x}+{bytes:#x} outside RAM, left invalid"
+                    );
+                    v &= !VALID;
+                }
+                q.baser[n] = v;
+            }
+            0x0004 | 0x0008 | 0x0090 | 0x0110..=0x0138 | 0xffe8 => {}
+            _ => log::warn!("vits: write of reserved offset {offset:#x}, WI"),
+        }
+        Kick::default()
+    }
+
+    /// `GITS_TYPER` (IHI 0069 §12.19.?): Physical, ITT_entry_size, IDbits,
+    /// Devbits; PTA = 0 (RDbase is a processor number), HCC = 0 (all
+    /// collections in memory), CIDbits = 0 (16-bit ICIDs), SEIS = 0.
+    fn typer(&self) -> u64 {
+        1 | ((ITT_ENTRY_SIZE - 1) << 4)
+            | (u64::from(self.cfg.event_id_bits - 1) << 8)
+            | (u64::from(self.cfg.device_id_bits - 1) << 13)
+    }
+
+    // ---- command processing ----
+
+    /// Process commands from CREADR up to CWRITER, one at a time and in
+    /// order (vITS invariant 1).
+    fn process(&self, q: &mut CmdQueue, mem: &dyn GuestMemory) -> Kick {
+        let mut kick = Kick::default();
+        if !q.enabled || q.cbaser & VALID == 0 {
+            return kick;
+        }
+        let base = q.cbaser & 0x000f_ffff_ffff_f000;
+        let size = ((q.cbaser & 0xff) + 1) * 4096;
+        while !q.stalled && q.creadr != q.cwriter {
+            let mut raw = [0u8; 32];
+            if mem.read(base + q.creadr, &mut raw).is_err() {
+                log::error!(
+                    "vits: command at {:#x} unreadable, queue stalled",
+                    base + q.creadr
+                );
+                q.stalled = true;
+                break;
+            }
+            let mut dw = [0u64; 4];
+            for (i, d) in dw.iter_mut().enumerate() {
+                *d = u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+            }
+            let res = match Command::decode(dw) {
+                Ok(cmd) => self.execute(q, &cmd, mem, &mut kick),
+                Err(op) => Err(CmdError::UnknownCommand(op)),
+            };
+            if let Err(e) = res {
+                // The error policy: ignore the command and continue.
+                log::warn!("vits: command at CREADR {:#x} ignored: {e:?}", q.creadr);
+                q.errors += 1;
+                q.last_error = Some(e);
+            }
+            q.commands += 1;
+            // vITS invariant 1: 32 bytes per command, wrapping.
+            q.creadr = (q.creadr + 32) % size;
+        }
+        kick
+    }
+
+    /// Run one command. Every check happens before any state changes, so an
+    /// error has no side effect (vITS invariant 7).
+    fn execute(
+        &self,
+        q: &CmdQueue,
+        cmd: &Command,
+        mem: &dyn GuestMemory,
+        kick: &mut Kick,
+    ) -> Result<(), CmdError> {
+        match *cmd {
+            Command::Mapd {
+                device,
+                size,
+                itt_addr,
+                valid,
+            } => self.cmd_mapd(q, device, size, itt_addr, valid, mem, kick),
+            Command::Mapc {
+                icid,
+                rdbase,
+                valid,
+            } => self.cmd_mapc(q, icid, rdbase, valid, kick),
+            Command::Mapti {
+                device,
+                event,
+                intid,
+                icid,
+            } => self.cmd_mapti(q, device, event, intid, icid, mem, kick),
+            Command::Mapi {
+                device,
+                event,
+                icid,
+            } => self.cmd_mapti(q, device, event, event, icid, mem, kick),
+            Command::Movi {
+                device,
+                event,
+                icid,
+            } => self.cmd_movi(q, device, event, icid, kick),
+            Command::Discard { device, event } => self.cmd_discard(device, event, kick),
+            Command::Inv { device, event } => self.cmd_inv(device, event, mem, kick),
+            Command::Invall { icid } => self.cmd_invall(q, icid, mem, kick),
+            Command::Int { device, event } => self.cmd_int(device, event, kick),
+            Command::Clear { device, event } => self.cmd_clear(device, event, kick),
+            Command::Sync { rdbase } => self.cmd_sync(rdbase),
+            Command::Movall { rdbase1, rdbase2 } => self.cmd_movall(rdbase1, rdbase2, kick),
+        }
+    }
+
+    fn check_device_id(
+        &self,
+        q: &CmdQueue,
+        device: u32,
+        mem: &dyn GuestMemory,
+    ) -> Result<(), CmdError> {
+        if u64::from(device) >= 1u64 << self.cfg.device_id_bits {
+            return Err(CmdError::DeviceOutOfRange(device));
+        }
+        let baser = q.baser[0];
+        if baser & VALID == 0 {
+            return Err(CmdError::DeviceTableEntryInvalid(device));
+        }
+        let entries_per_page = TABLE_PAGE / TABLE_ENTRY_SIZE;
+        let l1_entries = baser_bytes(baser) / TABLE_ENTRY_SIZE;
+        let dev = u64::from(device);
+        if baser & INDIRECT == 0 {
+            return if dev < l1_entries {
+                Ok(())
+            } else {
+                Err(CmdError::DeviceOutOfRange(device))
+            };
+        }
+        // Two-level table (IHI 0069 §5.2.?, GITS_BASER.Indirect): each
+        // 8-byte level-1 entry has Valid in bit 63 and the 64 KiB-aligned
+        // level-2 page address in bits [51:16].
+        let idx = dev / entries_per_page;
+        if idx >= l1_entries {
+            return Err(CmdError::DeviceOutOfRange(device));
+        }
+        let l1 = mem
+            .read_u64(baser_base(baser) + idx * TABLE_ENTRY_SIZE)
+            .map_err(|_| CmdError::DeviceTableEntryInvalid(device))?;
+        let l2 = l1 & 0x000f_ffff_ffff_0000;
+        if l1 & VALID == 0 || !mem.is_ram(l2, TABLE_PAGE) {
+            return Err(CmdError::DeviceTableEntryInvalid(device));
+        }
+        Ok(())
+    }
+
+    fn check_icid(&self, q: &CmdQueue, icid: u16) -> Result<(), CmdError> {
+        let baser = q.baser[1];
+        if baser & VALID == 0 || u64::from(icid) >= baser_bytes(baser) / TABLE_ENTRY_SIZE {
+            return Err(CmdError::CollectionOutOfRange(icid));
+        }
+        Ok(())
+    }
+
+    fn check_rdbase(&self, rdbase: u64) -> Result<usize, CmdError> {
+        usize::try_from(rdbase)
+            .ok()
+            .filter(|&v| v < self.vgic.nr_vcpus())
+            .ok_or(CmdError::RdbaseOutOfRange(rdbase))
+    }
+
+    fn lpi_config(&self, intid: u32, mem: &dyn GuestMemory) -> LpiConfig {
+        let propbaser = self.vgic.lock().propbaser();
+        read_lpi_config(propbaser, intid, mem).unwrap_or(LpiConfig {
+            priority: 0xfc,
+            enabled: false,
+        })
+    }
+
+    /// MAPD (IHI 0069 §5.3.8). V=1 on a mapped device replaces its ITT:
+    /// the old mappings go first, as with V=0.
+    #[allow(clippy::too_many_arguments)]
+    fn cmd_mapd(
+        &self,
+        q: &CmdQueue,
+        device: u32,
+        size: u8,
+        itt_addr: u64,
+        valid: bool,
+        mem: &dyn GuestMemory,
+        kick: &mut Kick,
+    ) -> Result<(), CmdError> {
+        self.check_device_id(q, device, mem)?;
+        let event_bits = size + 1;
+        if valid {
+            if event_bits > self.cfg.event_id_bits {
+                return Err(CmdError::IttSizeTooLarge(size));
+            }
+            let bytes = (1u64 << event_bits) * ITT_ENTRY_SIZE;
+            if !mem.is_ram(itt_addr, bytes) {
+                return Err(CmdError::IttOutsideRam(itt_addr));
+            }
+        }
+        let mut routes = self.routes.lock();
+        if let Some(old) = routes.devices.remove(&device) {
+            // vITS invariants 2 and 6: with the route lock held no injection
+            // is in flight; each LPI loses this reference and is freed by
+            // the vGIC once nothing else (ITE, LR, queue entry) refers to it.
+            let mut st = self.vgic.lock();
+            for ite in old.events.values() {
+                st.lpi_unmap(ite.intid, kick);
+            }
+        }
+        if valid {
+            routes.devices.insert(
+                device,
+                Device {
+                    event_bits,
+                    events: BTreeMap::new(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// MAPC (IHI 0069 §5.3.9). Remapping a collection retargets its LPIs.
+    fn cmd_mapc(
+        &self,
+        q: &CmdQueue,
+        icid: u16,
+        rdbase: u64,
+        valid: bool,
+        kick: &mut Kick,
+    ) -> Result<(), CmdError> {
+        self.check_icid(q, icid)?;
+        let mut routes = self.routes.lock();
+        if !valid {
+            routes.collections.remove(&icid);
+            return Ok(());
+        }
+        let vcpu = self.check_rdbase(rdbase)?;
+        let old = routes.collections.insert(icid, vcpu);
+        if old.is_some_and(|o| o != vcpu) {
+            let mut st = self.vgic.lock();
+            for dev in routes.devices.values() {
+                for ite in dev.events.values().filter(|i| i.icid == icid) {
+                    st.lpi_set_target(ite.intid, Some(vcpu), kick);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// MAPTI / MAPI (IHI 0069 §5.3.10, §5.3.11). The LPI's priority and
+    /// enable are read from the property table.
+    #[allow(clippy::too_many_arguments)]
+    fn cmd_mapti(
+        &self,
+        q: &CmdQueue,
+        device: u32,
+        event: u32,
+        intid: u32,
+        icid: u16,
+        mem: &dyn GuestMemory,
+        kick: &mut Kick,
+    ) -> Result<(), CmdError> {
+        if u64::from(device) >= 1u64 << self.cfg.device_id_bits {
+            return Err(CmdError::DeviceOutOfRange(device));
+        }
+        self.check_icid(q, icid)?;
+        if !self.vgic.lock().lpi_in_range(intid) {
+            return Err(CmdError::LpiOutOfRange(intid));
+        }
+        let cfg = self.lpi_config(intid, mem);
+        let mut routes = self.routes.lock();
+        let target = routes.collections.get(&icid).copied();
+        let dev = routes
+            .devices
+            .get_mut(&device)
+            .ok_or(CmdError::DeviceUnmapped(device))?;
+        if u64::from(event) >= 1u64 << dev.event_bits {
+            return Err(CmdError::EventOutOfRange(device, event));
+        }
+        if dev.events.contains_key(&event) {
+            // vITS invariant 7: no side effect beyond the error policy.
+            return Err(CmdError::EventAlreadyMapped(device, event));
+        }
+        let mut st = self.vgic.lock();
+        // vITS invariant 5: a vINTID nothing maps any more starts pristine
+        // with a new generation, whatever an LR still holds of the old one.
+        let gen = st.lpi_map(intid, target, cfg);
+        st.lpi_set_config(intid, cfg, kick);
+        if target.is_some() {
+            st.lpi_set_target(intid, target, kick);
+        }
+        dev.events.insert(event, Ite { intid, icid, gen });
+        Ok(())
+    }
+
+    /// Look up a mapped event (for the commands that need one).
+    fn ite(routes: &Routes, device: u32, event: u32) -> Result<Ite, CmdError> {
+        let dev = routes
+            .devices
+            .get(&device)
+            .ok_or(CmdError::DeviceUnmapped(device))?;
+        if u64::from(event) >= 1u64 << dev.event_bits {
+            return Err(CmdError::EventOutOfRange(device, event));
+        }
+        dev.events
+            .get(&event)
+            .copied()
+            .ok_or(CmdError::EventUnmapped(device, event))
+    }
+
+    /// MOVI (IHI 0069 §5.3.12): pending state moves with the LPI, exactly
+    /// once (vITS invariant 9).
+    fn cmd_movi(
+        &self,
+        q: &CmdQueue,
+        device: u32,
+        event: u32,
+        icid: u16,
+        kick: &mut Kick,
+    ) -> Result<(), CmdError> {
+        self.check_icid(q, icid)?;
+        let mut routes = self.routes.lock();
+        let ite = Self::ite(&routes, device, event)?;
+        let vcpu = *routes
+            .collections
+            .get(&icid)
+            .ok_or(CmdError::CollectionUnmapped(icid))?;
+        if let Some(i) = routes
+            .devices
+            .get_mut(&device)
+            .and_then(|d| d.events.get_mut(&event))
+        {
+            i.icid = icid;
+        }
+        self.vgic.lock().lpi_set_target(ite.intid, Some(vcpu), kick);
+        Ok(())
+    }
+
+    /// DISCARD (IHI 0069 §5.3.4): the route and the pending state go. Once
+    /// this returns no new instance is injected (vITS invariant 2); one the
+    /// guest already took can still be deactivated (vITS invariant 8).
+    fn cmd_discard(&self, device: u32, event: u32, kick: &mut Kick) -> Result<(), CmdError> {
+        let mut routes = self.routes.lock();
+        let ite = Self::ite(&routes, device, event)?;
+        if let Some(d) = routes.devices.get_mut(&device) {
+            d.events.remove(&event);
+        }
+        self.vgic.lock().lpi_unmap(ite.intid, kick);
+        Ok(())
+    }
+
+    /// INV (IHI 0069 §5.3.6): reload priority and enable of one LPI.
+    fn cmd_inv(
+        &self,
+        device: u32,
+        event: u32,
+        mem: &dyn GuestMemory,
+        kick: &mut Kick,
+    ) -> Result<(), CmdError> {
+        let ite = Self::ite(&self.routes.lock(), device, event)?;
+        let cfg = self.lpi_config(ite.intid, mem);
+        let _routes = self.routes.lock();
+        let mut st = self.vgic.lock();
+        // vITS invariant 3: apply only to the mapping we looked up.
+        if st.lpi_gen(ite.intid) == Some(ite.gen) {
+            st.lpi_set_config(ite.intid, cfg, kick);
+        }
+        Ok(())
+    }
+
+    /// INVALL (IHI 0069 §5.3.7): reload the configuration of every LPI
+    /// mapped through collection `icid`. Pending state is untouched
+    /// (vITS invariant 9).
+    fn cmd_invall(
+        &self,
+        q: &CmdQueue,
+        icid: u16,
+        mem: &dyn GuestMemory,
+        kick: &mut Kick,
+    ) -> Result<(), CmdError> {
+        self.check_icid(q, icid)?;
+        let ites: Vec<Ite> = {
+            let routes = self.routes.lock();
+            if !routes.collections.contains_key(&icid) {
+                return Err(CmdError::CollectionUnmapped(icid));
+            }
+            routes
+                .devices
+                .values()
+                .flat_map(|d| d.events.values())
+                .filter(|i| i.icid == icid)
+                .copied()
+                .collect()
+        };
+        let cfgs: Vec<LpiConfig> = ites.iter().map(|i| self.lpi_config(i.intid, mem)).collect();
+        let _routes = self.routes.lock();
+        let mut st = self.vgic.lock();
+        for (ite, cfg) in ites.iter().zip(cfgs) {
+            if st.lpi_gen(ite.intid) == Some(ite.gen) {
+                st.lpi_set_config(ite.intid, cfg, kick);
+            }
+        }
+        Ok(())
+    }
+
+    /// INT (IHI 0069 §5.3.5): as if the device had written TRANSLATER.
+    fn cmd_int(&self, device: u32, event: u32, kick: &mut Kick) -> Result<(), CmdError> {
+        let routes = self.routes.lock();
+        let ite = Self::ite(&routes, device, event)?;
+        let vcpu = *routes
+            .collections
+            .get(&ite.icid)
+            .ok_or(CmdError::CollectionUnmapped(ite.icid))?;
+        self.vgic
+            .lock()
+            .lpi_set_pending(ite.intid, Some(vcpu), kick);
+        Ok(())
+    }
+
+    /// CLEAR (IHI 0069 §5.3.2).
+    fn cmd_clear(&self, device: u32, event: u32, kick: &mut Kick) -> Result<(), CmdError> {
+        let routes = self.routes.lock();
+        let ite = Self::ite(&routes, device, event)?;
+        if !routes.collections.contains_key(&ite.icid) {
+            return Err(CmdError::CollectionUnmapped(ite.icid));
+        }
+        self.vgic.lock().lpi_clear_pending(ite.intid, kick);
+        Ok(())
+    }
+
+    /// SYNC (IHI 0069 §5.3.13): every command completes synchronously, so
+    /// there is nothing to wait for.
+    fn cmd_sync(&self, rdbase: u64) -> Result<(), CmdError> {
+        self.check_rdbase(rdbase).map(|_| ())
+    }
+
+    /// MOVALL (IHI 0069 §5.3.13): every LPI targeting `rdbase1` moves to
+    /// `rdbase2`, pending state included, exactly once (vITS invariant 9).
+    fn cmd_movall(&self, rdbase1: u64, rdbase2: u64, kick: &mut Kick) -> Result<(), CmdError> {
+        let from = self.check_rdbase(rdbase1)?;
+        let to = self.check_rdbase(rdbase2)?;
+        let _routes = self.routes.lock();
+        let mut st = self.vgic.lock();
+        for intid in st.lpis_targeting(from) {
+            st.lpi_set_target(intid, Some(to), kick);
+        }
+        Ok(())
+    }
+}
+
+/// How an access maps onto a register.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// A 32-bit register, or a 64-bit one accessed whole.
+    Whole,
+    /// Low half of a 64-bit register.
+    Low,
+    /// High half of a 64-bit register.
+    High,
+}
+
+/// Validate an access to the register frame (IHI 0069 §12.19: 64-bit
+/// registers allow 32- and 64-bit accesses, 32-bit ones only 32-bit
+/// accesses): (register offset, part).
+fn check_access(offset: u64, len: u8) -> Option<(u64, Part)> {
+    if offset >= GITS_SIZE || !matches!(len, 4 | 8) || offset % u64::from(len) != 0 {
+        log::warn!("vits: {len}-byte access at {offset:#x} not permitted, RAZ/WI");
+        return None;
+    }
+    if matches!(offset, 0x0000 | 0x0004 | 0xffe8 | GITS_TRANSLATER) {
+        if len != 4 {
+            log::warn!("vits: {len}-byte access to 32-bit register {offset:#x}, RAZ/WI");
+            return None;
+        }
+        return Some((offset, Part::Whole));
+    }
+    let part = match (len, offset & 4) {
+        (8, _) => Part::Whole,
+        (_, 0) => Part::Low,
+        _ => Part::High,
+    };
+    Some((offset & !7, part))
+}
+
+fn merge_part(old: u64, value: u64, part: Part) -> u64 {
+    match part {
+        Part::Whole => value,
+        Part::Low => (old & !0xffff_ffff) | (value & 0xffff_ffff),
+        Part::High => (old & 0xffff_ffff) | (value << 32),
+    }
+}

@@ -1,0 +1,190 @@
+//! Shared rig for the vITS host tests: a fake guest RAM and a VM with a
+//! vGIC and a vITS set up the way a guest driver does it.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use vigil_vgic::sim::SimCpu;
+use vigil_vgic::sync::Mutex;
+use vigil_vgic::{GuestMemory, MemError, Vgic, VgicConfig, GICR_STRIDE};
+use vigil_vits::{Command, Vits, VitsConfig};
+
+pub const RAM: u64 = 0x4000_0000;
+pub const RAM_SIZE: u64 = 0x10_0000;
+pub const CMDQ: u64 = RAM;
+pub const CMDQ_PAGES: u64 = 16;
+pub const DEV_TABLE: u64 = RAM + 0x1_0000;
+pub const COLL_TABLE: u64 = RAM + 0x2_0000;
+pub const PROP_TABLE: u64 = RAM + 0x3_0000;
+pub const PEND_TABLE: u64 = RAM + 0x5_0000; // + v * 64 KiB
+pub const ITT_BASE: u64 = RAM + 0xa_0000; // + dev * 0x1000
+pub const L2_PAGE: u64 = RAM + 0xc_0000;
+pub const VALID: u64 = 1 << 63;
+pub const LPI0: u32 = 8192;
+
+/// Fake guest RAM with a read counter and an optional unreadable hole.
+pub struct FakeMem {
+    data: Mutex<Vec<u8>>,
+    pub reads: AtomicU64,
+    hole: Mutex<Option<(u64, u64)>>,
+}
+
+impl FakeMem {
+    pub fn new() -> Self {
+        Self {
+            data: Mutex::new(vec![0; RAM_SIZE as usize]),
+            reads: AtomicU64::new(0),
+            hole: Mutex::new(None),
+        }
+    }
+    pub fn write(&self, gpa: u64, bytes: &[u8]) {
+        let off = (gpa - RAM) as usize;
+        self.data.lock()[off..off + bytes.len()].copy_from_slice(bytes);
+    }
+    pub fn write_u64(&self, gpa: u64, v: u64) {
+        self.write(gpa, &v.to_le_bytes());
+    }
+    pub fn set_hole(&self, h: Option<(u64, u64)>) {
+        *self.hole.lock() = h;
+    }
+}
+
+impl GuestMemory for FakeMem {
+    fn is_ram(&self, gpa: u64, len: u64) -> bool {
+        gpa >= RAM && gpa.checked_add(len).is_some_and(|e| e <= RAM + RAM_SIZE)
+    }
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        if !self.is_ram(gpa, buf.len() as u64) {
+            return Err(MemError::OutOfRam);
+        }
+        if let Some((s, l)) = *self.hole.lock() {
+            if gpa < s + l && gpa + buf.len() as u64 > s {
+                return Err(MemError::OutOfRam);
+            }
+        }
+        let off = (gpa - RAM) as usize;
+        buf.copy_from_slice(&self.data.lock()[off..off + buf.len()]);
+        Ok(())
+    }
+}
+
+/// A VM: vGIC + vITS + RAM, and the guest driver's command-queue lock.
+pub struct Rig {
+    pub vgic: Arc<Vgic>,
+    pub its: Arc<Vits>,
+    pub mem: Arc<FakeMem>,
+    submit: Mutex<()>,
+}
+
+impl Rig {
+    /// `n` vCPUs, ITS enabled with flat tables, one collection per vCPU
+    /// (ICID v -> vCPU v), LPIs enabled on every redistributor, every LPI
+    /// enabled at priority 0xa0 in the property table.
+    pub fn new(n: usize) -> Self {
+        let r = Self::bare(n);
+        r.setup_tables(false);
+        r.enable_lpis();
+        for v in 0..n {
+            r.cmd(Command::Mapc {
+                icid: v as u16,
+                rdbase: v as u64,
+                valid: true,
+            });
+        }
+        r
+    }
+
+    /// Nothing configured.
+    pub fn bare(n: usize) -> Self {
+        let vgic = Arc::new(Vgic::new(&VgicConfig::simple(n)));
+        let its = Arc::new(Vits::new(vgic.clone(), VitsConfig::default()));
+        Self {
+            vgic,
+            its,
+            mem: Arc::new(FakeMem::new()),
+            submit: Mutex::new(()),
+        }
+    }
+
+    pub fn setup_tables(&self, two_level: bool) {
+        let m = &*self.mem;
+        // 64 KiB pages: PA[47:16] in place; Page_Size is RO.
+        let indirect = if two_level { 1 << 62 } else { 0 };
+        self.its.mmio_write(0x100, 8, VALID | indirect | DEV_TABLE, m);
+        self.its.mmio_write(0x108, 8, VALID | COLL_TABLE, m);
+        self.its.mmio_write(0x80, 8, VALID | CMDQ | (CMDQ_PAGES - 1), m);
+        self.its.mmio_write(0, 4, 1, m);
+        self.vgic.gicd_write(0, 0, 4, 0b11);
+        self.mem.write(PROP_TABLE, &vec![0xa1; 0x1_0000 - 0x2000]);
+        self.vgic.gicr_write(0x70, 8, PROP_TABLE | 15, m);
+    }
+
+    pub fn enable_lpis(&self) {
+        for v in 0..self.vgic.nr_vcpus() as u64 {
+            self.vgic
+                .gicr_write(v * GICR_STRIDE + 0x78, 8, PEND_TABLE + v * 0x1_0000, &*self.mem);
+            self.vgic.gicr_write(v * GICR_STRIDE, 4, 1, &*self.mem);
+        }
+    }
+
+    /// Queue commands and write CWRITER (serialised like a guest driver).
+    pub fn cmds(&self, cmds: &[Command]) {
+        let _g = self.submit.lock();
+        let mut w = self.its.mmio_read(0x88, 8);
+        for c in cmds {
+            self.mem.write(CMDQ + w, &c.to_bytes());
+            w = (w + 32) % (CMDQ_PAGES * 4096);
+        }
+        self.its.mmio_write(0x88, 8, w, &*self.mem);
+    }
+
+    pub fn cmd(&self, c: Command) {
+        self.cmds(&[c]);
+    }
+
+    /// Raw 32 bytes as a command.
+    pub fn raw(&self, dw: [u64; 4]) {
+        let _g = self.submit.lock();
+        let w = self.its.mmio_read(0x88, 8);
+        let mut b = [0u8; 32];
+        for (i, d) in dw.iter().enumerate() {
+            b[i * 8..i * 8 + 8].copy_from_slice(&d.to_le_bytes());
+        }
+        self.mem.write(CMDQ + w, &b);
+        self.its
+            .mmio_write(0x88, 8, (w + 32) % (CMDQ_PAGES * 4096), &*self.mem);
+    }
+
+    pub fn mapd(&self, device: u32, size: u8) {
+        self.cmd(Command::Mapd {
+            device,
+            size,
+            itt_addr: ITT_BASE + u64::from(device % 32) * 0x1000,
+            valid: true,
+        });
+    }
+
+    pub fn mapti(&self, device: u32, event: u32, intid: u32, icid: u16) {
+        self.cmd(Command::Mapti {
+            device,
+            event,
+            intid,
+            icid,
+        });
+    }
+
+    pub fn creadr(&self) -> u64 {
+        self.its.mmio_read(0x90, 8)
+    }
+
+    /// Take everything deliverable on vCPU `v`.
+    pub fn drain(&self, v: usize) -> Vec<u32> {
+        SimCpu::new(v, 4).drain(&self.vgic, 64)
+    }
+
+    pub fn set_prop(&self, intid: u32, byte: u8) {
+        self.mem.write(PROP_TABLE + u64::from(intid - LPI0), &[byte]);
+    }
+}
