@@ -278,9 +278,15 @@ impl<H: Host> PerCpu<H> {
 /// What a releasing holder does next.
 enum Step<H: Host> {
     Irq(u32),
+    Softirq,
     Handoff(Arc<Task<H>>),
     Free,
 }
+
+/// Pending IRQs a check point or a release runs before it may stop: the
+/// whole backlog in any normal situation, a bounded batch under a flood of
+/// host-thread triggers so that tasks are not starved (see `next_step`).
+const DRAIN_BATCH: u64 = 256;
 
 /// Value of the per-kernel TLS slot on the host thread holding the CPU.
 const TLS_HOLDER: usize = 1;
@@ -687,8 +693,8 @@ impl<H: Host> Kernel<H> {
         }
     }
 
-    /// Runs one hard IRQ on the holder, then softirqs if this was the
-    /// outermost interrupt (irq_exit).
+    /// Runs one hard IRQ on the holder. Softirqs it raises run later, once
+    /// no hard IRQ is pending (hard IRQs first, as their priority implies).
     fn run_hardirq(&self, irq: u32) {
         self.cpu.lock(|c| {
             // Runtime invariant 4: no handler runs while the running context
@@ -705,18 +711,14 @@ impl<H: Host> Kernel<H> {
             None => bump(&self.stats.spurious),
         }
         bump(&self.stats.irqs_handled);
-        let softirqs = self.cpu.lock(|c| {
-            c.hardirq -= 1;
-            c.hardirq == 0 && !c.in_softirq && c.softirq_pending != 0
-        });
-        if softirqs {
-            self.do_softirq();
-        }
+        self.cpu.lock(|c| c.hardirq -= 1);
     }
 
-    /// Runs pending softirqs unless already inside one. IRQs stay enabled,
-    /// so a hard IRQ triggered by a softirq runs at once, nested.
-    fn do_softirq(&self) {
+    /// Runs pending softirqs unless inside a hard IRQ or a softirq already.
+    /// IRQs stay enabled, so a hard IRQ triggered by a softirq runs at once,
+    /// nested. Returns whether anything ran.
+    fn do_softirq(&self) -> bool {
+        let mut ran = false;
         loop {
             let bits = self.cpu.lock(|c| {
                 if c.in_softirq || c.hardirq != 0 {
@@ -728,8 +730,9 @@ impl<H: Host> Kernel<H> {
                 p
             });
             if bits == 0 {
-                return;
+                return ran;
             }
+            ran = true;
             for nr in 0..NR_SOFTIRQS {
                 if bits & (1 << nr) != 0 {
                     let h = self.softirq_handlers.lock(|t| t[nr as usize].clone());
@@ -743,14 +746,30 @@ impl<H: Host> Kernel<H> {
         }
     }
 
-    /// An IRQ check point of a holder whose context has IRQs enabled:
-    /// softirqs, then every pending IRQ.
+    /// How many pending IRQs a check point or a release runs before it may
+    /// stop (a release: before it may hand the CPU to a runnable task with
+    /// IRQs still pending). At least `nr_irqs`, so that with round-robin
+    /// service every line pending at the start is served at least once.
+    fn drain_budget(&self) -> u64 {
+        DRAIN_BATCH.max(u64::from(self.config.nr_irqs))
+    }
+
+    /// An IRQ check point of a holder whose context has IRQs enabled (an
+    /// enabling restore, a task resuming, an interrupt return): every IRQ
+    /// pending at entry, then softirqs.
     fn handle_pending(&self) {
+        let budget = self.drain_budget();
+        let mut drained = 0;
         loop {
-            self.do_softirq();
-            match self.core.lock(|c| c.pending.pop()) {
-                Some(irq) => self.run_hardirq(irq),
-                None => return,
+            if drained < budget {
+                if let Some(irq) = self.core.lock(|c| c.pending.pop()) {
+                    drained += 1;
+                    self.run_hardirq(irq);
+                    continue;
+                }
+            }
+            if !self.do_softirq() {
+                return;
             }
         }
     }
@@ -762,25 +781,51 @@ impl<H: Host> Kernel<H> {
             debug_assert!(c.current.is_none() && c.hardirq == 0);
             c.idle_irqs_enabled = true;
         });
+        if let Some(next) = self.drain_and_pick() {
+            next.sem.up();
+        }
+    }
+
+    /// The releasing half of every hand-over, on the holder in the
+    /// task-less context: runs pending IRQs and softirqs, then makes the
+    /// next runnable task the holder (returned; the caller wakes it) or
+    /// frees the CPU (`None`).
+    fn drain_and_pick(&self) -> Option<Arc<Task<H>>> {
+        let budget = self.drain_budget();
+        let mut drained = 0;
         loop {
-            self.do_softirq();
-            match self.core.lock(|c| self.next_step(c)) {
-                Step::Irq(irq) => self.run_hardirq(irq),
-                Step::Handoff(t) => {
-                    t.sem.up();
-                    return;
+            // Holder-only state: cannot change between here and the lock.
+            let softirq = self.cpu.lock(|c| c.softirq_pending != 0);
+            match self
+                .core
+                .lock(|c| self.next_step(c, drained >= budget, softirq))
+            {
+                Step::Irq(irq) => {
+                    drained += 1;
+                    self.run_hardirq(irq);
                 }
-                Step::Free => return,
+                Step::Softirq => {
+                    self.do_softirq();
+                }
+                Step::Handoff(t) => return Some(t),
+                Step::Free => return None,
             }
         }
     }
 
     /// Under the core lock: the releasing holder's next move.
     ///
-    /// Runtime invariant 2 (and 6): the CPU leaves this host thread only in
-    /// the critical section that saw nothing pending; a trigger that comes
-    /// after sees the new holder (or a free CPU) and acts on that.
-    fn next_step(&self, c: &mut Core<H>) -> Step<H> {
+    /// Runtime invariant 2 (and 6): the holder runs the pending IRQs before
+    /// it releases, and the CPU leaves it only in a critical section that
+    /// decided so atomically with the pending check, so a trigger that comes
+    /// later sees the new holder (or a free CPU). The CPU is never *freed*
+    /// with an IRQ pending. Under a flood — more than [`DRAIN_BATCH`] IRQs
+    /// pending, arriving faster than they run — once the holder has run a
+    /// batch it may hand the CPU to a runnable task with IRQs still
+    /// pending: that task resumes with IRQs enabled and runs a batch before
+    /// its own code, so no IRQ is stuck and host threads cannot starve the
+    /// tasks (draining "until empty" under a flood never ends).
+    fn next_step(&self, c: &mut Core<H>, drained_enough: bool, softirq: bool) -> Step<H> {
         #[cfg(debug_assertions)]
         if let Some(Holder::Irq(owner)) = &c.holder {
             // Like lkl_cpu_put's owner check: only the holder releases.
@@ -790,8 +835,13 @@ impl<H: Host> Kernel<H> {
                 "vigil-lkl: CPU released by a thread that does not hold it"
             );
         }
-        if let Some(irq) = c.pending.pop() {
-            return Step::Irq(irq);
+        if !c.pending.is_empty() && (!drained_enough || c.runqueue.is_empty()) {
+            if let Some(irq) = c.pending.pop() {
+                return Step::Irq(irq);
+            }
+        }
+        if softirq {
+            return Step::Softirq;
         }
         self.host.tls_set(self.tls, 0);
         let step = match c.runqueue.pop_front() {
@@ -1094,23 +1144,14 @@ impl<H: Host> Kernel<H> {
                 c.fault_stale_global_flag = Some(t.ti.irqs_enabled());
             }
         });
-        loop {
-            self.do_softirq();
-            match self.core.lock(|c| self.next_step(c)) {
-                Step::Irq(irq) => self.run_hardirq(irq),
-                Step::Handoff(next) => {
-                    if !Arc::ptr_eq(&next, t) {
-                        bump(&self.stats.context_switches);
-                        next.sem.up();
-                        t.sem.down();
-                    }
-                    break;
-                }
-                Step::Free => {
-                    t.sem.down();
-                    break;
-                }
+        match self.drain_and_pick() {
+            Some(next) if Arc::ptr_eq(&next, t) => {}
+            Some(next) => {
+                bump(&self.stats.context_switches);
+                next.sem.up();
+                t.sem.down();
             }
+            None => t.sem.down(),
         }
         self.enter_task(t);
     }
