@@ -127,6 +127,7 @@ pub struct VgicState {
     pub(crate) pri_mask: u8,
     pub(crate) lpi_id_bits: u8,
     pub(crate) has_lpis: bool,
+    pub(crate) anomalies: u64,
 }
 
 impl VgicState {
@@ -163,6 +164,7 @@ impl VgicState {
             pri_mask: !((1u16 << (8 - pri_bits)) - 1) as u8,
             lpi_id_bits,
             has_lpis,
+            anomalies: 0,
         };
         for i in 0..s.spis.len() {
             // Reset IROUTER = 0: Aff 0.0.0.0, i.e. the vCPU with MPIDR 0.
@@ -303,6 +305,7 @@ impl VgicState {
                 ),
             };
             if stale {
+                self.anomalies += 1;
                 log::error!("vgic: vcpu {v}: stale list entry for INTID {}", e.intid);
                 self.vcpus[v].ap.swap_remove(i);
                 continue;
@@ -327,6 +330,7 @@ impl VgicState {
         if !self.vcpus[v].lr_meta.is_empty() {
             // The kernel entered twice without folding: fold what we wrote,
             // as if the guest had not touched it, so nothing is lost.
+            self.anomalies += 1;
             log::error!("vgic: vcpu {v}: flush without fold-back");
             let written: Vec<LrValue> = self.vcpus[v].lr_meta.iter().map(|m| m.written).collect();
             self.fold(v, &written, IchMisr::default(), 0);
@@ -435,6 +439,7 @@ impl VgicState {
         for (i, meta) in metas.iter().enumerate() {
             let mut lr = lrs.get(i).copied().unwrap_or(meta.written);
             if lr.vintid() != meta.intid {
+                self.anomalies += 1;
                 log::error!(
                     "vgic: vcpu {v}: LR{i} holds INTID {} but {} was written",
                     lr.vintid(),
@@ -468,6 +473,7 @@ impl VgicState {
             .iter()
             .position(|e| e.intid == meta.intid && e.gen == meta.gen);
         let Some(pos) = pos else {
+            self.anomalies += 1;
             log::error!(
                 "vgic: vcpu {v}: LR for INTID {} has no list entry",
                 meta.intid
@@ -511,6 +517,7 @@ impl VgicState {
             }
             _ => {
                 // vITS invariant 5: not the mapping that put it there.
+                self.anomalies += 1;
                 log::error!(
                     "vgic: vcpu {v}: LR for INTID {} folds into no mapping",
                     meta.intid
@@ -758,6 +765,18 @@ impl VgicState {
     /// Number of entries (live and retired) on `v`'s active-or-pending list.
     pub fn list_len(&self, v: usize) -> usize {
         self.vcpus[v].ap.len()
+    }
+
+    /// Internal inconsistencies detected and survived (stale list entries,
+    /// LR state with no mapping to fold into, flush without fold). Always 0
+    /// in a correct kernel; tests assert it.
+    pub fn anomalies(&self) -> u64 {
+        self.anomalies
+    }
+
+    /// Record an internal inconsistency found by a user of this state.
+    pub fn note_anomaly(&mut self) {
+        self.anomalies += 1;
     }
 
     /// Whether LPIs are enabled on `v`'s redistributor.

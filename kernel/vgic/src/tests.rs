@@ -596,6 +596,8 @@ fn run_ops(ops: &[Op]) {
         assert!(m.delivered >= 1 || m.injected == 0);
         assert!(m.delivered <= m.injected);
     }
+    assert_eq!(r.g.lock().anomalies(), 0);
+    assert_eq!(r.g.lock().list_len(0), 0);
 }
 
 proptest! {

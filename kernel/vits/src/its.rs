@@ -277,6 +277,7 @@ impl Vits {
         let mut kick = Kick::default();
         let mut st = self.vgic.lock();
         if st.lpi_gen(ite.intid) != Some(ite.gen) {
+            st.note_anomaly();
             log::error!("vits: route to INTID {} has a stale generation", ite.intid);
             return Err(TranslateError::EventUnmapped);
         }

@@ -112,9 +112,11 @@ impl Rig {
         let m = &*self.mem;
         // 64 KiB pages: PA[47:16] in place; Page_Size is RO.
         let indirect = if two_level { 1 << 62 } else { 0 };
-        self.its.mmio_write(0x100, 8, VALID | indirect | DEV_TABLE, m);
+        self.its
+            .mmio_write(0x100, 8, VALID | indirect | DEV_TABLE, m);
         self.its.mmio_write(0x108, 8, VALID | COLL_TABLE, m);
-        self.its.mmio_write(0x80, 8, VALID | CMDQ | (CMDQ_PAGES - 1), m);
+        self.its
+            .mmio_write(0x80, 8, VALID | CMDQ | (CMDQ_PAGES - 1), m);
         self.its.mmio_write(0, 4, 1, m);
         self.vgic.gicd_write(0, 0, 4, 0b11);
         self.mem.write(PROP_TABLE, &vec![0xa1; 0x1_0000 - 0x2000]);
@@ -123,8 +125,12 @@ impl Rig {
 
     pub fn enable_lpis(&self) {
         for v in 0..self.vgic.nr_vcpus() as u64 {
-            self.vgic
-                .gicr_write(v * GICR_STRIDE + 0x78, 8, PEND_TABLE + v * 0x1_0000, &*self.mem);
+            self.vgic.gicr_write(
+                v * GICR_STRIDE + 0x78,
+                8,
+                PEND_TABLE + v * 0x1_0000,
+                &*self.mem,
+            );
             self.vgic.gicr_write(v * GICR_STRIDE, 4, 1, &*self.mem);
         }
     }
@@ -185,6 +191,7 @@ impl Rig {
     }
 
     pub fn set_prop(&self, intid: u32, byte: u8) {
-        self.mem.write(PROP_TABLE + u64::from(intid - LPI0), &[byte]);
+        self.mem
+            .write(PROP_TABLE + u64::from(intid - LPI0), &[byte]);
     }
 }

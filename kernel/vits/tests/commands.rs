@@ -1,0 +1,989 @@
+//! Every command's effect, bit-exact decoding, the register frame, the
+//! error policy, two-level device tables and the LPI tables.
+
+mod common;
+
+use common::*;
+use std::sync::atomic::Ordering;
+use vigil_vgic::sim::SimCpu;
+use vigil_vgic::GICR_STRIDE;
+use vigil_vits::{CmdError, Command, TranslateError, GITS_TRANSLATER, VITS_IIDR};
+
+// ---- decoding ----
+
+#[test]
+fn encoding_is_bit_exact() {
+    let c = Command::Mapd {
+        device: 0xdead_beef,
+        size: 0x13,
+        itt_addr: 0x000f_1234_5678_9a00,
+        valid: true,
+    };
+    assert_eq!(
+        c.encode(),
+        [0xdead_beef_0000_0008, 0x13, 0x800f_1234_5678_9a00, 0]
+    );
+    let c = Command::Mapti {
+        device: 7,
+        event: 0x1234_5678,
+        intid: 0x2345,
+        icid: 0xabcd,
+    };
+    assert_eq!(c.encode(), [0x7_0000_000a, 0x2345_1234_5678, 0xabcd, 0]);
+    let c = Command::Mapc {
+        icid: 3,
+        rdbase: 0xa_bcde_f012,
+        valid: true,
+    };
+    assert_eq!(c.encode(), [0x09, 0, 0x800a_bcde_f012_0003, 0]);
+    let c = Command::Movall {
+        rdbase1: 1,
+        rdbase2: 2,
+    };
+    assert_eq!(c.encode(), [0x0e, 0, 0x1_0000, 0x2_0000]);
+    assert_eq!(Command::Sync { rdbase: 5 }.encode(), [0x05, 0, 0x5_0000, 0]);
+    assert_eq!(Command::Invall { icid: 9 }.encode(), [0x0d, 0, 9, 0]);
+    for (op, c) in [
+        (
+            0x01,
+            Command::Movi {
+                device: 1,
+                event: 2,
+                icid: 3,
+            },
+        ),
+        (
+            0x03,
+            Command::Int {
+                device: 1,
+                event: 2,
+            },
+        ),
+        (
+            0x04,
+            Command::Clear {
+                device: 1,
+                event: 2,
+            },
+        ),
+        (
+            0x0b,
+            Command::Mapi {
+                device: 1,
+                event: 2,
+                icid: 3,
+            },
+        ),
+        (
+            0x0c,
+            Command::Inv {
+                device: 1,
+                event: 2,
+            },
+        ),
+        (
+            0x0f,
+            Command::Discard {
+                device: 1,
+                event: 2,
+            },
+        ),
+    ] {
+        let e = c.encode();
+        assert_eq!(e[0], op | (1 << 32));
+        assert_eq!(e[1], 2);
+        assert_eq!(Command::decode(e), Ok(c));
+    }
+}
+
+#[test]
+fn decoding_ignores_reserved_bits() {
+    // MAPD with junk in RES0 bits: DW1[63:5], DW2[62:52] and [7:0], DW3.
+    let dw = [
+        0x1234_0000_ff08,
+        0xffff_ffff_ffff_ffe5,
+        0x7ff0_0000_4000_01ff,
+        !0,
+    ];
+    assert_eq!(
+        Command::decode(dw),
+        Ok(Command::Mapd {
+            device: 0x1234,
+            size: 5,
+            itt_addr: 0x4000_0100,
+            valid: false,
+        })
+    );
+    // DW0[31:8] is RES0 too: the opcode is DW0[7:0] only.
+    let dw = [0xffff_ff03, 4, 0, 0];
+    assert_eq!(
+        Command::decode(dw),
+        Ok(Command::Int {
+            device: 0,
+            event: 4
+        })
+    );
+    // MAPC RDbase is DW2[51:16].
+    let dw = [0x09, 0, 0xfff0_0000_0001_0002, 0];
+    assert_eq!(
+        Command::decode(dw),
+        Ok(Command::Mapc {
+            icid: 2,
+            rdbase: 1,
+            valid: true
+        })
+    );
+    assert_eq!(
+        Command::decode([0x29, 0, 0, 0]),
+        Err(0x29),
+        "VMAPP is not implemented"
+    );
+    assert_eq!(Command::decode([0x00, 0, 0, 0]), Err(0));
+}
+
+// ---- register frame ----
+
+#[test]
+fn register_frame() {
+    let r = Rig::bare(2);
+    let m = &*r.mem;
+    assert_eq!(r.its.mmio_read(0, 4), 1 << 31, "disabled and quiescent");
+    assert_eq!(r.its.mmio_read(4, 4), u64::from(VITS_IIDR));
+    assert_eq!(r.its.mmio_read(0xffe8, 4), 0x3b);
+    let typer = r.its.mmio_read(8, 8);
+    assert_eq!(typer & 1, 1, "Physical");
+    assert_eq!((typer >> 4) & 0xf, 7, "ITT_entry_size 8 bytes");
+    assert_eq!((typer >> 8) & 0x1f, 15, "IDbits");
+    assert_eq!((typer >> 13) & 0x1f, 15, "Devbits");
+    assert_eq!((typer >> 19) & 1, 0, "PTA = 0");
+    assert_eq!((typer >> 24) & 0xff, 0, "HCC = 0");
+    assert_eq!(r.its.mmio_read(0xc, 4), typer >> 32);
+    // BASER0: devices, BASER1: collections, 8-byte entries, 64 KiB pages.
+    let b0 = r.its.mmio_read(0x100, 8);
+    assert_eq!((b0 >> 56) & 7, 1);
+    assert_eq!((b0 >> 48) & 0x1f, 7);
+    assert_eq!((b0 >> 8) & 3, 2);
+    assert_eq!((r.its.mmio_read(0x108, 8) >> 56) & 7, 4);
+    assert_eq!(r.its.mmio_read(0x110, 8), 0, "BASER2 unimplemented");
+    // RO fields survive a write; the valid table is accepted.
+    r.its
+        .mmio_write(0x100, 8, VALID | DEV_TABLE | 0x0700_0000_0000_0300, m);
+    let b0 = r.its.mmio_read(0x100, 8);
+    assert_eq!(b0 & VALID, VALID);
+    assert_eq!((b0 >> 56) & 7, 1);
+    assert_eq!((b0 >> 8) & 3, 2);
+    // 32-bit halves of CBASER.
+    r.its.mmio_write(0x80, 4, CMDQ | 3, m);
+    r.its.mmio_write(0x84, 4, VALID >> 32, m);
+    assert_eq!(r.its.mmio_read(0x80, 8), VALID | CMDQ | 3);
+    // Bad widths: RAZ/WI.
+    assert_eq!(r.its.mmio_read(0x80, 2), 0);
+    assert_eq!(r.its.mmio_read(0, 8), 0);
+    assert_eq!(r.its.mmio_read(0x82, 4), 0);
+    // Enable: no longer quiescent; CBASER/BASER writes are then ignored.
+    r.its.mmio_write(0, 4, 1, m);
+    assert_eq!(r.its.mmio_read(0, 4), 1);
+    r.its.mmio_write(0x80, 8, 0, m);
+    assert_eq!(r.its.mmio_read(0x80, 8), VALID | CMDQ | 3);
+}
+
+#[test]
+fn tables_outside_ram_rejected_without_touching_memory() {
+    let r = Rig::bare(1);
+    let m = &*r.mem;
+    let before = m.reads.load(Ordering::Relaxed);
+    r.its.mmio_write(0x80, 8, VALID | 0x1000_0000 | 3, m);
+    assert_eq!(r.its.mmio_read(0x80, 8) & VALID, 0, "CBASER left invalid");
+    r.its
+        .mmio_write(0x100, 8, VALID | (RAM + RAM_SIZE - 0x1_0000) | 1, m);
+    assert_eq!(
+        r.its.mmio_read(0x100, 8) & VALID,
+        0,
+        "BASER0 straddles the end of RAM"
+    );
+    r.its.mmio_write(0x108, 8, VALID | 0x7000_0000, m);
+    assert_eq!(r.its.mmio_read(0x108, 8) & VALID, 0);
+    r.its.mmio_write(0, 4, 1, m);
+    r.its.mmio_write(0x88, 8, 0x60, m);
+    assert_eq!(r.creadr(), 0, "an invalid queue is not processed");
+    assert_eq!(
+        m.reads.load(Ordering::Relaxed),
+        before,
+        "no memory was read"
+    );
+}
+
+#[test]
+fn cwriter_beyond_queue_is_ignored_and_creadr_wraps() {
+    let r = Rig::new(1);
+    let w = r.its.mmio_read(0x88, 8);
+    r.its.mmio_write(0x88, 8, CMDQ_PAGES * 4096, &*r.mem);
+    assert_eq!(r.its.mmio_read(0x88, 8), w);
+    // Fill past the end: CREADR wraps to the start (vITS invariant 1).
+    let n = (CMDQ_PAGES * 4096 / 32) as usize;
+    for _ in 0..n + 3 {
+        r.cmd(Command::Sync { rdbase: 0 });
+    }
+    assert_eq!(r.creadr(), r.its.mmio_read(0x88, 8));
+    assert_eq!(r.creadr(), (w + (n as u64 + 3) * 32) % (CMDQ_PAGES * 4096));
+    assert_eq!(r.its.error_count(), 0);
+}
+
+#[test]
+fn unreadable_command_stalls_until_retry() {
+    let r = Rig::new(1);
+    r.mapd(1, 3);
+    let at = CMDQ + r.creadr();
+    r.mem.set_hole(Some((at, 32)));
+    r.mapti(1, 0, LPI0, 0);
+    assert_eq!(r.creadr() & 1, 1, "Stalled");
+    assert_eq!(r.creadr() & !1, at - CMDQ);
+    r.mem.set_hole(None);
+    r.its
+        .mmio_write(0x88, 8, r.its.mmio_read(0x88, 8) | 1, &*r.mem); // Retry
+    assert_eq!(r.creadr() & 1, 0);
+    assert_eq!(r.its.lookup(1, 0), Some((LPI0, 0)));
+}
+
+// ---- command effects ----
+
+#[test]
+fn map_int_deliver() {
+    let r = Rig::new(2);
+    r.mapd(1, 4);
+    r.mapti(1, 3, LPI0 + 5, 1);
+    assert_eq!(r.its.lookup(1, 3), Some((LPI0 + 5, 1)));
+    r.cmd(Command::Mapi {
+        device: 1,
+        event: 8200,
+        icid: 0,
+    });
+    assert_eq!(r.its.last_error(), Some(CmdError::EventOutOfRange(1, 8200)));
+    r.mapd(2, 13);
+    r.cmd(Command::Mapi {
+        device: 2,
+        event: 8200,
+        icid: 0,
+    });
+    assert_eq!(r.its.lookup(2, 8200), Some((8200, 0)));
+    r.cmds(&[
+        Command::Int {
+            device: 1,
+            event: 3,
+        },
+        Command::Int {
+            device: 2,
+            event: 8200,
+        },
+        Command::Sync { rdbase: 1 },
+    ]);
+    assert_eq!(r.drain(0), vec![8200]);
+    assert_eq!(r.drain(1), vec![LPI0 + 5]);
+    assert!(r.drain(1).is_empty());
+    assert_eq!(r.its.error_count(), 1);
+}
+
+#[test]
+fn clear_removes_pending() {
+    let r = Rig::new(1);
+    r.mapd(1, 4);
+    r.mapti(1, 0, LPI0, 0);
+    r.cmds(&[
+        Command::Int {
+            device: 1,
+            event: 0,
+        },
+        Command::Clear {
+            device: 1,
+            event: 0,
+        },
+    ]);
+    assert!(r.drain(0).is_empty());
+}
+
+#[test]
+fn discard_removes_route_and_pending_and_frees() {
+    let r = Rig::new(1);
+    r.mapd(1, 4);
+    r.mapti(1, 0, LPI0, 0);
+    r.cmds(&[
+        Command::Int {
+            device: 1,
+            event: 0,
+        },
+        Command::Discard {
+            device: 1,
+            event: 0,
+        },
+    ]);
+    assert_eq!(r.its.lookup(1, 0), None);
+    assert_eq!(r.vgic.lock().lpi_count(), 0, "vITS invariant 6");
+    assert!(r.drain(0).is_empty());
+    assert_eq!(r.its.translate(1, 0), Err(TranslateError::EventUnmapped));
+    r.cmd(Command::Int {
+        device: 1,
+        event: 0,
+    });
+    assert_eq!(r.its.last_error(), Some(CmdError::EventUnmapped(1, 0)));
+}
+
+#[test]
+fn movi_and_movall_move_pending_exactly_once() {
+    let r = Rig::new(3);
+    r.mapd(1, 4);
+    r.mapti(1, 0, LPI0, 0);
+    r.mapti(1, 1, LPI0 + 1, 0);
+    r.cmds(&[
+        Command::Int {
+            device: 1,
+            event: 0,
+        },
+        Command::Movi {
+            device: 1,
+            event: 0,
+            icid: 1,
+        },
+    ]);
+    assert_eq!(r.its.lookup(1, 0), Some((LPI0, 1)));
+    assert!(r.drain(0).is_empty());
+    assert_eq!(r.drain(1), vec![LPI0]);
+    // MOVALL: every LPI targeting vCPU 0 moves to vCPU 2.
+    r.cmds(&[
+        Command::Int {
+            device: 1,
+            event: 1,
+        },
+        Command::Movall {
+            rdbase1: 0,
+            rdbase2: 2,
+        },
+    ]);
+    assert!(r.drain(0).is_empty());
+    assert_eq!(r.drain(2), vec![LPI0 + 1]);
+    // MOVI onto an unmapped collection is an error, nothing moves.
+    r.cmd(Command::Movi {
+        device: 1,
+        event: 0,
+        icid: 7,
+    });
+    assert_eq!(r.its.last_error(), Some(CmdError::CollectionUnmapped(7)));
+    assert_eq!(r.its.lookup(1, 0), Some((LPI0, 1)));
+}
+
+#[test]
+fn movi_while_in_lr_delivers_once() {
+    let r = Rig::new(2);
+    r.mapd(1, 4);
+    r.mapti(1, 0, LPI0, 0);
+    r.cmd(Command::Int {
+        device: 1,
+        event: 0,
+    });
+    let mut c0 = SimCpu::new(0, 4);
+    c0.enter(&r.vgic);
+    r.cmd(Command::Movi {
+        device: 1,
+        event: 0,
+        icid: 1,
+    });
+    let rep = c0.exit(&r.vgic); // not acknowledged: folds back, migrates
+    assert!(rep.kick.contains(1));
+    assert!(r.drain(0).is_empty());
+    assert_eq!(r.drain(1), vec![LPI0]);
+}
+
+#[test]
+fn inv_and_invall_reload_configuration() {
+    let r = Rig::new(1);
+    r.set_prop(LPI0, 0xa0); // disabled
+    r.mapd(1, 4);
+    r.mapti(1, 0, LPI0, 0);
+    r.cmd(Command::Int {
+        device: 1,
+        event: 0,
+    });
+    assert!(r.drain(0).is_empty(), "disabled in the property table");
+    r.set_prop(LPI0, 0xa1);
+    r.cmd(Command::Inv {
+        device: 1,
+        event: 0,
+    });
+    assert_eq!(r.drain(0), vec![LPI0], "INV enabled it; pending was kept");
+    // INVALL: priorities change order.
+    r.mapti(1, 1, LPI0 + 1, 0);
+    r.set_prop(LPI0, 0x81);
+    r.set_prop(LPI0 + 1, 0x41);
+    r.cmds(&[
+        Command::Int {
+            device: 1,
+            event: 0,
+        },
+        Command::Int {
+            device: 1,
+            event: 1,
+        },
+    ]);
+    let mut c = SimCpu::new(0, 4);
+    c.enter(&r.vgic);
+    let first = c.ack();
+    c.exit(&r.vgic);
+    assert_eq!(
+        first,
+        Some(LPI0),
+        "old priorities: 0xa0 vs 0xa0, lower INTID first"
+    );
+    c.active.clear();
+    r.cmd(Command::Invall { icid: 0 });
+    assert_eq!(
+        c.drain(&r.vgic, 8),
+        vec![LPI0 + 1],
+        "INVALL did not lose pending state"
+    );
+    r.cmd(Command::Invall { icid: 5 });
+    assert_eq!(r.its.last_error(), Some(CmdError::CollectionUnmapped(5)));
+}
+
+#[test]
+fn mapd_v0_unmaps_everything_and_remap_starts_empty() {
+    let r = Rig::new(1);
+    r.mapd(1, 4);
+    for e in 0..4 {
+        r.mapti(1, e, LPI0 + e, 0);
+        r.cmd(Command::Int {
+            device: 1,
+            event: e,
+        });
+    }
+    r.cmd(Command::Mapd {
+        device: 1,
+        size: 0,
+        itt_addr: 0,
+        valid: false,
+    });
+    assert_eq!(r.vgic.lock().lpi_count(), 0);
+    assert!(r.drain(0).is_empty());
+    r.mapd(1, 0); // one EventID bit: events 0 and 1
+    assert_eq!(r.its.lookup(1, 0), None);
+    r.mapti(1, 2, LPI0, 0);
+    assert_eq!(r.its.last_error(), Some(CmdError::EventOutOfRange(1, 2)));
+    r.mapti(1, 1, LPI0, 0);
+    assert_eq!(r.its.lookup(1, 1), Some((LPI0, 0)));
+}
+
+#[test]
+fn mapc_remap_retargets() {
+    let r = Rig::new(2);
+    r.mapd(1, 4);
+    r.mapti(1, 0, LPI0, 0);
+    r.cmds(&[
+        Command::Mapc {
+            icid: 0,
+            rdbase: 1,
+            valid: true,
+        },
+        Command::Int {
+            device: 1,
+            event: 0,
+        },
+    ]);
+    assert_eq!(r.its.collection(0), Some(1));
+    assert_eq!(r.drain(1), vec![LPI0]);
+    r.cmd(Command::Mapc {
+        icid: 0,
+        rdbase: 0,
+        valid: false,
+    });
+    assert_eq!(r.its.collection(0), None);
+    assert_eq!(
+        r.its.translate(1, 0),
+        Err(TranslateError::CollectionUnmapped)
+    );
+    r.cmd(Command::Int {
+        device: 1,
+        event: 0,
+    });
+    assert_eq!(r.its.last_error(), Some(CmdError::CollectionUnmapped(0)));
+}
+
+#[test]
+fn shared_vintid_between_two_events() {
+    let r = Rig::new(1);
+    r.mapd(1, 4);
+    r.mapti(1, 0, LPI0, 0);
+    r.mapti(1, 1, LPI0, 0);
+    r.cmd(Command::Discard {
+        device: 1,
+        event: 0,
+    });
+    assert_eq!(r.vgic.lock().lpi_count(), 1, "still mapped by event 1");
+    r.cmd(Command::Int {
+        device: 1,
+        event: 1,
+    });
+    assert_eq!(r.drain(0), vec![LPI0]);
+}
+
+#[test]
+fn translater_write_from_guest() {
+    let r = Rig::new(1);
+    r.mapd(0, 4); // cpu_device_id = 0
+    r.mapti(0, 5, LPI0 + 9, 0);
+    let k = r.its.mmio_write(GITS_TRANSLATER, 4, 5, &*r.mem);
+    assert!(k.contains(0));
+    assert_eq!(r.drain(0), vec![LPI0 + 9]);
+    assert_eq!(r.its.mmio_read(GITS_TRANSLATER, 4), 0);
+    // Disabled ITS translates nothing.
+    r.its.mmio_write(0, 4, 0, &*r.mem);
+    assert_eq!(r.its.translate(0, 5), Err(TranslateError::Disabled));
+}
+
+#[test]
+fn pending_table_honoured_when_lpis_enabled() {
+    let r = Rig::bare(1);
+    r.setup_tables(false);
+    r.cmd(Command::Mapc {
+        icid: 0,
+        rdbase: 0,
+        valid: true,
+    });
+    r.mapd(1, 4);
+    r.mapti(1, 0, LPI0 + 10, 0);
+    r.mapti(1, 1, LPI0 + 11, 0);
+    // The guest marks LPI0+10 pending in its pending table, then enables.
+    let bit = LPI0 + 10;
+    r.mem
+        .write(PEND_TABLE + u64::from(bit / 8), &[1 << (bit % 8)]);
+    assert!(r.drain(0).is_empty());
+    r.enable_lpis();
+    assert_eq!(r.drain(0), vec![LPI0 + 10]);
+    assert_eq!(r.vgic.gicr_read(0, 4) & 1, 1);
+    // PTZ: the table is declared zero and not read.
+    let r = Rig::bare(1);
+    r.setup_tables(false);
+    r.cmd(Command::Mapc {
+        icid: 0,
+        rdbase: 0,
+        valid: true,
+    });
+    r.mapd(1, 4);
+    r.mapti(1, 0, LPI0 + 10, 0);
+    r.mem
+        .write(PEND_TABLE + u64::from(bit / 8), &[1 << (bit % 8)]);
+    r.vgic.gicr_write(0x78, 8, PEND_TABLE | (1 << 62), &*r.mem);
+    r.vgic.gicr_write(0, 4, 1, &*r.mem);
+    assert!(r.drain(0).is_empty());
+    // LPIs of a redistributor with EnableLPIs = 0 are held back.
+    let r2 = Rig::bare(2);
+    r2.setup_tables(false);
+    r2.vgic
+        .gicr_write(GICR_STRIDE + 0x78, 8, PEND_TABLE, &*r2.mem);
+    r2.vgic.gicr_write(GICR_STRIDE, 4, 1, &*r2.mem);
+    r2.cmd(Command::Mapc {
+        icid: 0,
+        rdbase: 0,
+        valid: true,
+    });
+    r2.mapd(1, 4);
+    r2.mapti(1, 0, LPI0, 0);
+    r2.cmd(Command::Int {
+        device: 1,
+        event: 0,
+    });
+    assert!(r2.drain(0).is_empty());
+    r2.vgic
+        .gicr_write(0x78, 8, PEND_TABLE + 0x1_0000 * 3, &*r2.mem);
+    r2.vgic.gicr_write(0, 4, 1, &*r2.mem);
+    assert_eq!(r2.drain(0), vec![LPI0]);
+}
+
+// ---- error policy ----
+
+/// Each parameter error: the command has no effect, CREADR moves on, the
+/// next command runs (ignore and continue; vITS invariant 7).
+#[test]
+fn error_policy_ignore_and_continue() {
+    let r = Rig::new(2);
+    r.mapd(1, 2); // 3 EventID bits: events 0..=7
+    r.mapti(1, 0, LPI0, 0);
+    let cases: Vec<(Command, CmdError)> = vec![
+        (
+            Command::Mapd {
+                device: 1 << 16,
+                size: 3,
+                itt_addr: ITT_BASE,
+                valid: true,
+            },
+            CmdError::DeviceOutOfRange(1 << 16),
+        ),
+        (
+            Command::Mapd {
+                device: 2,
+                size: 16,
+                itt_addr: ITT_BASE,
+                valid: true,
+            },
+            CmdError::IttSizeTooLarge(16),
+        ),
+        (
+            Command::Mapd {
+                device: 2,
+                size: 3,
+                itt_addr: 0x1000,
+                valid: true,
+            },
+            CmdError::IttOutsideRam(0x1000),
+        ),
+        (
+            Command::Mapd {
+                device: 2,
+                size: 15,
+                itt_addr: RAM + RAM_SIZE - 0x100,
+                valid: true,
+            },
+            CmdError::IttOutsideRam(RAM + RAM_SIZE - 0x100),
+        ),
+        (
+            Command::Mapc {
+                icid: 0,
+                rdbase: 2,
+                valid: true,
+            },
+            CmdError::RdbaseOutOfRange(2),
+        ),
+        (
+            Command::Mapc {
+                icid: 8192,
+                rdbase: 0,
+                valid: true,
+            },
+            CmdError::CollectionOutOfRange(8192),
+        ),
+        (
+            Command::Mapti {
+                device: 3,
+                event: 0,
+                intid: LPI0 + 1,
+                icid: 0,
+            },
+            CmdError::DeviceUnmapped(3),
+        ),
+        (
+            Command::Mapti {
+                device: 1,
+                event: 8,
+                intid: LPI0 + 1,
+                icid: 0,
+            },
+            CmdError::EventOutOfRange(1, 8),
+        ),
+        (
+            Command::Mapti {
+                device: 1,
+                event: 0,
+                intid: LPI0 + 1,
+                icid: 0,
+            },
+            CmdError::EventAlreadyMapped(1, 0),
+        ),
+        (
+            Command::Mapti {
+                device: 1,
+                event: 1,
+                intid: 100,
+                icid: 0,
+            },
+            CmdError::LpiOutOfRange(100),
+        ),
+        (
+            Command::Mapti {
+                device: 1,
+                event: 1,
+                intid: 1 << 16,
+                icid: 0,
+            },
+            CmdError::LpiOutOfRange(1 << 16),
+        ),
+        (
+            Command::Mapti {
+                device: 1,
+                event: 1,
+                intid: LPI0 + 1,
+                icid: 9000,
+            },
+            CmdError::CollectionOutOfRange(9000),
+        ),
+        (
+            Command::Movi {
+                device: 1,
+                event: 1,
+                icid: 1,
+            },
+            CmdError::EventUnmapped(1, 1),
+        ),
+        (
+            Command::Discard {
+                device: 4,
+                event: 0,
+            },
+            CmdError::DeviceUnmapped(4),
+        ),
+        (
+            Command::Inv {
+                device: 1,
+                event: 9,
+            },
+            CmdError::EventOutOfRange(1, 9),
+        ),
+        (
+            Command::Int {
+                device: 1,
+                event: 2,
+            },
+            CmdError::EventUnmapped(1, 2),
+        ),
+        (
+            Command::Clear {
+                device: 1,
+                event: 2,
+            },
+            CmdError::EventUnmapped(1, 2),
+        ),
+        (Command::Sync { rdbase: 5 }, CmdError::RdbaseOutOfRange(5)),
+        (
+            Command::Movall {
+                rdbase1: 0,
+                rdbase2: 9,
+            },
+            CmdError::RdbaseOutOfRange(9),
+        ),
+        (Command::Invall { icid: 3 }, CmdError::CollectionUnmapped(3)),
+    ];
+    for (i, (c, e)) in cases.iter().enumerate() {
+        let before = r.creadr();
+        r.cmds(&[
+            *c,
+            Command::Int {
+                device: 1,
+                event: 0,
+            },
+        ]);
+        assert_eq!(
+            r.creadr(),
+            before + 64,
+            "CREADR advances past the bad command"
+        );
+        assert_eq!(r.its.last_error(), Some(*e), "case {i}: {c:?}");
+        assert_eq!(r.its.error_count(), i as u64 + 1);
+        assert_eq!(r.its.lookup(1, 0), Some((LPI0, 0)), "no side effect");
+        assert_eq!(r.its.lookup(1, 1), None);
+        assert_eq!(r.vgic.lock().lpi_count(), 1);
+        assert_eq!(r.its.collection(0), Some(0));
+        assert_eq!(r.drain(0), vec![LPI0], "the next command still ran");
+    }
+    r.raw([0x2a, 1, 2, 3]);
+    assert_eq!(r.its.last_error(), Some(CmdError::UnknownCommand(0x2a)));
+    assert_eq!(r.creadr() & 1, 0, "never stalls on a parameter error");
+}
+
+#[test]
+fn mapd_without_device_table_is_an_error() {
+    let r = Rig::bare(1);
+    r.its.mmio_write(0x80, 8, VALID | CMDQ | 1, &*r.mem);
+    r.its.mmio_write(0, 4, 1, &*r.mem);
+    r.mapd(1, 3);
+    assert_eq!(
+        r.its.last_error(),
+        Some(CmdError::DeviceTableEntryInvalid(1))
+    );
+    r.cmd(Command::Mapc {
+        icid: 0,
+        rdbase: 0,
+        valid: true,
+    });
+    assert_eq!(r.its.last_error(), Some(CmdError::CollectionOutOfRange(0)));
+}
+
+// ---- two-level device table ----
+
+#[test]
+fn two_level_device_table() {
+    let r = Rig::bare(1);
+    r.setup_tables(true);
+    assert_eq!(r.its.mmio_read(0x100, 8) >> 62 & 1, 1, "Indirect kept");
+    // L1 entry 1 (DeviceIDs 8192..16383) valid; entry 0 not; entry 2 points
+    // outside RAM.
+    r.mem.write_u64(DEV_TABLE + 8, VALID | L2_PAGE);
+    r.mem.write_u64(DEV_TABLE + 16, VALID | 0x9000_0000);
+    r.mapd(8192 + 5, 3);
+    assert_eq!(r.its.error_count(), 0);
+    r.mapd(5, 3);
+    assert_eq!(
+        r.its.last_error(),
+        Some(CmdError::DeviceTableEntryInvalid(5))
+    );
+    r.mapd(2 * 8192, 3);
+    assert_eq!(
+        r.its.last_error(),
+        Some(CmdError::DeviceTableEntryInvalid(2 * 8192))
+    );
+    r.cmd(Command::Mapc {
+        icid: 0,
+        rdbase: 0,
+        valid: true,
+    });
+    r.enable_lpis();
+    r.mapti(8192 + 5, 1, LPI0, 0);
+    r.cmd(Command::Int {
+        device: 8192 + 5,
+        event: 1,
+    });
+    assert_eq!(r.drain(0), vec![LPI0]);
+    // Flat table of one 64 KiB page: 8192 DeviceIDs.
+    let f = Rig::new(1);
+    f.mapd(8191, 0);
+    assert_eq!(f.its.error_count(), 0);
+    f.mapd(8192, 0);
+    assert_eq!(f.its.last_error(), Some(CmdError::DeviceOutOfRange(8192)));
+}
+
+// ---- LPIs through list registers ----
+
+#[test]
+fn more_lpis_than_lrs_then_discard_queued() {
+    let r = Rig::new(1);
+    r.mapd(1, 4);
+    for e in 0..8 {
+        r.set_prop(LPI0 + e, (0x10 * e as u8) | 1);
+        r.mapti(1, e, LPI0 + e, 0);
+        r.cmd(Command::Int {
+            device: 1,
+            event: e,
+        });
+    }
+    let mut c = SimCpu::new(0, 4);
+    c.enter(&r.vgic);
+    assert_eq!(
+        r.vgic.lock().loaded_intids(0),
+        vec![LPI0, LPI0 + 1, LPI0 + 2, LPI0 + 3]
+    );
+    assert!(c.hcr.uie() && c.hcr.npie());
+    r.cmd(Command::Discard {
+        device: 1,
+        event: 6,
+    });
+    let mut got = Vec::new();
+    while let Some(i) = c.ack() {
+        got.push(i);
+        c.eoi(i);
+    }
+    c.exit(&r.vgic);
+    got.extend(c.drain(&r.vgic, 16));
+    assert_eq!(
+        got,
+        vec![
+            LPI0,
+            LPI0 + 1,
+            LPI0 + 2,
+            LPI0 + 3,
+            LPI0 + 4,
+            LPI0 + 5,
+            LPI0 + 7
+        ]
+    );
+    assert_eq!(r.vgic.lock().lpi_count(), 7);
+    assert_eq!(r.vgic.lock().list_len(0), 0);
+}
+
+#[test]
+fn discard_mapti_reuse_while_in_lr() {
+    for acked in [false, true] {
+        let r = Rig::new(1);
+        r.mapd(1, 4);
+        r.mapti(1, 0, LPI0, 0);
+        r.cmd(Command::Int {
+            device: 1,
+            event: 0,
+        });
+        let mut c = SimCpu::new(0, 4);
+        c.enter(&r.vgic);
+        if acked {
+            assert_eq!(c.ack(), Some(LPI0));
+        }
+        r.cmds(&[
+            Command::Discard {
+                device: 1,
+                event: 0,
+            },
+            Command::Mapti {
+                device: 1,
+                event: 1,
+                intid: LPI0,
+                icid: 0,
+            },
+            Command::Int {
+                device: 1,
+                event: 1,
+            },
+        ]);
+        if acked {
+            c.eoi(LPI0); // vITS invariant 8: the old one can still be EOIed
+        }
+        c.exit(&r.vgic);
+        let got = c.drain(&r.vgic, 8);
+        assert_eq!(
+            got,
+            vec![LPI0],
+            "the new mapping's INT exactly once (acked={acked})"
+        );
+        let s = r.vgic.stats(0);
+        assert_eq!(s.retired_dropped, u64::from(!acked));
+        assert_eq!(r.vgic.lock().lpi_count(), 1);
+    }
+}
+
+#[test]
+fn discard_of_active_lpi_keeps_it_deactivatable() {
+    let r = Rig::new(1);
+    r.mapd(1, 4);
+    r.mapti(1, 0, LPI0, 0);
+    r.cmd(Command::Int {
+        device: 1,
+        event: 0,
+    });
+    let mut c = SimCpu::new(0, 4);
+    c.enter(&r.vgic);
+    assert_eq!(c.ack(), Some(LPI0));
+    c.exit(&r.vgic); // acknowledged, not yet EOIed
+    r.cmds(&[
+        Command::Discard {
+            device: 1,
+            event: 0,
+        },
+        Command::Mapti {
+            device: 1,
+            event: 1,
+            intid: LPI0,
+            icid: 0,
+        },
+        Command::Int {
+            device: 1,
+            event: 1,
+        },
+    ]);
+    assert_eq!(
+        r.vgic.lock().lpi_count(),
+        1,
+        "old state freed, new one live"
+    );
+    c.enter(&r.vgic);
+    // The retired instance is back in an LR (active) and blocks the new one
+    // with the same vINTID (vITS invariant 4) until it is deactivated.
+    assert_eq!(r.vgic.lock().loaded_intids(0), vec![LPI0]);
+    let lr = c.lrs[0];
+    assert!(lr.state().active() && !lr.state().pending() && lr.eoi());
+    c.eoi(LPI0);
+    assert!(c.misr().bits() & 1 != 0, "EOI maintenance requested");
+    c.exit(&r.vgic);
+    assert_eq!(c.drain(&r.vgic, 8), vec![LPI0]);
+    assert_eq!(r.vgic.lock().list_len(0), 0);
+}
