@@ -110,6 +110,16 @@ pub struct GicInfo {
     pub its: Option<Region>,
 }
 
+/// Architected timer interrupts, as INTIDs (PPI number + 16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerIrqs {
+    pub phys_secure: u32,
+    pub phys_nonsecure: u32,
+    pub virt: u32,
+    /// The EL2 physical timer (CNTHP).
+    pub hyp: u32,
+}
+
 /// Everything Vigil needs to know about the machine at boot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Platform<'a> {
@@ -118,6 +128,7 @@ pub struct Platform<'a> {
     pub gic: GicInfo,
     pub uart: Region,
     pub psci: Option<PsciConduit>,
+    pub timer: TimerIrqs,
     pub bootargs: &'a str,
 }
 
@@ -133,6 +144,8 @@ pub enum Error {
     MissingReg(&'static str),
     NoUart,
     BadPsciMethod,
+    /// No arm,armv8-timer node with four PPIs.
+    NoTimer,
 }
 
 impl fmt::Display for Error {
@@ -146,6 +159,7 @@ impl fmt::Display for Error {
             Error::MissingReg(what) => write!(f, "{what} node has no usable reg property"),
             Error::NoUart => write!(f, "no arm,pl011 UART in the device tree"),
             Error::BadPsciMethod => write!(f, "/psci method is neither smc nor hvc"),
+            Error::NoTimer => write!(f, "no arm,armv8-timer node with four PPIs"),
         }
     }
 }
@@ -223,6 +237,7 @@ pub fn discover(dtb: &[u8]) -> Result<Platform<'_>, Error> {
         Some(_) => return Err(Error::BadPsciMethod),
     };
 
+    let timer = discover_timer(&fdt)?;
     let bootargs = fdt.chosen().bootargs().unwrap_or("");
 
     Ok(Platform {
@@ -231,7 +246,36 @@ pub fn discover(dtb: &[u8]) -> Result<Platform<'_>, Error> {
         gic: GicInfo { gicd, gicr, its },
         uart,
         psci,
+        timer,
         bootargs,
+    })
+}
+
+/// The timer's `interrupts` are four 3-cell GIC specifiers <type num
+/// flags> in the order secure physical, non-secure physical, virtual,
+/// hypervisor (Linux binding arm,arch_timer); type 1 is a PPI.
+fn discover_timer(fdt: &fdt::Fdt<'_>) -> Result<TimerIrqs, Error> {
+    let node = fdt
+        .find_compatible(&["arm,armv8-timer", "arm,armv7-timer"])
+        .ok_or(Error::NoTimer)?;
+    let raw = node.property("interrupts").ok_or(Error::NoTimer)?.value;
+    if raw.len() < 4 * 12 {
+        return Err(Error::NoTimer);
+    }
+    let cell =
+        |i: usize| u32::from_be_bytes([raw[i * 4], raw[i * 4 + 1], raw[i * 4 + 2], raw[i * 4 + 3]]);
+    let mut ppi = [0u32; 4];
+    for (n, p) in ppi.iter_mut().enumerate() {
+        if cell(n * 3) != 1 {
+            return Err(Error::NoTimer);
+        }
+        *p = cell(n * 3 + 1) + 16;
+    }
+    Ok(TimerIrqs {
+        phys_secure: ppi[0],
+        phys_nonsecure: ppi[1],
+        virt: ppi[2],
+        hyp: ppi[3],
     })
 }
 

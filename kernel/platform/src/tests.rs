@@ -10,6 +10,7 @@ struct Tree {
     with_its: bool,
     with_gic: bool,
     with_memory: bool,
+    with_timer: bool,
     psci_method: &'static str,
     bootargs: &'static str,
 }
@@ -21,6 +22,7 @@ impl Default for Tree {
             with_its: true,
             with_gic: true,
             with_memory: true,
+            with_timer: true,
             psci_method: "smc",
             bootargs: "vigil.test=smp",
         }
@@ -89,6 +91,18 @@ impl Tree {
         w.property_array_u64("reg", &[0x0900_0000, 0x1000]).unwrap();
         w.end_node(uart).unwrap();
 
+        if self.with_timer {
+            let t = w.begin_node("timer").unwrap();
+            w.property_string("compatible", "arm,armv8-timer").unwrap();
+            // QEMU virt: PPIs 13, 14, 11, 10, level-high (flags 0xf04).
+            w.property_array_u32(
+                "interrupts",
+                &[1, 13, 0xf04, 1, 14, 0xf04, 1, 11, 0xf04, 1, 10, 0xf04],
+            )
+            .unwrap();
+            w.end_node(t).unwrap();
+        }
+
         let psci = w.begin_node("psci").unwrap();
         w.property_string_list(
             "compatible",
@@ -119,6 +133,15 @@ fn discovers_qemu_virt_layout() {
     assert_eq!(p.uart, Region::new(0x0900_0000, 0x1000));
     assert_eq!(p.psci, Some(PsciConduit::Smc));
     assert_eq!(p.bootargs, "vigil.test=smp");
+    assert_eq!(
+        p.timer,
+        TimerIrqs {
+            phys_secure: 29,
+            phys_nonsecure: 30,
+            virt: 27,
+            hyp: 26
+        }
+    );
 }
 
 #[test]
@@ -186,6 +209,11 @@ fn errors_are_specific() {
         ..Tree::default()
     };
     assert_eq!(discover(&too_many.build()), Err(Error::TooManyCpus));
+    let no_timer = Tree {
+        with_timer: false,
+        ..Tree::default()
+    };
+    assert_eq!(discover(&no_timer.build()), Err(Error::NoTimer));
     let bad_psci = Tree {
         psci_method: "carrier-pigeon",
         ..Tree::default()

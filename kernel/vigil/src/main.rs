@@ -11,18 +11,21 @@ extern crate alloc;
 mod arch;
 mod console;
 mod exit;
+mod gic;
 mod ktest;
 mod logger;
 mod mm;
+mod mmio;
 mod percpu;
 mod psci;
 mod smp;
+mod timer;
 
 use vigil_board_qemu_virt as board;
 use vigil_platform::{BootArgs, Platform, Region};
 
 /// Options Vigil understands on its command line.
-const KNOWN_OPTIONS: &[&str] = &["vigil.test", "vigil.log"];
+const KNOWN_OPTIONS: &[&str] = &["vigil.test", "vigil.log", "vigil.its"];
 
 /// The device tree QEMU left at the base of RAM.
 fn device_tree() -> Result<&'static [u8], &'static str> {
@@ -117,6 +120,23 @@ extern "C" fn kmain() -> ! {
         platform.psci.unwrap_or(vigil_platform::PsciConduit::Smc)
     );
 
+    gic::init(platform.gic, &platform.cpus)
+        .unwrap_or_else(|e| fatal(format_args!("boot: GIC: {e}")));
+    gic::init_cpu().unwrap_or_else(|e| fatal(format_args!("boot: GIC on cpu0: {e}")));
+    timer::init(platform.timer.hyp);
+    if let Some(its) = platform.gic.its {
+        let flat = match args.get("vigil.its") {
+            None => false,
+            Some("flat") => true,
+            Some(other) => fatal(format_args!(
+                "boot: vigil.its={other}: expected vigil.its=flat"
+            )),
+        };
+        gic::its::init(its.base, platform.cpus.len(), flat)
+            .unwrap_or_else(|e| fatal(format_args!("boot: ITS: {e}")));
+    }
+    arch::sysreg::irq_enable();
+
     smp::announce();
     let online = smp::start_secondaries(&platform.cpus, 0);
     log::info!("{online} of {} CPUs online", platform.cpus.len());
@@ -141,9 +161,15 @@ impl core::fmt::Display for OptAddr {
 
 #[no_mangle]
 extern "C" fn secondary_main(_index: usize) -> ! {
+    if let Err(e) = gic::init_cpu() {
+        fatal(format_args!("GIC on cpu{}: {e}", arch::cpu_index()));
+    }
+    arch::sysreg::irq_enable();
     smp::announce();
+    // Idle: everything this CPU does from now on runs in interrupt
+    // handlers.
     loop {
-        aarch64_cpu::asm::wfe();
+        aarch64_cpu::asm::wfi();
     }
 }
 

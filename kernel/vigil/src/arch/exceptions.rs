@@ -203,5 +203,8 @@ fn unexpected(kind: VectorKind, frame: &TrapFrame) -> ! {
 #[no_mangle]
 extern "C" fn handle_exception(kind: u64, frame: &mut TrapFrame) {
     let kind = VectorKind::from_raw(kind);
-    unexpected(kind, frame);
+    match kind {
+        VectorKind::CurrentSpxIrq => crate::gic::handle_irq(),
+        _ => unexpected(kind, frame),
+    }
 }

@@ -4,6 +4,7 @@
 pub mod boot;
 pub mod exceptions;
 pub mod mmu;
+pub mod sysreg;
 
 use aarch64_cpu::registers::{CurrentEL, Readable, CNTFRQ_EL0, CNTPCT_EL0, MPIDR_EL1, TPIDR_EL2};
 

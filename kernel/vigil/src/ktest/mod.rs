@@ -9,12 +9,19 @@ use vigil_platform::Platform;
 
 use crate::{arch, exit, mm, percpu};
 
+mod gic;
+
 type Scenario = fn(&Platform<'_>) -> Result<(), &'static str>;
 
 /// Every scenario, by name.
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("smp", smp),
     ("memory", memory),
+    ("sgi", gic::sgi),
+    ("timer", gic::timer),
+    ("lpi", gic::lpi),
+    ("lpi-storm", gic::lpi_storm),
+    ("its-wrap", gic::its_wrap),
     ("data-abort", data_abort),
     ("panic", deliberate_panic),
     ("fail", deliberate_failure),

@@ -1,0 +1,87 @@
+//! System registers without a typed accessor in `aarch64-cpu`, by their
+//! generic encodings (so no assembler extension is needed).
+
+macro_rules! sysreg {
+    ($(#[$doc:meta])* $read:ident, $write:ident, $enc:literal) => {
+        $(#[$doc])*
+        #[inline]
+        #[allow(dead_code)]
+        pub fn $read() -> u64 {
+            let v: u64;
+            // SAFETY: reading this system register has no side effects
+            // beyond those the architecture documents for it, which the
+            // callers rely on (e.g. acknowledging an interrupt).
+            unsafe { core::arch::asm!(concat!("mrs {}, ", $enc), out(reg) v, options(nostack)) };
+            v
+        }
+
+        $(#[$doc])*
+        #[inline]
+        #[allow(dead_code)]
+        pub fn $write(v: u64) {
+            // SAFETY: the callers write values valid for this register at
+            // EL2; none of these registers changes memory mappings.
+            unsafe { core::arch::asm!(concat!("msr ", $enc, ", {}"), in(reg) v, options(nostack)) };
+        }
+    };
+}
+
+sysreg!(
+    /// ICC_SRE_EL2 (IHI 0069 §12.12.8).
+    icc_sre_el2, set_icc_sre_el2, "S3_4_C12_C9_5"
+);
+sysreg!(
+    /// ICC_PMR_EL1.
+    icc_pmr_el1, set_icc_pmr_el1, "S3_0_C4_C6_0"
+);
+sysreg!(
+    /// ICC_IAR1_EL1 (reading acknowledges).
+    icc_iar1_el1, _set_icc_iar1_el1, "S3_0_C12_C12_0"
+);
+sysreg!(
+    /// ICC_EOIR1_EL1.
+    _icc_eoir1_el1, set_icc_eoir1_el1, "S3_0_C12_C12_1"
+);
+sysreg!(
+    /// ICC_DIR_EL1.
+    _icc_dir_el1, set_icc_dir_el1, "S3_0_C12_C11_1"
+);
+sysreg!(
+    /// ICC_SGI1R_EL1.
+    _icc_sgi1r_el1, set_icc_sgi1r_el1, "S3_0_C12_C11_5"
+);
+sysreg!(
+    /// ICC_IGRPEN1_EL1.
+    icc_igrpen1_el1, set_icc_igrpen1_el1, "S3_0_C12_C12_7"
+);
+sysreg!(
+    /// ICC_CTLR_EL1.
+    icc_ctlr_el1, set_icc_ctlr_el1, "S3_0_C12_C12_4"
+);
+sysreg!(
+    /// ICC_BPR1_EL1.
+    icc_bpr1_el1, set_icc_bpr1_el1, "S3_0_C12_C12_3"
+);
+sysreg!(
+    /// CNTHP_CTL_EL2: EL2 physical timer control.
+    cnthp_ctl_el2, set_cnthp_ctl_el2, "S3_4_C14_C2_1"
+);
+sysreg!(
+    /// CNTHP_CVAL_EL2: EL2 physical timer compare value.
+    cnthp_cval_el2, set_cnthp_cval_el2, "S3_4_C14_C2_2"
+);
+sysreg!(
+    /// HCR_EL2.
+    hcr_el2, set_hcr_el2, "hcr_el2"
+);
+
+/// Unmask IRQs at the current EL.
+#[inline]
+pub fn irq_enable() {
+    // SAFETY: unmasking interrupts; handlers are installed before this.
+    unsafe { core::arch::asm!("msr daifclr, #2", options(nostack)) };
+}
+
+pub fn isb() {
+    aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
+}

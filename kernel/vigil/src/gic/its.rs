@@ -1,0 +1,421 @@
+//! The physical ITS: tables sized to what GITS_TYPER and each GITS_BASER
+//! ask for, the command queue, and a small API for mapping devices and
+//! events to host LPIs.
+//!
+//! One lock serialises the command queue; callers batch commands and wait
+//! for their completion with a SYNC. Every wait is bounded: a stalled or
+//! dead ITS is reported with the command it stopped at, never a hang.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+use spin::{Mutex, Once};
+use tock_registers::interfaces::{Readable, Writeable};
+use vigil_gic::its_cmd::{ItsCommand, RdBase};
+use vigil_gic::lpi::LpiAllocator;
+use vigil_gic::queue::{Ring, OFFSET_MASK};
+use vigil_gic::regs::{self, baser, GitsRegs, GitsTyper, Shareability};
+
+use crate::arch;
+use crate::arch::mmu::clean_to_poc;
+use crate::mmio::Mmio;
+
+/// Size of the command queue: 2048 commands.
+const QUEUE_SIZE: u64 = 64 * 1024;
+/// Bounded wait for the ITS to consume commands.
+const ITS_TIMEOUT_MS: u64 = 500;
+/// Device table pages are 64 KiB where the ITS allows.
+const PAGE: u64 = 64 * 1024;
+
+#[derive(Debug)]
+pub enum ItsError {
+    NotPhysical,
+    Memory(vigil_mm::FrameError),
+    /// GITS_CREADR.Stalled: the ITS stopped at a command it rejected.
+    Stalled {
+        offset: u64,
+        command: [u64; 4],
+    },
+    /// The ITS did not consume the queue in time.
+    Timeout {
+        creadr: u64,
+        cwriter: u64,
+    },
+    DeviceOutOfRange(u32),
+    TableRejected(usize),
+}
+
+impl core::fmt::Display for ItsError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NotPhysical => write!(f, "the ITS does not support physical LPIs"),
+            Self::Memory(e) => write!(f, "allocating ITS memory: {e}"),
+            Self::Stalled { offset, command } => write!(
+                f,
+                "ITS stalled at command offset {offset:#x}: {:#018x} {:#018x} {:#018x} {:#018x}",
+                command[0], command[1], command[2], command[3]
+            ),
+            Self::Timeout { creadr, cwriter } => write!(
+                f,
+                "ITS did not consume its queue within {ITS_TIMEOUT_MS} ms (CREADR {creadr:#x}, CWRITER {cwriter:#x})"
+            ),
+            Self::DeviceOutOfRange(d) => write!(f, "DeviceID {d} beyond the ITS's DeviceID bits"),
+            Self::TableRejected(n) => write!(f, "GITS_BASER{n} did not accept its table"),
+        }
+    }
+}
+
+struct Queue {
+    base: u64,
+    ring: Ring,
+    cwriter: u64,
+    /// Times the writer wrapped around (tests check the wrap handling).
+    wraps: u64,
+    /// Clean written commands to the PoC (the ITS does not snoop).
+    clean: bool,
+}
+
+/// The device table and how to reach an entry.
+struct DeviceTable {
+    base: u64,
+    entry_size: u64,
+    page: u64,
+    /// Two-level: `base` is a level-1 table of 8-byte pointers to
+    /// `page`-sized level-2 tables, allocated on first use.
+    indirect: bool,
+    clean: bool,
+    l2: Mutex<Vec<Option<u64>>>,
+}
+
+pub struct Its {
+    regs: Mmio<GitsRegs>,
+    typer: GitsTyper,
+    queue: Mutex<Queue>,
+    devices: DeviceTable,
+    lpis: Mutex<LpiAllocator>,
+    completed: AtomicU64,
+}
+
+static ITS: Once<Its> = Once::new();
+
+pub fn get() -> Option<&'static Its> {
+    ITS.get()
+}
+
+fn alloc(bytes: u64, align: u64) -> Result<u64, ItsError> {
+    crate::mm::alloc_frames(bytes.div_ceil(4096), align.max(4096)).map_err(ItsError::Memory)
+}
+
+/// Program GITS_BASER<n> for a table of `bytes` (at least), trying
+/// `indirect` first if asked. Returns (base, page size, indirect) as the
+/// ITS accepted them.
+fn setup_baser(
+    r: &GitsRegs,
+    n: usize,
+    bytes: u64,
+    want_indirect: bool,
+) -> Result<(u64, u64, bool, bool), ItsError> {
+    let cur = r.baser[n].get();
+    let esz = baser::entry_size(cur);
+    let mut page = PAGE;
+    let mut indirect = want_indirect;
+    // Page size and Indirect may be read-only: write, read back, adapt
+    // (IHI 0069 §12.19.1). At most three rounds settle both.
+    for _ in 0..3 {
+        let table_bytes = if indirect {
+            // Level 1: one 8-byte entry per level-2 page.
+            (bytes.div_ceil(page) * 8).max(page)
+        } else {
+            bytes.max(page)
+        };
+        let pages = table_bytes.div_ceil(page).min(256);
+        let base = alloc(pages * page, page)?;
+        let v = baser::encode(
+            cur,
+            base,
+            page,
+            pages,
+            indirect,
+            Shareability::InnerShareable,
+            regs::CACHE_RAWAWB,
+        );
+        r.baser[n].set(v);
+        let back = r.baser[n].get();
+        let got_page = baser::page_size(back);
+        let got_indirect = back & baser::INDIRECT != 0;
+        if got_page == page && got_indirect == indirect && back & baser::VALID != 0 {
+            let clean = baser::shareability(back) == Shareability::NonShareable;
+            if clean {
+                clean_to_poc(base, (pages * page) as usize);
+            }
+            log::debug!(
+                "ITS BASER{n}: {:?}, {esz}-byte entries, {pages} x {} KiB pages at {base:#x}{}",
+                baser::table_type(cur),
+                page / 1024,
+                if indirect { ", two-level" } else { "" }
+            );
+            return Ok((base, page, indirect, clean));
+        }
+        r.baser[n].set(0);
+        crate::mm::free_frames(base, pages * page / 4096).map_err(ItsError::Memory)?;
+        page = got_page;
+        indirect = got_indirect && indirect;
+    }
+    Err(ItsError::TableRejected(n))
+}
+
+/// Set up the ITS at `base`: tables, command queue, one collection per
+/// CPU. `force_flat` keeps the device table single-level.
+pub fn init(base: u64, cpus: usize, force_flat: bool) -> Result<&'static Its, ItsError> {
+    // SAFETY: `base` is the ITS frame from the device tree, mapped as
+    // device memory for the hypervisor's lifetime.
+    let regs = unsafe { Mmio::<GitsRegs>::new(base) };
+    let r: &GitsRegs = &regs;
+    let typer = GitsTyper(r.typer.get());
+    if !typer.physical() {
+        return Err(ItsError::NotPhysical);
+    }
+    r.ctlr.set(0);
+    if !arch::wait_until(ITS_TIMEOUT_MS, || r.ctlr.get() & (1 << 31) != 0) {
+        log::warn!("ITS did not report quiescent after disable");
+    }
+
+    let mut devices = None;
+    for n in 0..8 {
+        let cur = r.baser[n].get();
+        match baser::table_type(cur) {
+            baser::TableType::Devices => {
+                let esz = baser::entry_size(cur);
+                let bytes = (1u64 << typer.dev_bits()) * esz;
+                // Two-level when the flat table would span several pages.
+                let want_indirect = !force_flat && bytes > 2 * PAGE;
+                let (tbase, page, indirect, clean) = setup_baser(r, n, bytes, want_indirect)?;
+                let l1_entries = if indirect {
+                    bytes.div_ceil(page) as usize
+                } else {
+                    0
+                };
+                devices = Some(DeviceTable {
+                    base: tbase,
+                    entry_size: esz,
+                    page,
+                    indirect,
+                    clean,
+                    l2: Mutex::new(alloc::vec![None; l1_entries]),
+                });
+            }
+            baser::TableType::Collections => {
+                let bytes = cpus as u64 * baser::entry_size(cur);
+                setup_baser(r, n, bytes, false)?;
+            }
+            _ => {}
+        }
+    }
+    let devices = devices.ok_or(ItsError::TableRejected(0))?;
+
+    let qbase = alloc(QUEUE_SIZE, 65536)?;
+    r.cbaser.set(regs::cbaser(
+        qbase,
+        QUEUE_SIZE,
+        Shareability::InnerShareable,
+        regs::CACHE_RAWAWB,
+    ));
+    let clean = regs::table_shareability(r.cbaser.get()) == Shareability::NonShareable;
+    r.cwriter.set(0);
+    r.ctlr.set(1);
+
+    let its = ITS.call_once(|| Its {
+        regs,
+        typer,
+        queue: Mutex::new(Queue {
+            base: qbase,
+            ring: Ring::new(QUEUE_SIZE).expect("valid queue size"),
+            cwriter: 0,
+            wraps: 0,
+            clean,
+        }),
+        devices,
+        lpis: Mutex::new(LpiAllocator::new(super::lpi_count())),
+        completed: AtomicU64::new(0),
+    });
+    // One collection per CPU, ICID = CPU index.
+    let mut cmds = Vec::new();
+    for cpu in 0..cpus {
+        cmds.push(ItsCommand::mapc(cpu as u16, its.rdbase(cpu), true));
+    }
+    its.run(&cmds)?;
+    log::info!(
+        "ITS at {base:#x}: {} DeviceID bits, {} EventID bits, {}-byte ITT entries, PTA {}, device table {}, {} collections mapped",
+        typer.dev_bits(),
+        typer.id_bits(),
+        typer.itt_entry_size(),
+        typer.pta() as u8,
+        if its.devices.indirect { "two-level" } else { "flat" },
+        cpus
+    );
+    Ok(its)
+}
+
+/// A device mapped on the ITS, with its ITT.
+pub struct ItsDevice {
+    pub id: u32,
+    pub itt: u64,
+    itt_frames: u64,
+    pub event_bits: u8,
+}
+
+impl Its {
+    /// How a command names CPU `cpu`'s redistributor.
+    pub fn rdbase(&self, cpu: usize) -> RdBase {
+        RdBase::new(
+            self.typer.pta(),
+            super::processor_number(cpu),
+            super::gicr_addr(cpu),
+        )
+    }
+
+    /// Commands completed so far.
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
+    }
+
+    /// Times the command queue wrapped.
+    pub fn wraps(&self) -> u64 {
+        self.queue.lock().wraps
+    }
+
+    fn check_stalled(&self, q: &Queue) -> Result<(), ItsError> {
+        let creadr = self.regs.creadr.get();
+        if creadr & 1 != 0 {
+            let offset = creadr & OFFSET_MASK;
+            let at = q.base + offset;
+            let mut command = [0u64; 4];
+            for (i, w) in command.iter_mut().enumerate() {
+                // SAFETY: `at` is a command slot inside the queue.
+                *w = unsafe { core::ptr::read_volatile((at + 8 * i as u64) as *const u64) };
+            }
+            return Err(ItsError::Stalled { offset, command });
+        }
+        Ok(())
+    }
+
+    /// Queue `cmds` plus a SYNC, and wait until the ITS has consumed them
+    /// all. Waits for room when the queue is full, so any number of
+    /// commands may be given.
+    pub fn run(&self, cmds: &[ItsCommand]) -> Result<(), ItsError> {
+        let mut q = self.queue.lock();
+        let sync = ItsCommand::sync(self.rdbase(arch::cpu_index()));
+        for cmd in cmds.iter().chain(core::iter::once(&sync)) {
+            if q.ring.free(self.regs.creadr.get() & OFFSET_MASK, q.cwriter) == 0 {
+                // Publish what is written and wait for room.
+                self.regs.cwriter.set(q.cwriter);
+                let ring = q.ring;
+                let cw = q.cwriter;
+                if !arch::wait_until(ITS_TIMEOUT_MS, || {
+                    let c = self.regs.creadr.get();
+                    c & 1 != 0 || ring.free(c & OFFSET_MASK, cw) > 0
+                }) {
+                    return Err(ItsError::Timeout {
+                        creadr: self.regs.creadr.get(),
+                        cwriter: q.cwriter,
+                    });
+                }
+                self.check_stalled(&q)?;
+            }
+            let at = q.base + q.cwriter;
+            for (i, w) in cmd.0.iter().enumerate() {
+                // SAFETY: `at` is a free command slot in the queue, which
+                // belongs to this driver; the ITS reads it only after
+                // CWRITER moves past it.
+                unsafe { core::ptr::write_volatile((at + 8 * i as u64) as *mut u64, *w) };
+            }
+            if q.clean {
+                clean_to_poc(at, 32);
+            }
+            let (next, wrapped) = q.ring.advance(q.cwriter);
+            q.cwriter = next;
+            q.wraps += wrapped as u64;
+        }
+        // SAFETY: a barrier only orders memory accesses: commands before
+        // the CWRITER write that publishes them.
+        unsafe { core::arch::asm!("dsb ishst", options(nostack)) };
+        self.regs.cwriter.set(q.cwriter);
+        let target = q.cwriter;
+        if !arch::wait_until(ITS_TIMEOUT_MS, || {
+            let c = self.regs.creadr.get();
+            c & 1 != 0 || c & OFFSET_MASK == target
+        }) {
+            return Err(ItsError::Timeout {
+                creadr: self.regs.creadr.get(),
+                cwriter: target,
+            });
+        }
+        self.check_stalled(&q)?;
+        self.completed
+            .fetch_add(cmds.len() as u64 + 1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Make sure the device table can hold `id` (allocating its level-2
+    /// page in a two-level table).
+    fn ensure_device_entry(&self, id: u32) -> Result<(), ItsError> {
+        if id >= 1 << self.typer.dev_bits() {
+            return Err(ItsError::DeviceOutOfRange(id));
+        }
+        let t = &self.devices;
+        if !t.indirect {
+            return Ok(());
+        }
+        let idx = (id as u64 * t.entry_size / t.page) as usize;
+        let mut l2 = t.l2.lock();
+        if l2[idx].is_none() {
+            let page = alloc(t.page, t.page)?;
+            if t.clean {
+                clean_to_poc(page, t.page as usize);
+            }
+            let entry = t.base + idx as u64 * 8;
+            // SAFETY: `entry` is inside the level-1 table this driver owns;
+            // the ITS reads it only for DeviceIDs mapped after this write.
+            unsafe { core::ptr::write_volatile(entry as *mut u64, page | (1 << 63)) };
+            if t.clean {
+                clean_to_poc(entry, 8);
+            }
+            l2[idx] = Some(page);
+        }
+        Ok(())
+    }
+
+    /// MAPD a device with room for 2^event_bits events.
+    pub fn map_device(&self, id: u32, event_bits: u8) -> Result<ItsDevice, ItsError> {
+        self.ensure_device_entry(id)?;
+        let bytes = (1u64 << event_bits) * self.typer.itt_entry_size();
+        let frames = bytes.div_ceil(4096);
+        let itt = alloc(bytes, 4096)?;
+        clean_to_poc(itt, (frames * 4096) as usize);
+        self.run(&[ItsCommand::mapd(id, itt, event_bits, true)])?;
+        Ok(ItsDevice {
+            id,
+            itt,
+            itt_frames: frames,
+            event_bits,
+        })
+    }
+
+    /// MAPD(V=0), then free the ITT.
+    pub fn unmap_device(&self, dev: ItsDevice) -> Result<(), ItsError> {
+        self.run(&[ItsCommand::mapd(dev.id, 0, dev.event_bits, false)])?;
+        crate::mm::free_frames(dev.itt, dev.itt_frames).map_err(ItsError::Memory)
+    }
+
+    /// Allocate host LPIs, at least `count`, in whole blocks.
+    pub fn alloc_lpis(&self, count: u32) -> Option<u32> {
+        self.lpis.lock().alloc(count).ok()
+    }
+
+    pub fn free_lpis(&self, first: u32) -> bool {
+        self.lpis.lock().free(first).is_ok()
+    }
+
+    pub fn free_lpi_count(&self) -> u32 {
+        self.lpis.lock().free_lpis()
+    }
+}
