@@ -51,7 +51,11 @@ impl FakeDevice {
                     if self.stop.load(Ordering::SeqCst) {
                         return;
                     }
-                    q = self.doorbell.wait_timeout(q, Duration::from_millis(10)).unwrap().0;
+                    q = self
+                        .doorbell
+                        .wait_timeout(q, Duration::from_millis(10))
+                        .unwrap()
+                        .0;
                 }
             };
             req.result.store(req.payload * 2 + 1, Ordering::SeqCst);
@@ -107,7 +111,10 @@ impl Driver {
         self.submit(k, req.clone());
         // Bounded: 5 s of jiffies. If IRQs got stuck, jiffies would stop
         // too; the test's outer wall-clock bound catches that case.
-        assert!(req.done.wait_timeout(k, 5_000), "request {payload} timed out");
+        assert!(
+            req.done.wait_timeout(k, 5_000),
+            "request {payload} timed out"
+        );
         req.result.load(Ordering::SeqCst)
     }
 }
@@ -156,11 +163,17 @@ fn example_driver_completes_100k_requests_from_the_event_thread() {
     });
 
     for c in clients {
-        bounded(Duration::from_secs(100), "kernel-thread client", move || c.join())
-            .expect("client failed");
+        bounded(
+            Duration::from_secs(100),
+            "kernel-thread client",
+            move || c.join(),
+        )
+        .expect("client failed");
     }
-    bounded(Duration::from_secs(100), "host client", move || host_client.join())
-        .expect("host client failed");
+    bounded(Duration::from_secs(100), "host client", move || {
+        host_client.join()
+    })
+    .expect("host client failed");
     let elapsed = t0.elapsed();
     dev.stop.store(true, Ordering::SeqCst);
     event_thread.join().unwrap();

@@ -54,7 +54,10 @@ fn eight_host_threads_one_million_irqs_each_handled_exactly_once() {
 #[test]
 fn eight_paced_host_threads_mix_direct_and_pended_delivery() {
     let stats = run(200_000, Some(8));
-    assert!(stats.irqs_direct > 0, "no trigger found the CPU free: {stats:?}");
+    assert!(
+        stats.irqs_direct > 0,
+        "no trigger found the CPU free: {stats:?}"
+    );
     assert!(stats.irqs_pended > 0, "no trigger pended: {stats:?}");
 }
 
@@ -212,7 +215,11 @@ fn run(total: u64, pace_every: Option<u64>) -> vigil_lkl::Stats {
     );
     for i in 0..PRODUCERS {
         assert_eq!(s.posted[i].load(Ordering::SeqCst), PER_PRODUCER);
-        assert_eq!(s.handled[i].load(Ordering::SeqCst), PER_PRODUCER, "line {i}");
+        assert_eq!(
+            s.handled[i].load(Ordering::SeqCst),
+            PER_PRODUCER,
+            "line {i}"
+        );
     }
     assert_eq!(
         s.kthread_handled.load(Ordering::SeqCst),
@@ -229,7 +236,10 @@ fn run(total: u64, pace_every: Option<u64>) -> vigil_lkl::Stats {
         jiffies_during * 2 >= expected,
         "jiffies advanced {jiffies_during} over {expected} ms"
     );
-    assert!(toggles_during > 0, "kernel threads starved during the flood");
+    assert!(
+        toggles_during > 0,
+        "kernel threads starved during the flood"
+    );
     assert!(k.stats().irqs_handled >= TOTAL);
     k.stats()
 }
