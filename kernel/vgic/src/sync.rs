@@ -4,27 +4,30 @@
 //! [`Mutex`], a thin wrapper over [`spin::Mutex`]. The wrapper exists for one
 //! reason: host concurrency tests (shuttle) must be able to preempt a thread at
 //! every lock acquisition of the *real* code. [`set_yield_hook`] installs a
-//! function that is called before each acquisition attempt and while spinning;
-//! the kernel never installs one, so in the hypervisor the hook costs one
-//! relaxed load per acquisition.
+//! function that is called before each acquisition attempt (`false`: a plain
+//! scheduling point) and after each failed attempt (`true`: the lock is held
+//! elsewhere, let the holder run); the kernel never installs one, so in the
+//! hypervisor the hook costs one load per acquisition.
 
 use core::ops::{Deref, DerefMut};
 
-static YIELD_HOOK: spin::Once<fn()> = spin::Once::new();
+static YIELD_HOOK: spin::Once<fn(bool)> = spin::Once::new();
 
 /// Install the scheduling hook (test-only seam, first caller wins).
 ///
-/// Under a cooperative test scheduler (shuttle) the hook must yield to the
-/// scheduler when called inside an execution and do nothing otherwise.
-pub fn set_yield_hook(hook: fn()) {
+/// Under a cooperative test scheduler (shuttle) the hook must offer a
+/// scheduling point when called inside an execution (and yield the CPU when
+/// its argument is `true`), and do nothing otherwise.
+pub fn set_yield_hook(hook: fn(bool)) {
     YIELD_HOOK.call_once(|| hook);
 }
 
-/// A scheduling point: calls the hook if one is installed.
+/// A scheduling point: calls the hook if one is installed. `contended`:
+/// the caller is spinning on something another thread must release.
 #[inline]
-pub fn yield_point() {
+pub fn yield_point(contended: bool) {
     if let Some(hook) = YIELD_HOOK.get() {
-        hook();
+        hook(contended);
     }
 }
 
@@ -50,12 +53,13 @@ impl<T> Mutex<T> {
     /// Acquire the lock, spinning (and yielding to the test scheduler, if
     /// any) while it is held elsewhere.
     pub fn lock(&self) -> MutexGuard<'_, T> {
+        yield_point(false);
         loop {
-            yield_point();
             if let Some(inner) = self.inner.try_lock() {
                 return MutexGuard { inner };
             }
             core::hint::spin_loop();
+            yield_point(true);
         }
     }
 
