@@ -72,6 +72,14 @@ pub struct Config {
     /// Whether to start the host timer that posts [`TIMER_IRQ`]. Off only for
     /// the model checker, whose host has no real time.
     pub tick: bool,
+    /// Pending IRQs a check point or a release runs before it may stop (a
+    /// release: before it may hand the CPU to a runnable task with IRQs
+    /// still pending). The whole backlog in any normal situation; a bounded
+    /// batch under a flood of host-thread triggers, so that tasks are not
+    /// starved (see the crate docs on invariant 2). Keep it at least
+    /// `nr_irqs`: service is round-robin over lines, so every line pending
+    /// at a check point is then served there at least once.
+    pub drain_batch: u32,
 }
 
 impl Default for Config {
@@ -80,6 +88,7 @@ impl Default for Config {
             nr_irqs: 64,
             hz: 1000,
             tick: true,
+            drain_batch: 256,
         }
     }
 }
@@ -173,6 +182,9 @@ pub struct Stats {
     pub softirqs_run: u64,
     /// Hand-offs of the CPU from a sleeping or yielding task to another.
     pub context_switches: u64,
+    /// Releases that handed the CPU to a task with IRQs still pending (the
+    /// flood path: the holder had run its [`Config::drain_batch`]).
+    pub handoffs_with_pending: u64,
 }
 
 #[derive(Default)]
@@ -183,6 +195,7 @@ struct StatCounters {
     spurious: AtomicU64,
     softirqs_run: AtomicU64,
     context_switches: AtomicU64,
+    handoffs_with_pending: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -282,11 +295,6 @@ enum Step<H: Host> {
     Handoff(Arc<Task<H>>),
     Free,
 }
-
-/// Pending IRQs a check point or a release runs before it may stop: the
-/// whole backlog in any normal situation, a bounded batch under a flood of
-/// host-thread triggers so that tasks are not starved (see `next_step`).
-const DRAIN_BATCH: u64 = 256;
 
 /// Value of the per-kernel TLS slot on the host thread holding the CPU.
 const TLS_HOLDER: usize = 1;
@@ -509,6 +517,7 @@ impl<H: Host> Kernel<H> {
             spurious: r(&s.spurious),
             softirqs_run: r(&s.softirqs_run),
             context_switches: r(&s.context_switches),
+            handoffs_with_pending: r(&s.handoffs_with_pending),
         }
     }
 
@@ -746,12 +755,9 @@ impl<H: Host> Kernel<H> {
         }
     }
 
-    /// How many pending IRQs a check point or a release runs before it may
-    /// stop (a release: before it may hand the CPU to a runnable task with
-    /// IRQs still pending). At least `nr_irqs`, so that with round-robin
-    /// service every line pending at the start is served at least once.
+    /// See [`Config::drain_batch`].
     fn drain_budget(&self) -> u64 {
-        DRAIN_BATCH.max(u64::from(self.config.nr_irqs))
+        u64::from(self.config.drain_batch.max(1))
     }
 
     /// An IRQ check point of a holder whose context has IRQs enabled (an
@@ -819,7 +825,7 @@ impl<H: Host> Kernel<H> {
     /// it releases, and the CPU leaves it only in a critical section that
     /// decided so atomically with the pending check, so a trigger that comes
     /// later sees the new holder (or a free CPU). The CPU is never *freed*
-    /// with an IRQ pending. Under a flood — more than [`DRAIN_BATCH`] IRQs
+    /// with an IRQ pending. Under a flood — more than [`Config::drain_batch`] IRQs
     /// pending, arriving faster than they run — once the holder has run a
     /// batch it may hand the CPU to a runnable task with IRQs still
     /// pending: that task resumes with IRQs enabled and runs a batch before
@@ -846,6 +852,9 @@ impl<H: Host> Kernel<H> {
         self.host.tls_set(self.tls, 0);
         let step = match c.runqueue.pop_front() {
             Some(t) => {
+                if !c.pending.is_empty() {
+                    bump(&self.stats.handoffs_with_pending);
+                }
                 t.set_state(TaskState::Running);
                 t.set_on_cpu(true);
                 c.holder = Some(Holder::Task(t.clone()));

@@ -134,12 +134,20 @@ impl Host for ShuttleHost {
 type K = Arc<Kernel<ShuttleHost>>;
 
 fn boot() -> K {
+    boot_with_batch(256)
+}
+
+/// `drain_batch: 1` makes every release with more than one IRQ pending take
+/// the flood path (hand the CPU to a runnable task with IRQs still
+/// pending), so the checker explores it with a handful of triggers.
+fn boot_with_batch(drain_batch: u32) -> K {
     Kernel::boot(
         ShuttleHost,
         Config {
             nr_irqs: 16,
             hz: 1000,
             tick: false,
+            drain_batch,
         },
     )
     .unwrap()
@@ -229,7 +237,18 @@ fn model_parked_waiter_and_host_trigger() {
 /// yielding; two host threads triggering. Every trigger handled exactly
 /// once, never inside an IRQs-off section.
 fn togglers_and_host_triggers() {
-    let k = boot();
+    togglers_and_host_triggers_with(boot());
+}
+
+fn togglers_and_host_triggers_flood_path() {
+    let k = boot_with_batch(1);
+    togglers_and_host_triggers_with(k.clone());
+    FLOOD_PATH_TAKEN.fetch_add(k.stats().handoffs_with_pending, Ordering::Relaxed);
+}
+
+static FLOOD_PATH_TAKEN: AtomicU64 = AtomicU64::new(0);
+
+fn togglers_and_host_triggers_with(k: K) {
     let crit = Arc::new(AtomicBool::new(false));
     let a = counter(&k, 5, Some(crit.clone()));
     let b = counter(&k, 6, Some(crit.clone()));
@@ -279,6 +298,15 @@ fn togglers_and_host_triggers() {
 #[test]
 fn model_togglers_and_host_triggers() {
     check(togglers_and_host_triggers);
+}
+
+#[test]
+fn model_togglers_and_host_triggers_flood_path() {
+    check(togglers_and_host_triggers_flood_path);
+    assert!(
+        FLOOD_PATH_TAKEN.load(Ordering::Relaxed) > 0,
+        "no explored schedule handed the CPU over with IRQs pending"
+    );
 }
 
 /// Nested triggers: a handler triggering another line (pends until it
