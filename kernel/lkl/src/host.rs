@@ -21,7 +21,7 @@ use core::fmt;
 /// A host mutex owning the data it protects.
 ///
 /// The kernel holds these only for short, non-blocking critical sections and
-/// never nests two of them (see the lock notes in [`crate::kernel`]), so a
+/// never nests two of them (see "Locks" in the kernel module), so a
 /// host may implement them as spinlocks.
 pub trait HostMutex<T>: Send + Sync {
     /// A new, unlocked mutex holding `value`.

@@ -17,17 +17,37 @@
 //! - **Pend only to a holder.** A trigger from a host thread that does not
 //!   hold the CPU takes the core lock and either takes the free CPU or
 //!   records the IRQ as pending. It never looks at any task's flag.
-//! - **Never release with anything pending.** A holder gives the CPU away
-//!   (to a task or to nobody) only in the same critical section in which it
-//!   found the pending set empty; otherwise it runs the pending IRQ first.
+//! - **Never free the CPU with anything pending.** A releasing holder runs
+//!   the pending IRQs first, and gives the CPU away only in the same
+//!   critical section that checked the pending set. It *frees* the CPU only
+//!   if nothing is pending and nothing is runnable. (Under a flood it may,
+//!   after a batch, hand the CPU to a runnable task with IRQs still pending:
+//!   that task becomes the holder and runs them when it resumes, with IRQs
+//!   enabled. See `next_step`.)
 //!
 //! Together: a pending IRQ always has a holder that will run it, so no
 //! trigger is lost and the CPU is never free with work outstanding.
 //!
+//! # IRQ check points
+//!
+//! A holder runs pending IRQs (then softirqs) when its context goes to IRQs
+//! enabled: at an enabling `irq_restore`/`irq_enable`, when a task resumes
+//! from `schedule()` or starts, on entering a syscall, after a handler it
+//! triggered itself returns, and when it releases the CPU. It never runs
+//! them anywhere else: a task with IRQs enabled that computes for a long
+//! time without a check point delays pended IRQs (the runtime is
+//! cooperative, like LKL; there is no preemption).
+//!
+//! # Locks
+//!
+//! The core lock, the per-CPU lock, the handler tables, the timer list and
+//! the wait-queue locks are never nested: each critical section takes
+//! exactly one and calls no user code. No lock is held across a semaphore
+//! wait or a handler call.
+//!
 //! Holder-only state (current task, hard-IRQ depth, softirq bits) lives in a
 //! second mutex, [`PerCpu`], that only the holder touches, so it is never
-//! contended. Locks are never nested: each critical section takes exactly one
-//! of the kernel's mutexes and calls no user code.
+//! contended.
 //!
 //! # Scheduling
 //!

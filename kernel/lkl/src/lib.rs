@@ -43,15 +43,43 @@
 //!    with it across context switches.
 //! 2. A host thread never reads another thread's flag. Its trigger runs the
 //!    handler now when the CPU is free; when the CPU is held, the IRQ is
-//!    pended and runs before the holder releases the CPU.
+//!    pended and runs before the holder releases the CPU. One refinement,
+//!    for floods: a release runs at most [`Config::drain_batch`] (256) IRQs
+//!    before it may hand the CPU to a *runnable task* with IRQs still
+//!    pending; that task is then the holder and runs them as it resumes
+//!    (with IRQs enabled, before its own code). Without it, host threads
+//!    posting faster than handlers run would keep the holder draining
+//!    forever and starve every task, shutdown included. The CPU is never
+//!    *freed* with an IRQ pending.
 //! 3. A kernel thread that triggers with IRQs disabled pends; the IRQ runs
 //!    at its enabling restore.
 //! 4. No handler runs while the running context has IRQs disabled; a
 //!    trigger from inside a hard IRQ pends.
 //! 5. Sleeping or scheduling with IRQs disabled panics with a clear message.
 //! 6. No trigger is lost: each is handled exactly once (pending IRQs are
-//!    counted, not flagged), jiffies keep advancing, and after
-//!    [`Kernel::shutdown`] triggers return [`Error::ShutDown`].
+//!    counted, not flagged, and served round-robin across lines so a flood
+//!    on one line cannot starve the timer), jiffies keep advancing, and
+//!    after [`Kernel::shutdown`] triggers return [`Error::ShutDown`] while
+//!    every trigger accepted before it is still handled.
+//!
+//! # Semantics worth knowing
+//!
+//! - Scheduling is cooperative on one virtual CPU: a task runs until it
+//!   sleeps, yields or ends. Pending IRQs run at *check points* of the
+//!   holder (enabling restore, resume, syscall entry, interrupt return,
+//!   release), never in the middle of kernel code.
+//! - Inside `schedule()` a task's IRQs are off (as in Linux), so a task
+//!   switched out carries "disabled" in its `thread_info` — the exact state
+//!   that used to strand host-thread IRQs. Here it is inert: while a task
+//!   is switched out the CPU runs in a task-less context with its own flag.
+//! - Hard IRQs run with IRQs off and never nest; a trigger inside one pends
+//!   and runs right after it. Pending hard IRQs run before softirqs;
+//!   softirqs run with IRQs on, so a hard IRQ they trigger runs at once.
+//! - A panic in a kernel thread (such as the invariant-5 assertion) ends
+//!   that thread only: its exit path releases the CPU, and
+//!   [`KThread::join`] returns the message. On bare metal, with
+//!   `panic = "abort"`, it stops the system instead, which is what a kernel
+//!   BUG() should do.
 //!
 //! # Map
 //!

@@ -118,7 +118,7 @@ fn run(total: u64, pace_every: Option<u64>) -> vigil_lkl::Stats {
                     for x in 0..32u64 {
                         black_box(x);
                     }
-                    if n % 4 == 0 {
+                    if n.is_multiple_of(4) {
                         // Runtime invariant 3: pends until the restore below.
                         s.kthread_posted.fetch_add(1, Ordering::SeqCst);
                         match k.trigger_irq(KTHREAD_LINE) {
@@ -130,10 +130,10 @@ fn run(total: u64, pace_every: Option<u64>) -> vigil_lkl::Stats {
                     k.irq_restore(f);
                     s.toggles.fetch_add(1, Ordering::Relaxed);
                     n += 1;
-                    if n % 8 == 0 {
+                    if n.is_multiple_of(8) {
                         k.msleep(1);
                         s.sleeps.fetch_add(1, Ordering::Relaxed);
-                    } else if n % 3 == 0 {
+                    } else if n.is_multiple_of(3) {
                         k.yield_now();
                     }
                 }
@@ -228,7 +228,7 @@ fn run(total: u64, pace_every: Option<u64>) -> vigil_lkl::Stats {
     assert!(s.kthread_posted.load(Ordering::SeqCst) > 0);
     assert!(samples > 0);
     assert!(
-        max_gap < Duration::from_millis(500),
+        max_gap < Duration::from_secs(1),
         "jiffies stalled for {max_gap:?} during the flood"
     );
     let expected = elapsed.as_millis() as u64; // HZ = 1000
