@@ -1,0 +1,297 @@
+//! The device tree each VM gets (DESIGN.md, "What every VM sees").
+
+use crate::layout::*;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use vm_fdt::FdtWriter;
+
+/// What varies between VMs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestDt<'a> {
+    pub ram_base: u64,
+    pub ram_size: u64,
+    /// vCPUs; vCPU `i` has MPIDR affinity `i`.
+    pub cpus: usize,
+    pub bootargs: &'a str,
+    /// `[start, end)` of the initrd in guest RAM.
+    pub initrd: Option<(u64, u64)>,
+    pub its: bool,
+    /// Vigil's MMIO test device.
+    pub test_device: bool,
+}
+
+const PHANDLE_GIC: u32 = 1;
+const PHANDLE_ITS: u32 = 2;
+const PHANDLE_CLK: u32 = 3;
+
+/// GIC interrupt specifier types and flags (Linux binding
+/// arm,gic-v3.yaml).
+const SPI: u32 = 0;
+const PPI: u32 = 1;
+const LEVEL_HIGH: u32 = 4;
+
+#[derive(Debug)]
+pub struct Error(vm_fdt::Error);
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "building the guest device tree: {}", self.0)
+    }
+}
+
+impl From<vm_fdt::Error> for Error {
+    fn from(e: vm_fdt::Error) -> Self {
+        Self(e)
+    }
+}
+
+fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn node_name(name: &str, addr: u64) -> String {
+    alloc::format!("{name}@{addr:x}")
+}
+
+/// Build the flattened device tree for a VM.
+pub fn build(cfg: &GuestDt<'_>) -> Result<Vec<u8>, Error> {
+    let mut w = FdtWriter::new()?;
+    let root = w.begin_node("")?;
+    w.property_string("compatible", "linux,dummy-virt")?;
+    w.property_string("model", "Vigil virtual machine")?;
+    w.property_u32("#address-cells", 2)?;
+    w.property_u32("#size-cells", 2)?;
+    w.property_u32("interrupt-parent", PHANDLE_GIC)?;
+
+    let chosen = w.begin_node("chosen")?;
+    w.property_string("bootargs", cfg.bootargs)?;
+    w.property_string("stdout-path", &node_name("/pl011", UART_BASE))?;
+    if let Some((start, end)) = cfg.initrd {
+        w.property_u64("linux,initrd-start", start)?;
+        w.property_u64("linux,initrd-end", end)?;
+    }
+    w.end_node(chosen)?;
+
+    let mem = w.begin_node(&node_name("memory", cfg.ram_base))?;
+    w.property_string("device_type", "memory")?;
+    w.property_array_u64("reg", &[cfg.ram_base, cfg.ram_size])?;
+    w.end_node(mem)?;
+
+    let cpus = w.begin_node("cpus")?;
+    w.property_u32("#address-cells", 1)?;
+    w.property_u32("#size-cells", 0)?;
+    for i in 0..cfg.cpus {
+        let cpu = w.begin_node(&alloc::format!("cpu@{i:x}"))?;
+        w.property_string("device_type", "cpu")?;
+        w.property_string("compatible", "arm,armv8")?;
+        w.property_u32("reg", i as u32)?;
+        w.property_string("enable-method", "psci")?;
+        w.end_node(cpu)?;
+    }
+    w.end_node(cpus)?;
+
+    let psci = w.begin_node("psci")?;
+    w.property_string_list("compatible", strings(&["arm,psci-1.0", "arm,psci-0.2"]))?;
+    w.property_string("method", "hvc")?;
+    w.end_node(psci)?;
+
+    let gic = w.begin_node(&node_name("intc", GICD_BASE))?;
+    w.property_string("compatible", "arm,gic-v3")?;
+    w.property_null("interrupt-controller")?;
+    w.property_u32("#interrupt-cells", 3)?;
+    w.property_array_u64(
+        "reg",
+        &[
+            GICD_BASE,
+            GICD_SIZE,
+            GICR_BASE,
+            GICR_STRIDE * cfg.cpus as u64,
+        ],
+    )?;
+    w.property_array_u32("interrupts", &[PPI, MAINTENANCE_PPI, LEVEL_HIGH])?;
+    w.property_u32("phandle", PHANDLE_GIC)?;
+    // An interrupt provider needs #address-cells (for interrupt-map
+    // users); the ITS child is addressed in the parent's space.
+    w.property_u32("#address-cells", 2)?;
+    w.property_u32("#size-cells", 2)?;
+    w.property_null("ranges")?;
+    if cfg.its {
+        let its = w.begin_node(&node_name("its", ITS_BASE))?;
+        w.property_string("compatible", "arm,gic-v3-its")?;
+        w.property_null("msi-controller")?;
+        w.property_u32("#msi-cells", 1)?;
+        w.property_array_u64("reg", &[ITS_BASE, ITS_SIZE])?;
+        w.property_u32("phandle", PHANDLE_ITS)?;
+        w.end_node(its)?;
+    }
+    w.end_node(gic)?;
+
+    let timer = w.begin_node("timer")?;
+    w.property_string_list(
+        "compatible",
+        strings(&["arm,armv8-timer", "arm,armv7-timer"]),
+    )?;
+    let mut irqs = Vec::new();
+    for ppi in TIMER_PPIS {
+        irqs.extend_from_slice(&[PPI, ppi, LEVEL_HIGH]);
+    }
+    w.property_array_u32("interrupts", &irqs)?;
+    w.property_null("always-on")?;
+    w.end_node(timer)?;
+
+    let clk = w.begin_node("apb-pclk")?;
+    w.property_string("compatible", "fixed-clock")?;
+    w.property_u32("#clock-cells", 0)?;
+    w.property_u32("clock-frequency", 24_000_000)?;
+    w.property_string("clock-output-names", "clk24mhz")?;
+    w.property_u32("phandle", PHANDLE_CLK)?;
+    w.end_node(clk)?;
+
+    let uart = w.begin_node(&node_name("pl011", UART_BASE))?;
+    w.property_string_list("compatible", strings(&["arm,pl011", "arm,primecell"]))?;
+    w.property_array_u64("reg", &[UART_BASE, UART_SIZE])?;
+    w.property_array_u32("interrupts", &[SPI, UART_SPI, LEVEL_HIGH])?;
+    w.property_array_u32("clocks", &[PHANDLE_CLK, PHANDLE_CLK])?;
+    w.property_string_list("clock-names", strings(&["uartclk", "apb_pclk"]))?;
+    w.end_node(uart)?;
+
+    if cfg.test_device {
+        let dev = w.begin_node(&node_name("test-device", TEST_DEVICE_BASE))?;
+        w.property_string("compatible", "vigil,test-device")?;
+        w.property_array_u64("reg", &[TEST_DEVICE_BASE, TEST_DEVICE_SIZE])?;
+        w.end_node(dev)?;
+    }
+
+    w.end_node(root)?;
+    Ok(w.finish()?)
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::process::Command;
+
+    fn cfg() -> GuestDt<'static> {
+        GuestDt {
+            ram_base: 0x4000_0000,
+            ram_size: 512 << 20,
+            cpus: 2,
+            bootargs: "console=ttyAMA0 earlycon",
+            initrd: Some((0x5000_0000, 0x5040_0000)),
+            its: true,
+            test_device: true,
+        }
+    }
+
+    /// The tree passes `dtc` with no warnings (dtc comes with scripts/setup;
+    /// its absence fails the test rather than skipping it).
+    fn dtc_warnings(dtb: &[u8]) -> String {
+        let dir = std::env::temp_dir().join(std::format!("vigil-dt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(std::format!("{}.dtb", dtb.len()));
+        std::fs::write(&path, dtb).unwrap();
+        let out = Command::new("dtc")
+            .args(["-I", "dtb", "-O", "dts", "-o", "/dev/null"])
+            .arg(&path)
+            .output()
+            .expect("dtc not found: install device-tree-compiler (scripts/setup)");
+        assert!(
+            out.status.success(),
+            "dtc failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    #[test]
+    fn passes_dtc_without_warnings() {
+        for (cpus, its, test_device, initrd) in [
+            (1, true, false, None),
+            (2, true, true, Some((0x5000_0000, 0x5001_0000))),
+            (4, false, false, None),
+            (8, true, true, None),
+        ] {
+            let dtb = build(&GuestDt {
+                cpus,
+                its,
+                test_device,
+                initrd,
+                ..cfg()
+            })
+            .unwrap();
+            let w = dtc_warnings(&dtb);
+            assert!(w.is_empty(), "dtc warnings for {cpus} cpus its={its}: {w}");
+        }
+    }
+
+    #[test]
+    fn matches_the_vm() {
+        let dtb = build(&cfg()).unwrap();
+        let t = ::fdt::Fdt::new(&dtb).unwrap();
+        let mem: Vec<_> = t.memory().regions().collect();
+        assert_eq!(mem.len(), 1);
+        assert_eq!(mem[0].starting_address as u64, 0x4000_0000);
+        assert_eq!(mem[0].size, Some(512 << 20));
+        let ids: Vec<usize> = t.cpus().map(|c| c.ids().first()).collect();
+        assert_eq!(ids, std::vec![0, 1]);
+        assert_eq!(t.chosen().bootargs(), Some("console=ttyAMA0 earlycon"));
+        assert_eq!(t.chosen().stdout().unwrap().name, "pl011@9000000");
+        let chosen = t.find_node("/chosen").unwrap();
+        let start = chosen.property("linux,initrd-start").unwrap().value;
+        assert_eq!(u64::from_be_bytes(start.try_into().unwrap()), 0x5000_0000);
+        let end = chosen.property("linux,initrd-end").unwrap().value;
+        assert_eq!(u64::from_be_bytes(end.try_into().unwrap()), 0x5040_0000);
+        let psci = t.find_compatible(&["arm,psci-1.0"]).unwrap();
+        assert_eq!(psci.property("method").unwrap().as_str(), Some("hvc"));
+        let gic = t.find_compatible(&["arm,gic-v3"]).unwrap();
+        let regs: Vec<_> = gic.reg().unwrap().collect();
+        assert_eq!(regs[0].starting_address as u64, GICD_BASE);
+        assert_eq!(regs[1].starting_address as u64, GICR_BASE);
+        assert_eq!(
+            regs[1].size,
+            Some(2 * 0x2_0000),
+            "one redistributor per vCPU"
+        );
+        let its = t.find_compatible(&["arm,gic-v3-its"]).unwrap();
+        assert_eq!(
+            its.reg().unwrap().next().unwrap().starting_address as u64,
+            ITS_BASE
+        );
+        assert!(its.property("msi-controller").is_some());
+        let timer = t.find_compatible(&["arm,armv8-timer"]).unwrap();
+        let cells: Vec<u8> = timer.property("interrupts").unwrap().value.to_vec();
+        let ppis: Vec<u32> = cells
+            .chunks(4)
+            .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+            .skip(1)
+            .step_by(3)
+            .collect();
+        assert_eq!(ppis, std::vec![13, 14, 11, 10]);
+        let uart = t.find_compatible(&["arm,pl011"]).unwrap();
+        assert_eq!(
+            uart.reg().unwrap().next().unwrap().starting_address as u64,
+            UART_BASE
+        );
+        assert!(t.find_compatible(&["vigil,test-device"]).is_some());
+    }
+
+    #[test]
+    fn optional_parts_are_left_out() {
+        let dtb = build(&GuestDt {
+            its: false,
+            test_device: false,
+            initrd: None,
+            ..cfg()
+        })
+        .unwrap();
+        let t = ::fdt::Fdt::new(&dtb).unwrap();
+        assert!(t.find_compatible(&["arm,gic-v3-its"]).is_none());
+        assert!(t.find_compatible(&["vigil,test-device"]).is_none());
+        assert!(t
+            .find_node("/chosen")
+            .unwrap()
+            .property("linux,initrd-start")
+            .is_none());
+    }
+}

@@ -1,0 +1,14 @@
+//! The hardware-independent parts of Vigil's virtual machines, tested on
+//! the host: exception syndromes and MMIO access decoding, the PSCI power
+//! state machine, the device tree each guest gets, and where a guest's
+//! images go in its RAM.
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod esr;
+pub mod fdt;
+pub mod image;
+pub mod layout;
+pub mod psci;
