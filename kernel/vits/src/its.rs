@@ -858,7 +858,7 @@ enum Part {
 /// registers allow 32- and 64-bit accesses, 32-bit ones only 32-bit
 /// accesses): (register offset, part).
 fn check_access(offset: u64, len: u8) -> Option<(u64, Part)> {
-    if offset >= GITS_SIZE || !matches!(len, 4 | 8) || offset % u64::from(len) != 0 {
+    if offset >= GITS_SIZE || !matches!(len, 4 | 8) || !offset.is_multiple_of(u64::from(len)) {
         log::warn!("vits: {len}-byte access at {offset:#x} not permitted, RAZ/WI");
         return None;
     }

@@ -1,0 +1,286 @@
+//! Property test: random command sequences (valid and invalid) against a
+//! small reference model of the ITS as IHI 0069 §5.3 describes it.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use proptest::prelude::*;
+use vigil_vits::Command;
+
+const NR_VCPUS: usize = 2;
+const DEVICES: [u32; 5] = [0, 1, 2, 9000, 70000];
+const INTIDS: [u32; 6] = [LPI0, LPI0 + 1, LPI0 + 2, LPI0 + 3, 100, 70000];
+const ICIDS: [u16; 5] = [0, 1, 2, 3, 9000];
+
+fn command() -> impl Strategy<Value = Command> {
+    let dev = proptest::sample::select(&DEVICES[..]);
+    let ev = 0..10u32;
+    let icid = proptest::sample::select(&ICIDS[..]);
+    let rd = 0..3u64;
+    prop_oneof![
+        3 => (dev.clone(), prop_oneof![0..4u8, Just(20)], any::<bool>(), any::<bool>()).prop_map(
+            |(device, size, good, valid)| Command::Mapd {
+                device,
+                size,
+                itt_addr: if good { ITT_BASE } else { 0x1000 },
+                valid: valid || good,
+            }
+        ),
+        1 => (icid.clone(), rd.clone(), prop::bool::weighted(0.8))
+            .prop_map(|(icid, rdbase, valid)| Command::Mapc { icid, rdbase, valid }),
+        4 => (dev.clone(), ev.clone(), proptest::sample::select(&INTIDS[..]), icid.clone())
+            .prop_map(|(device, event, intid, icid)| Command::Mapti { device, event, intid, icid }),
+        1 => (dev.clone(), ev.clone(), icid.clone()).prop_map(|(device, event, icid)| Command::Mapi { device, event, icid }),
+        2 => (dev.clone(), ev.clone(), icid.clone()).prop_map(|(device, event, icid)| Command::Movi { device, event, icid }),
+        2 => (dev.clone(), ev.clone()).prop_map(|(device, event)| Command::Discard { device, event }),
+        1 => (dev.clone(), ev.clone()).prop_map(|(device, event)| Command::Inv { device, event }),
+        1 => icid.clone().prop_map(|icid| Command::Invall { icid }),
+        4 => (dev.clone(), ev.clone()).prop_map(|(device, event)| Command::Int { device, event }),
+        2 => (dev, ev).prop_map(|(device, event)| Command::Clear { device, event }),
+        1 => rd.clone().prop_map(|rdbase| Command::Sync { rdbase }),
+        1 => (rd.clone(), rd).prop_map(|(rdbase1, rdbase2)| Command::Movall { rdbase1, rdbase2 }),
+    ]
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Lpi {
+    refs: u32,
+    pending: bool,
+    target: Option<usize>,
+}
+
+/// EventID -> (vINTID, ICID).
+type Itt = BTreeMap<u32, (u32, u16)>;
+
+#[derive(Default)]
+struct Model {
+    /// DeviceID -> (EventID bits, ITT).
+    devices: BTreeMap<u32, (u8, Itt)>,
+    collections: BTreeMap<u16, usize>,
+    lpis: BTreeMap<u32, Lpi>,
+    errors: u64,
+}
+
+const TABLE_ENTRIES: u32 = 8192; // one 64 KiB page of 8-byte entries
+
+impl Model {
+    fn unref(&mut self, intid: u32) {
+        let l = self.lpis.get_mut(&intid).unwrap();
+        l.refs -= 1;
+        if l.refs == 0 {
+            self.lpis.remove(&intid);
+        }
+    }
+
+    fn ite(&self, dev: u32, ev: u32) -> Option<(u32, u16)> {
+        let (bits, evs) = self.devices.get(&dev)?;
+        if ev >= 1 << bits {
+            return None;
+        }
+        evs.get(&ev).copied()
+    }
+
+    /// Apply; false if the command is an error (and then nothing changed).
+    fn apply(&mut self, c: &Command) -> bool {
+        match *c {
+            Command::Mapd {
+                device,
+                size,
+                valid,
+                itt_addr,
+            } => {
+                if device >= TABLE_ENTRIES || (valid && (size + 1 > 16 || itt_addr != ITT_BASE)) {
+                    return false;
+                }
+                if let Some((_, evs)) = self.devices.remove(&device) {
+                    for (intid, _) in evs.values() {
+                        self.unref(*intid);
+                    }
+                }
+                if valid {
+                    self.devices.insert(device, (size + 1, BTreeMap::new()));
+                }
+            }
+            Command::Mapc {
+                icid,
+                rdbase,
+                valid,
+            } => {
+                if u32::from(icid) >= TABLE_ENTRIES {
+                    return false;
+                }
+                if !valid {
+                    self.collections.remove(&icid);
+                    return true;
+                }
+                if rdbase as usize >= NR_VCPUS {
+                    return false;
+                }
+                let old = self.collections.insert(icid, rdbase as usize);
+                if old.is_some_and(|o| o != rdbase as usize) {
+                    let ids: Vec<u32> = self
+                        .devices
+                        .values()
+                        .flat_map(|(_, e)| e.values())
+                        .filter(|(_, i)| *i == icid)
+                        .map(|(v, _)| *v)
+                        .collect();
+                    for v in ids {
+                        self.lpis.get_mut(&v).unwrap().target = Some(rdbase as usize);
+                    }
+                }
+            }
+            Command::Mapti {
+                device,
+                event,
+                intid,
+                icid,
+            } => return self.mapti(device, event, intid, icid),
+            Command::Mapi {
+                device,
+                event,
+                icid,
+            } => return self.mapti(device, event, event, icid),
+            Command::Movi {
+                device,
+                event,
+                icid,
+            } => {
+                if u32::from(icid) >= TABLE_ENTRIES {
+                    return false;
+                }
+                let Some((intid, _)) = self.ite(device, event) else {
+                    return false;
+                };
+                let Some(&v) = self.collections.get(&icid) else {
+                    return false;
+                };
+                self.devices
+                    .get_mut(&device)
+                    .unwrap()
+                    .1
+                    .insert(event, (intid, icid));
+                self.lpis.get_mut(&intid).unwrap().target = Some(v);
+            }
+            Command::Discard { device, event } => {
+                let Some((intid, _)) = self.ite(device, event) else {
+                    return false;
+                };
+                self.devices.get_mut(&device).unwrap().1.remove(&event);
+                self.unref(intid);
+            }
+            Command::Inv { device, event } => return self.ite(device, event).is_some(),
+            Command::Invall { icid } => {
+                return u32::from(icid) < TABLE_ENTRIES && self.collections.contains_key(&icid);
+            }
+            Command::Int { device, event } | Command::Clear { device, event } => {
+                let Some((intid, icid)) = self.ite(device, event) else {
+                    return false;
+                };
+                let Some(&v) = self.collections.get(&icid) else {
+                    return false;
+                };
+                let l = self.lpis.get_mut(&intid).unwrap();
+                if matches!(c, Command::Int { .. }) {
+                    l.pending = true;
+                    l.target = Some(v);
+                } else {
+                    l.pending = false;
+                }
+            }
+            Command::Sync { rdbase } => return (rdbase as usize) < NR_VCPUS,
+            Command::Movall { rdbase1, rdbase2 } => {
+                if rdbase1 as usize >= NR_VCPUS || rdbase2 as usize >= NR_VCPUS {
+                    return false;
+                }
+                for l in self.lpis.values_mut() {
+                    if l.target == Some(rdbase1 as usize) {
+                        l.target = Some(rdbase2 as usize);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn mapti(&mut self, device: u32, event: u32, intid: u32, icid: u16) -> bool {
+        if u32::from(icid) >= TABLE_ENTRIES || !(LPI0..1 << 16).contains(&intid) {
+            return false;
+        }
+        let target = self.collections.get(&icid).copied();
+        let Some((bits, evs)) = self.devices.get_mut(&device) else {
+            return false;
+        };
+        if event >= 1 << *bits || evs.contains_key(&event) {
+            return false;
+        }
+        evs.insert(event, (intid, icid));
+        let l = self.lpis.entry(intid).or_insert(Lpi {
+            refs: 0,
+            pending: false,
+            target,
+        });
+        l.refs += 1;
+        if target.is_some() {
+            l.target = target;
+        }
+        true
+    }
+}
+
+fn check(r: &Rig, m: &Model) {
+    assert_eq!(r.its.error_count(), m.errors, "error count");
+    for &d in &DEVICES {
+        for e in 0..10 {
+            let want = m.devices.get(&d).and_then(|(_, evs)| evs.get(&e).copied());
+            assert_eq!(r.its.lookup(d, e), want, "route of ({d}, {e})");
+        }
+    }
+    for &i in &ICIDS {
+        assert_eq!(
+            r.its.collection(i),
+            m.collections.get(&i).copied(),
+            "collection {i}"
+        );
+    }
+    let st = r.vgic.lock();
+    assert_eq!(st.lpi_count(), m.lpis.len(), "live per-LPI state");
+    for (&intid, l) in &m.lpis {
+        assert_eq!(st.lpi_pending(intid), l.pending, "pending {intid}");
+        assert_eq!(st.lpi_target(intid), l.target, "target {intid}");
+    }
+    assert_eq!(st.anomalies(), 0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #[test]
+    fn commands_match_reference_model(cmds in proptest::collection::vec(command(), 1..40)) {
+        let r = Rig::new(NR_VCPUS);
+        let mut m = Model::default();
+        for v in 0..NR_VCPUS {
+            m.collections.insert(v as u16, v);
+        }
+        for c in &cmds {
+            if !m.apply(c) {
+                m.errors += 1;
+            }
+            r.cmd(*c);
+            check(&r, &m);
+        }
+        // Deliver: every pending LPI reaches its target exactly once.
+        for v in 0..NR_VCPUS {
+            let mut got = r.drain(v);
+            got.sort();
+            let want: Vec<u32> = m
+                .lpis
+                .iter()
+                .filter(|(_, l)| l.pending && l.target == Some(v))
+                .map(|(&i, _)| i)
+                .collect();
+            prop_assert_eq!(got, want, "vCPU {}", v);
+        }
+    }
+}
