@@ -1,9 +1,9 @@
-//! Per-interrupt state (IHI 0069 §4.1 "Interrupt states", §4.4 "Interrupt
-//! handling state machine").
+//! Per-interrupt state (IHI 0069 ch. 4, "Interrupt states" and the
+//! interrupt handling state machine).
 
 /// First SPI INTID.
 pub const SPI_BASE: u32 = 32;
-/// First LPI INTID (IHI 0069 §2.2.1).
+/// First LPI INTID (IHI 0069 ch. 2, "INTIDs").
 pub const LPI_BASE: u32 = 8192;
 /// The EL1 virtual timer PPI (CNTV), linked to the physical one with the LR
 /// HW bit.

@@ -5,8 +5,8 @@
 //!
 //! The distributor presents a single security state (`GICD_CTLR.DS` = 1) with
 //! affinity routing always on (`ARE` RAO/WI), as KVM does; so the GICD banked
-//! SGI/PPI ranges are RAZ/WI (IHI 0069 §12.9, "when affinity routing is
-//! enabled") and SGIs/PPIs are programmed through each redistributor's
+//! SGI/PPI ranges are RAZ/WI (IHI 0069 ch. 12, GICD_ISENABLER<n> and friends "when affinity
+//! routing is enabled") and SGIs/PPIs are programmed through each redistributor's
 //! SGI_base frame.
 
 use crate::irq::{Irq, SPI_BASE};
@@ -19,7 +19,7 @@ pub(crate) const W8: u8 = 1;
 pub(crate) const W32: u8 = 4;
 pub(crate) const W64: u8 = 8;
 
-/// Size of one redistributor (RD_base + SGI_base), IHI 0069 §12.10.
+/// Size of one redistributor (RD_base + SGI_base), IHI 0069 ch. 12 (GICR_* registers).
 pub const GICR_STRIDE: u64 = 0x2_0000;
 /// Offset of the SGI_base frame inside a redistributor.
 pub const GICR_SGI_BASE: u64 = 0x1_0000;
@@ -104,7 +104,7 @@ fn raz(_: &VgicState, _: &Acc) -> u64 {
 }
 fn wi(_: &mut VgicState, _: &Acc, _: u64, _: &mut Kick) {}
 
-/// The distributor register map (IHI 0069 §12.9).
+/// The distributor register map (IHI 0069 ch. 12, GICD_* registers).
 pub(crate) static GICD_REGIONS: &[Region] = &[
     reg("GICD_CTLR", 0x0000, 4, W32, gicd_ctlr_r, gicd_ctlr_w),
     reg("GICD_TYPER", 0x0004, 4, W32, gicd_typer_r, wi),
@@ -178,8 +178,8 @@ pub(crate) static GICD_REGIONS: &[Region] = &[
     reg("GICD_PIDR2", 0xffe8, 4, W32, pidr2_r, wi),
 ];
 
-/// One redistributor's register map: RD_base (IHI 0069 §12.10) and, at
-/// +64 KiB, SGI_base (§12.11).
+/// One redistributor's register map: RD_base and, at +64 KiB,
+/// SGI_base (IHI 0069 ch. 12, GICR_* registers).
 pub(crate) static GICR_REGIONS: &[Region] = &[
     reg("GICR_CTLR", 0x0000, 4, W32, gicr_ctlr_r, gicr_ctlr_w),
     reg("GICR_IIDR", 0x0004, 4, W32, iidr_r, wi),
@@ -431,7 +431,7 @@ fn ispendr_w(st: &mut VgicState, a: &Acc, v: u64, k: &mut Kick) {
     write_field(st, a, v, k, true, |i, _| i.latch = true);
 }
 /// Clears the latch; a level interrupt whose line is high stays pending
-/// (IHI 0069 §4.1.2).
+/// (IHI 0069 ch. 4, level-sensitive interrupts).
 fn icpendr_w(st: &mut VgicState, a: &Acc, v: u64, k: &mut Kick) {
     write_field(st, a, v, k, true, |i, _| {
         i.latch = false;
@@ -555,7 +555,7 @@ pub(crate) fn requeue_all(st: &mut VgicState, k: &mut Kick) {
     }
 }
 
-/// `GICD_TYPER` (IHI 0069 §12.9.38): ITLinesNumber, CPUNumber, LPIS,
+/// `GICD_TYPER` (IHI 0069 ch. 12, GICD_TYPER): ITLinesNumber, CPUNumber, LPIS,
 /// IDbits, No1N.
 fn gicd_typer_r(st: &VgicState, _: &Acc) -> u64 {
     let it_lines = u64::from(st.nr_irqs() / 32 - 1) & 0x1f;
@@ -616,7 +616,7 @@ fn gicr_ctlr_w(st: &mut VgicState, a: &Acc, v: u64, k: &mut Kick) {
     }
 }
 
-/// `GICR_TYPER` (IHI 0069 §12.10.37).
+/// `GICR_TYPER` (IHI 0069 ch. 12, GICR_TYPER).
 fn gicr_typer_r(st: &VgicState, a: &Acc) -> u64 {
     let c = &st.vcpus[a.bank];
     let mut v = (u64::from(mpidr_aff(c.mpidr)) << 32) | ((a.bank as u64 & 0xffff) << 8);
@@ -669,7 +669,7 @@ fn propbaser_r(st: &VgicState, a: &Acc) -> u64 {
     half(st.propbaser, a)
 }
 /// Writes are ignored while this redistributor has LPIs enabled
-/// (UNPREDICTABLE in the architecture, IHI 0069 §12.10.29).
+/// (UNPREDICTABLE in the architecture, IHI 0069 ch. 12, GICR_PROPBASER).
 fn propbaser_w(st: &mut VgicState, a: &Acc, v: u64, _: &mut Kick) {
     if st.vcpus[a.bank].lpis_enabled {
         log::warn!("vgic: GICR_PROPBASER write with EnableLPIs set, ignored");

@@ -1,6 +1,5 @@
 //! Typed values of the GICv3 virtual CPU interface system registers
-//! (IHI 0069 §12.4 "The GIC virtual CPU interface registers" /
-//! "GIC hypervisor interface registers").
+//! (IHI 0069 ch. 12, the ICH_* "hypervisor control system registers").
 //!
 //! These are plain values: the kernel reads and writes the real registers
 //! (`ICH_LR<n>_EL2`, `ICH_HCR_EL2`, ...) and converts with `from_bits` /
@@ -39,7 +38,7 @@ impl LrState {
     }
 }
 
-/// An `ICH_LR<n>_EL2` value (IHI 0069 §12.4.10).
+/// An `ICH_LR<n>_EL2` value (IHI 0069 ch. 12, ICH_LR<n>_EL2).
 ///
 /// | bits | field |
 /// |---|---|
@@ -138,7 +137,7 @@ impl LrValue {
     }
 }
 
-/// `ICH_HCR_EL2` (IHI 0069 §12.4.5): the bits the vGIC decides on each entry.
+/// `ICH_HCR_EL2` (IHI 0069 ch. 12, ICH_HCR_EL2): the bits the vGIC decides on each entry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IchHcr(u64);
 
@@ -173,7 +172,7 @@ impl IchHcr {
     }
 }
 
-/// `ICH_MISR_EL2` (IHI 0069 §12.4.9): why a maintenance interrupt fired.
+/// `ICH_MISR_EL2` (IHI 0069 ch. 12, ICH_MISR_EL2): why a maintenance interrupt fired.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IchMisr(u64);
 
@@ -200,7 +199,7 @@ impl IchMisr {
     }
 }
 
-/// `ICH_VTR_EL2` (IHI 0069 §12.4.11): virtual interface capabilities.
+/// `ICH_VTR_EL2` (IHI 0069 ch. 12, ICH_VTR_EL2): virtual interface capabilities.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IchVtr(pub u64);
 
@@ -215,7 +214,7 @@ impl IchVtr {
     }
 }
 
-/// A decoded `ICC_SGI1R_EL1` / `ICC_SGI0R_EL1` write (IHI 0069 §12.2.22).
+/// A decoded `ICC_SGI1R_EL1` / `ICC_SGI0R_EL1` write (IHI 0069 ch. 12, ICC_SGI1R_EL1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SgiRequest {
     /// SGI number, bits \[27:24\].
@@ -280,6 +279,50 @@ pub struct CpuIfContext {
     pub ap1r: [u32; 4],
 }
 
+/// The EL1 virtual timer of a vCPU (`CNTV_CTL_EL0`, `CNTV_CVAL_EL0`, and
+/// the hypervisor's `CNTVOFF_EL2`), saved and restored with the vCPU.
+///
+/// The kernel restores it on entry, saves it on exit, and drives the
+/// level of PPI 27 (hardware-linked with [`crate::Vgic::map_hw`]) with
+/// [`VtimerContext::asserted`] before each flush.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VtimerContext {
+    /// `CNTV_CTL_EL0`.
+    pub ctl: u64,
+    /// `CNTV_CVAL_EL0`.
+    pub cval: u64,
+    /// `CNTVOFF_EL2`: virtual count = physical count - offset.
+    pub cntvoff: u64,
+}
+
+impl VtimerContext {
+    /// `CNTV_CTL_EL0.ENABLE`.
+    pub const ENABLE: u64 = 1 << 0;
+    /// `CNTV_CTL_EL0.IMASK`.
+    pub const IMASK: u64 = 1 << 1;
+    /// `CNTV_CTL_EL0.ISTATUS` (read-only).
+    pub const ISTATUS: u64 = 1 << 2;
+
+    /// ISTATUS at physical count `cntpct`: enabled and the virtual count
+    /// has reached the compare value (Arm ARM D11, "the timer condition").
+    pub fn istatus(&self, cntpct: u64) -> bool {
+        self.ctl & Self::ENABLE != 0 && cntpct.wrapping_sub(self.cntvoff) >= self.cval
+    }
+
+    /// Whether the timer's interrupt output is asserted (ISTATUS and not
+    /// masked): the line level of PPI 27.
+    pub fn asserted(&self, cntpct: u64) -> bool {
+        self.istatus(cntpct) && self.ctl & Self::IMASK == 0
+    }
+
+    /// Physical count at which the output asserts, to arm a host timer while
+    /// the vCPU waits in WFI; `None` if disabled or masked.
+    pub fn deadline(&self) -> Option<u64> {
+        (self.ctl & (Self::ENABLE | Self::IMASK) == Self::ENABLE)
+            .then(|| self.cval.wrapping_add(self.cntvoff))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +358,24 @@ mod tests {
         assert!(!r.targets_mpidr(mp(2), 0));
         let b = SgiRequest::decode(1 << 40);
         assert!(b.broadcast && !b.targets_mpidr(1, 1) && b.targets_mpidr(2, 1));
+    }
+
+    #[test]
+    fn vtimer_condition() {
+        let t = VtimerContext {
+            ctl: VtimerContext::ENABLE,
+            cval: 1000,
+            cntvoff: 500,
+        };
+        assert!(!t.asserted(1499) && t.asserted(1500));
+        assert_eq!(t.deadline(), Some(1500));
+        let masked = VtimerContext {
+            ctl: VtimerContext::ENABLE | VtimerContext::IMASK,
+            ..t
+        };
+        assert!(masked.istatus(2000) && !masked.asserted(2000));
+        assert_eq!(masked.deadline(), None);
+        assert!(!VtimerContext { ctl: 0, ..t }.istatus(5000));
     }
 
     #[test]

@@ -95,7 +95,7 @@ pub struct FoldReport {
     pub resampled: Vec<u32>,
 }
 
-/// The LPI configuration byte of the property table (IHI 0069 §5.1.1):
+/// The LPI configuration byte of the property table (IHI 0069 §5.1, "LPI Configuration tables"):
 /// priority in bits \[7:2\], enable in bit 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LpiConfig {

@@ -16,7 +16,7 @@
 //!
 //! RDbase is a processor number: `GITS_TYPER.PTA` = 0.
 
-/// Command numbers (IHI 0069 Table 5-? "ITS command numbers").
+/// Command numbers (IHI 0069 §5.3, the command number of each command).
 pub mod opcode {
     /// MOVI
     pub const MOVI: u8 = 0x01;

@@ -26,6 +26,11 @@
 //! be *read* (its memory stopped being RAM): there is nothing to ignore;
 //! a write of CWRITER with Retry = 1 retries it.
 //!
+//! Register-level misuse is handled the same way, with no effect: a
+//! `CWRITER` value at or beyond the end of the queue is ignored (WI), as are
+//! `CBASER`/`BASER<n>` writes while the ITS is enabled; a table or queue
+//! base outside the VM's RAM is stored with Valid = 0, before any access.
+//!
 //! # Generations
 //!
 //! Every `MAPTI` that creates an LPI gives it a fresh generation (in the
@@ -41,7 +46,7 @@ use vigil_vgic::{read_lpi_config, GuestMemory, Kick, LpiConfig, Vgic};
 
 use crate::cmd::Command;
 
-/// Second 64 KiB frame: `GITS_TRANSLATER` (IHI 0069 §12.19).
+/// Second 64 KiB frame: `GITS_TRANSLATER` (IHI 0069 ch. 12, GITS_TRANSLATER).
 pub const GITS_TRANSLATER: u64 = 0x1_0040;
 /// Size of the whole ITS register region (two 64 KiB frames).
 pub const GITS_SIZE: u64 = 0x2_0000;
@@ -363,7 +368,7 @@ impl Vits {
                     v &= !VALID;
                 }
                 q.cbaser = v;
-                // IHI 0069 §12.19.2: writing CBASER resets CREADR to 0.
+                // IHI 0069 ch. 12, GITS_CBASER: a write resets CREADR to 0.
                 q.creadr = 0;
                 q.stalled = false;
             }
@@ -407,7 +412,7 @@ impl Vits {
         Kick::default()
     }
 
-    /// `GITS_TYPER` (IHI 0069 §12.19.?): Physical, ITT_entry_size, IDbits,
+    /// `GITS_TYPER` (IHI 0069 ch. 12, GITS_TYPER): Physical, ITT_entry_size, IDbits,
     /// Devbits; PTA = 0 (RDbase is a processor number), HCC = 0 (all
     /// collections in memory), CIDbits = 0 (16-bit ICIDs), SEIS = 0.
     fn typer(&self) -> u64 {
@@ -528,7 +533,7 @@ impl Vits {
                 Err(CmdError::DeviceOutOfRange(device))
             };
         }
-        // Two-level table (IHI 0069 §5.2.?, GITS_BASER.Indirect): each
+        // Two-level table (IHI 0069 ch. 12, GITS_BASER<n>.Indirect): each
         // 8-byte level-1 entry has Valid in bit 63 and the 64 KiB-aligned
         // level-2 page address in bits [51:16].
         let idx = dev / entries_per_page;
@@ -568,7 +573,7 @@ impl Vits {
         })
     }
 
-    /// MAPD (IHI 0069 §5.3.8). V=1 on a mapped device replaces its ITT:
+    /// MAPD (IHI 0069 §5.3, MAPD). V=1 on a mapped device replaces its ITT:
     /// the old mappings go first, as with V=0.
     #[allow(clippy::too_many_arguments)]
     fn cmd_mapd(
@@ -614,7 +619,7 @@ impl Vits {
         Ok(())
     }
 
-    /// MAPC (IHI 0069 §5.3.9). Remapping a collection retargets its LPIs.
+    /// MAPC (IHI 0069 §5.3, MAPC). Remapping a collection retargets its LPIs.
     fn cmd_mapc(
         &self,
         q: &CmdQueue,
@@ -642,7 +647,7 @@ impl Vits {
         Ok(())
     }
 
-    /// MAPTI / MAPI (IHI 0069 §5.3.10, §5.3.11). The LPI's priority and
+    /// MAPTI / MAPI (IHI 0069 §5.3, MAPTI and MAPI). The LPI's priority and
     /// enable are read from the property table.
     #[allow(clippy::too_many_arguments)]
     fn cmd_mapti(
@@ -703,7 +708,7 @@ impl Vits {
             .ok_or(CmdError::EventUnmapped(device, event))
     }
 
-    /// MOVI (IHI 0069 §5.3.12): pending state moves with the LPI, exactly
+    /// MOVI (IHI 0069 §5.3, MOVI): pending state moves with the LPI, exactly
     /// once (vITS invariant 9).
     fn cmd_movi(
         &self,
@@ -731,7 +736,7 @@ impl Vits {
         Ok(())
     }
 
-    /// DISCARD (IHI 0069 §5.3.4): the route and the pending state go. Once
+    /// DISCARD (IHI 0069 §5.3, DISCARD): the route and the pending state go. Once
     /// this returns no new instance is injected (vITS invariant 2); one the
     /// guest already took can still be deactivated (vITS invariant 8).
     fn cmd_discard(&self, device: u32, event: u32, kick: &mut Kick) -> Result<(), CmdError> {
@@ -744,7 +749,7 @@ impl Vits {
         Ok(())
     }
 
-    /// INV (IHI 0069 §5.3.6): reload priority and enable of one LPI.
+    /// INV (IHI 0069 §5.3, INV): reload priority and enable of one LPI.
     fn cmd_inv(
         &self,
         device: u32,
@@ -763,7 +768,7 @@ impl Vits {
         Ok(())
     }
 
-    /// INVALL (IHI 0069 §5.3.7): reload the configuration of every LPI
+    /// INVALL (IHI 0069 §5.3, INVALL): reload the configuration of every LPI
     /// mapped through collection `icid`. Pending state is untouched
     /// (vITS invariant 9).
     fn cmd_invall(
@@ -798,7 +803,7 @@ impl Vits {
         Ok(())
     }
 
-    /// INT (IHI 0069 §5.3.5): as if the device had written TRANSLATER.
+    /// INT (IHI 0069 §5.3, INT): as if the device had written TRANSLATER.
     fn cmd_int(&self, device: u32, event: u32, kick: &mut Kick) -> Result<(), CmdError> {
         let routes = self.routes.lock();
         let ite = Self::ite(&routes, device, event)?;
@@ -812,7 +817,7 @@ impl Vits {
         Ok(())
     }
 
-    /// CLEAR (IHI 0069 §5.3.2).
+    /// CLEAR (IHI 0069 §5.3, CLEAR).
     fn cmd_clear(&self, device: u32, event: u32, kick: &mut Kick) -> Result<(), CmdError> {
         let routes = self.routes.lock();
         let ite = Self::ite(&routes, device, event)?;
@@ -823,13 +828,13 @@ impl Vits {
         Ok(())
     }
 
-    /// SYNC (IHI 0069 §5.3.13): every command completes synchronously, so
+    /// SYNC (IHI 0069 §5.3, SYNC): every command completes synchronously, so
     /// there is nothing to wait for.
     fn cmd_sync(&self, rdbase: u64) -> Result<(), CmdError> {
         self.check_rdbase(rdbase).map(|_| ())
     }
 
-    /// MOVALL (IHI 0069 §5.3.13): every LPI targeting `rdbase1` moves to
+    /// MOVALL (IHI 0069 §5.3, MOVALL): every LPI targeting `rdbase1` moves to
     /// `rdbase2`, pending state included, exactly once (vITS invariant 9).
     fn cmd_movall(&self, rdbase1: u64, rdbase2: u64, kick: &mut Kick) -> Result<(), CmdError> {
         let from = self.check_rdbase(rdbase1)?;
@@ -854,7 +859,7 @@ enum Part {
     High,
 }
 
-/// Validate an access to the register frame (IHI 0069 §12.19: 64-bit
+/// Validate an access to the register frame (IHI 0069 ch. 12, GITS_* registers: 64-bit
 /// registers allow 32- and 64-bit accesses, 32-bit ones only 32-bit
 /// accesses): (register offset, part).
 fn check_access(offset: u64, len: u8) -> Option<(u64, Part)> {
