@@ -7,9 +7,13 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
+
 mod bootargs;
+mod domains;
 
 pub use bootargs::BootArgs;
+pub use domains::{domains, for_each_domain, DomainConfig, DomainError, MAX_VMS};
 
 use core::fmt;
 

@@ -246,3 +246,92 @@ fn bootargs_unknown_options_are_reported() {
     let unknown: Vec<&str> = a.unknown("vigil.", &["vigil.test", "vigil.log"]).collect();
     assert_eq!(unknown, std::vec!["vigil.tset=smp", "vigil.bogus"]);
 }
+
+/// A host device tree with VM descriptions under /chosen.
+fn tree_with_domains(extra: impl Fn(&mut FdtWriter)) -> Vec<u8> {
+    let mut w = FdtWriter::new().unwrap();
+    let root = w.begin_node("").unwrap();
+    w.property_u32("#address-cells", 2).unwrap();
+    w.property_u32("#size-cells", 2).unwrap();
+    let chosen = w.begin_node("chosen").unwrap();
+    extra(&mut w);
+    w.end_node(chosen).unwrap();
+    w.end_node(root).unwrap();
+    w.finish().unwrap()
+}
+
+fn domain(w: &mut FdtWriter, name: &str, cpus: u32, pcpus: Option<&[u32]>, kernel: bool) {
+    let d = w.begin_node(name).unwrap();
+    w.property_string("compatible", "vigil,domain").unwrap();
+    w.property_u32("#address-cells", 2).unwrap();
+    w.property_u32("#size-cells", 2).unwrap();
+    w.property_array_u32("memory", &[0, 0x20000]).unwrap();
+    w.property_u32("cpus", cpus).unwrap();
+    if let Some(p) = pcpus {
+        w.property_array_u32("vigil,pcpus", p).unwrap();
+    }
+    w.property_null("vigil,test-device").unwrap();
+    if kernel {
+        let m = w.begin_node("module@48000000").unwrap();
+        w.property_string_list(
+            "compatible",
+            std::vec!["multiboot,kernel".into(), "multiboot,module".into()],
+        )
+        .unwrap();
+        w.property_array_u64("reg", &[0x4800_0000, 0x10_0000])
+            .unwrap();
+        w.property_string("bootargs", "vigil.guest=psci").unwrap();
+        w.end_node(m).unwrap();
+        let r = w.begin_node("module@49000000").unwrap();
+        w.property_string_list(
+            "compatible",
+            std::vec!["multiboot,ramdisk".into(), "multiboot,module".into()],
+        )
+        .unwrap();
+        w.property_array_u64("reg", &[0x4900_0000, 0x2000]).unwrap();
+        w.end_node(r).unwrap();
+    }
+    w.end_node(d).unwrap();
+}
+
+#[test]
+fn domains_are_read_from_chosen() {
+    let dtb = tree_with_domains(|w| {
+        domain(w, "vm0", 2, None, true);
+        domain(w, "guest-b", 1, Some(&[3]), true);
+    });
+    let d = domains(&dtb).unwrap();
+    assert_eq!(d.len(), 2);
+    assert_eq!(d[0].name, "vm0");
+    assert_eq!(d[0].memory, 128 << 20);
+    assert_eq!(d[0].cpus, 2);
+    assert_eq!(&d[0].pcpus[..2], &[0, 1]);
+    assert!(d[0].test_device);
+    assert!(!d[0].identity_map);
+    assert_eq!(d[0].kernel, Region::new(0x4800_0000, 0x10_0000));
+    assert_eq!(d[0].ramdisk, Some(Region::new(0x4900_0000, 0x2000)));
+    assert_eq!(d[0].bootargs, "vigil.guest=psci");
+    assert_eq!(d[1].name, "guest-b");
+    assert_eq!(d[1].pcpus[0], 3);
+}
+
+#[test]
+fn domain_errors_are_specific() {
+    let no_kernel = tree_with_domains(|w| domain(w, "vm0", 1, None, false));
+    assert_eq!(domains(&no_kernel), Err(DomainError::NoKernel("vm0")));
+    let bad_cpus = tree_with_domains(|w| domain(w, "vm0", 0, None, true));
+    assert_eq!(domains(&bad_cpus), Err(DomainError::BadCpus("vm0")));
+    let bad_pcpus = tree_with_domains(|w| domain(w, "vm0", 2, Some(&[1]), true));
+    assert_eq!(domains(&bad_pcpus), Err(DomainError::BadPcpus("vm0")));
+    let too_many = tree_with_domains(|w| {
+        for i in 0..9 {
+            domain(w, &std::format!("vm{i}"), 1, None, true);
+        }
+    });
+    assert_eq!(domains(&too_many), Err(DomainError::TooMany));
+    assert_eq!(
+        std::format!("{}", DomainError::NoKernel("web")),
+        "VM web: no multiboot,kernel module"
+    );
+    assert!(domains(&Tree::default().build()).unwrap().is_empty());
+}

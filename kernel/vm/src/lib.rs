@@ -9,6 +9,7 @@ extern crate alloc;
 
 pub mod esr;
 pub mod fdt;
+pub mod idregs;
 pub mod image;
 pub mod layout;
 pub mod psci;
