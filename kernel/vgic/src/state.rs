@@ -592,9 +592,10 @@ impl VgicState {
             }
             let intid = u32::from(req.intid);
             let irq = &mut self.vcpus[t].private[intid as usize];
-            // ICC_SGI1R generates Group 1 SGIs, ICC_SGI0R Group 0 ones; an
-            // SGI configured for the other group is not forwarded.
-            if irq.group1 != group1 {
+            // With a single security state, an ICC_SGI0R write only reaches
+            // SGIs configured as Group 0, while ICC_SGI1R reaches either
+            // group (as KVM's vgic_v3_dispatch_sgi).
+            if irq.group1 && !group1 {
                 continue;
             }
             irq.latch = true;
@@ -614,8 +615,8 @@ impl VgicState {
         self.lpi_id_bits
     }
 
-    /// Whether `intid` is an LPI INTID this VM supports, taking the
-    /// property table size (`GICR_PROPBASER.IDbits`) into account when set.
+    /// Whether `intid` is an LPI INTID this VM supports
+    /// (`GICD_TYPER.IDbits`).
     pub fn lpi_in_range(&self, intid: u32) -> bool {
         intid >= LPI_BASE && u64::from(intid) < (1u64 << self.lpi_id_bits)
     }

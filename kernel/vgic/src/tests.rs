@@ -246,6 +246,18 @@ fn sgi_targets_and_broadcast() {
         .is_empty());
     // A Group 0 SGI request does not hit a Group 1 SGI.
     assert!(g.send_sgi(0, (1 << 24) | 0b10, false).is_empty());
+    // SGI 2 of vCPU 1 in Group 0: ICC_SGI0R reaches it, and so does
+    // ICC_SGI1R (single security state).
+    g.gicr_write(sgi_frame(1, 0x80), 4, !(1u64 << 2) & 0xffff_ffff, &NoMemory);
+    enable_private(&g, 1, 2);
+    assert!(g.send_sgi(0, (2 << 24) | 0b10, false).contains(1));
+    let mut c = SimCpu::new(1, 4);
+    c.enter(&g);
+    assert!(!c.lrs[0].group1(), "Group 0 in the LR");
+    c.exit(&g);
+    assert_eq!(c.drain(&g, 4), vec![2]);
+    assert!(g.send_sgi(0, (2 << 24) | 0b10, true).contains(1));
+    assert_eq!(c.drain(&g, 4), vec![2]);
 }
 
 #[test]
