@@ -20,6 +20,25 @@
 //! * **Virtual timer**: [`Vgic::map_hw`] links PPI 27 to the physical PPI so
 //!   its LR carries the HW bit; drive its line with [`Vgic::set_line`].
 //!
+//! The run loop of one vCPU, in outline:
+//!
+//! ```text
+//! let n = IchVtr(read ICH_VTR_EL2).list_regs();          // once, at boot
+//! loop {
+//!     vgic.set_line(v, VTIMER_PPI, vtimer.asserted(CNTPCT));
+//!     let hcr = vgic.flush(v, &mut lrs[..n]);           // lock: VM vGIC
+//!     write ICH_LR<0..n>_EL2 = lrs, ICH_HCR_EL2 = hcr, restore VMCR/APRs;
+//!     enter guest ... exit;
+//!     read back lrs, misr = ICH_MISR_EL2, eisr = ICH_EISR_EL2; save VMCR/APRs;
+//!     write ICH_HCR_EL2 = 0;
+//!     let rep = vgic.fold(v, &lrs[..n], IchMisr::from_bits(misr), eisr);
+//!     kick every vCPU in rep.kick; tell devices about rep.resampled;
+//!     handle the exit (MMIO -> gicd_*/gicr_*/Vits::mmio_*, SGI1R ->
+//!     send_sgi, WFI -> sleep until has_deliverable(v) or a kick) and kick
+//!     the vCPUs in the returned Kick.
+//! }
+//! ```
+//!
 //! Locking: one lock per VM protects all interrupt state (distributor,
 //! redistributors, per-LPI state, every vCPU's list). The vITS takes it
 //! *after* its own locks (see the lock order in `vigil-vits`).

@@ -432,6 +432,15 @@ impl Vits {
         }
         let base = q.cbaser & 0x000f_ffff_ffff_f000;
         let size = ((q.cbaser & 0xff) + 1) * 4096;
+        if q.cwriter >= size || q.creadr >= size {
+            // CBASER shrank under an old CWRITER: CREADR would never meet
+            // it. Nothing is processed until CWRITER is rewritten.
+            log::warn!(
+                "vits: CWRITER {:#x} beyond the {size:#x}-byte queue, not processed",
+                q.cwriter
+            );
+            return kick;
+        }
         while !q.stalled && q.creadr != q.cwriter {
             let mut raw = [0u8; 32];
             if mem.read(base + q.creadr, &mut raw).is_err() {

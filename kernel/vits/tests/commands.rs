@@ -230,6 +230,21 @@ fn cwriter_beyond_queue_is_ignored_and_creadr_wraps() {
 }
 
 #[test]
+fn shrinking_the_queue_under_cwriter_cannot_hang() {
+    let r = Rig::new(1);
+    let m = &*r.mem;
+    r.its.mmio_write(0x88, 8, 0x8000, m); // 1024 SYNC-less zero commands
+    assert_eq!(r.creadr(), 0x8000);
+    r.its.mmio_write(0, 4, 0, m);
+    r.its.mmio_write(0x80, 8, VALID | CMDQ, m); // one 4 KiB page
+    assert_eq!(r.creadr(), 0);
+    r.its.mmio_write(0, 4, 1, m); // must return
+    assert_eq!(r.creadr(), 0);
+    r.its.mmio_write(0x88, 8, 0x40, m);
+    assert_eq!(r.creadr(), 0x40);
+}
+
+#[test]
 fn unreadable_command_stalls_until_retry() {
     let r = Rig::new(1);
     r.mapd(1, 3);
