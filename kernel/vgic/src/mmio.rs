@@ -5,7 +5,7 @@
 //!
 //! The distributor presents a single security state (`GICD_CTLR.DS` = 1) with
 //! affinity routing always on (`ARE` RAO/WI), as KVM does; so the GICD banked
-//! SGI/PPI ranges are RAZ/WI (IHI 0069 ch. 12, GICD_ISENABLER<n> and friends "when affinity
+//! SGI/PPI ranges are RAZ/WI (IHI 0069 ch. 12, `GICD_ISENABLER<n>` and friends "when affinity
 //! routing is enabled") and SGIs/PPIs are programmed through each redistributor's
 //! SGI_base frame.
 

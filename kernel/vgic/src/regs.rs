@@ -38,7 +38,7 @@ impl LrState {
     }
 }
 
-/// An `ICH_LR<n>_EL2` value (IHI 0069 ch. 12, ICH_LR<n>_EL2).
+/// An `ICH_LR<n>_EL2` value (IHI 0069 ch. 12, `ICH_LR<n>_EL2`).
 ///
 /// | bits | field |
 /// |---|---|

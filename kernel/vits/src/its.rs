@@ -3,7 +3,7 @@
 //! # Lock order (vITS invariant 10)
 //!
 //! 1. `Vits::cmdq` — the command queue and the register frame
-//!    (CTLR, CBASER, CWRITER, CREADR, BASER<n>). Held while commands run.
+//!    (CTLR, CBASER, CWRITER, CREADR, `BASER<n>`). Held while commands run.
 //! 2. `Vits::routes` — the event -> vLPI route: devices, their ITTs and the
 //!    collection table. Held for every lookup or change of a route.
 //! 3. The VM's [`Vgic`] state lock — per-LPI and per-vCPU interrupt state.
