@@ -359,3 +359,62 @@ proptest! {
         }
     }
 }
+
+/// The acceptance fuzz scenario at host level: a hostile VM issues 100,000
+/// random commands (random opcodes and fields, out-of-range IDs, CWRITER
+/// values past the queue) while its LPIs are triggered; a second,
+/// well-behaved VM's LPIs all arrive, exactly once each.
+#[test]
+fn hundred_thousand_random_commands_next_to_a_good_vm() {
+    let bad = Rig::new(NR_VCPUS);
+    let good = Rig::new(NR_VCPUS);
+    good.mapd(7, 3);
+    for e in 0..8 {
+        good.mapti(7, e, LPI0 + e, (e % 2) as u16);
+    }
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut bad_cpu = vigil_vgic::sim::SimCpu::new(0, 4);
+    for i in 0..100_000u32 {
+        let a = rnd();
+        let op = match a % 4 {
+            0 => a >> 56,         // any byte
+            _ => (a >> 56) & 0xf, // mostly implemented commands
+        };
+        let dev = if a & 0x100 != 0 { (a >> 9) & 3 } else { a >> 9 };
+        let b = rnd();
+        let c = rnd();
+        bad.raw([op | (dev << 32), b, c, rnd()]);
+        if i % 97 == 0 {
+            // CWRITER past the queue, BASER/CBASER pokes, a TRANSLATER write.
+            bad.its.mmio_write(0x88, 8, rnd(), &*bad.mem);
+            bad.its.mmio_write(0x10040, 4, rnd(), &*bad.mem);
+            let _ = bad.its.translate((rnd() % 4) as u32, (rnd() % 16) as u32);
+        }
+        if i % 101 == 0 {
+            bad_cpu.enter(&bad.vgic);
+            while let Some(id) = bad_cpu.ack() {
+                bad_cpu.eoi(id);
+            }
+            bad_cpu.exit(&bad.vgic);
+        }
+        if i % 1000 == 0 {
+            let e = (i / 1000) % 8;
+            good.cmd(Command::Int {
+                device: 7,
+                event: e,
+            });
+            let v = (e % 2) as usize;
+            assert_eq!(good.drain(v), vec![LPI0 + e], "good VM LPI {e}");
+        }
+    }
+    assert!(bad.its.error_count() > 10_000);
+    assert!(bad.its.command_count() > 50_000);
+    assert_eq!(good.its.error_count(), 0);
+    assert_eq!(bad.vgic.lock().anomalies(), 0);
+}
