@@ -167,7 +167,7 @@ pub fn for_each_domain<'a>(
         return Ok(0);
     };
     let mut n = 0;
-    if let Some(chosen) = fdt.find_node("/chosen") {
+    if let Some(chosen) = crate::find_path(&fdt, "/chosen") {
         for node in chosen.children() {
             if node
                 .compatible()

@@ -131,6 +131,8 @@ pub struct Platform<'a> {
     pub cpus: CpuList,
     pub gic: GicInfo,
     pub uart: Region,
+    /// The UART's interrupt as an INTID (SPI number + 32), if described.
+    pub uart_irq: Option<u32>,
     pub psci: Option<PsciConduit>,
     pub timer: TimerIrqs,
     pub bootargs: &'a str,
@@ -178,33 +180,54 @@ fn reg_n(node: fdt::node::FdtNode<'_, '_>, n: usize, what: &'static str) -> Resu
     Ok(Region::new(r.starting_address as u64, size))
 }
 
+/// The node at `path` ("/a/b@1"; a name without a unit address matches
+/// one with). Walks children itself: fdt 0.1's `find_node` misses nodes
+/// in trees recompiled by dtc (seen with QEMU's tree after `dtc -I dts`).
+pub(crate) fn find_path<'b, 'a>(
+    fdt: &'b fdt::Fdt<'a>,
+    path: &str,
+) -> Option<fdt::node::FdtNode<'b, 'a>> {
+    let mut node = fdt.find_node("/")?;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        node = node.children().find(|c| {
+            c.name == part || (!part.contains('@') && c.name.split('@').next() == Some(part))
+        })?;
+    }
+    Some(node)
+}
+
+/// A `reg` value of one or two cells (a CPU's MPIDR).
+fn cells_value(raw: &[u8]) -> Option<u64> {
+    match raw.len() {
+        4 => Some(u32::from_be_bytes(raw.try_into().ok()?) as u64),
+        8 => Some(u64::from_be_bytes(raw.try_into().ok()?)),
+        _ => None,
+    }
+}
+
 /// Discover the platform from a device tree blob.
 pub fn discover(dtb: &[u8]) -> Result<Platform<'_>, Error> {
     let fdt = fdt::Fdt::new(dtb).map_err(|_| Error::BadDtb)?;
 
-    // fdt's convenience accessors panic on missing nodes; check first so a
-    // broken tree gives a clear error instead.
-    if fdt.find_node("/memory").is_none() {
-        return Err(Error::NoMemory);
-    }
-    let memory = fdt
-        .memory()
-        .regions()
-        .find_map(|r| {
-            r.size
-                .map(|s| Region::new(r.starting_address as u64, s as u64))
+    let memory = find_path(&fdt, "/memory")
+        .and_then(|n| n.reg())
+        .and_then(|mut regs| {
+            regs.find_map(|r| {
+                r.size
+                    .map(|s| Region::new(r.starting_address as u64, s as u64))
+            })
         })
         .ok_or(Error::NoMemory)?;
 
-    if fdt.find_node("/cpus").is_none() {
-        return Err(Error::NoCpus);
-    }
+    let cpus_node = find_path(&fdt, "/cpus").ok_or(Error::NoCpus)?;
     let mut cpus = CpuList::new();
-    for cpu in fdt.cpus() {
-        if cpu.property("reg").is_none() {
-            continue;
+    for cpu in cpus_node
+        .children()
+        .filter(|c| c.name.split('@').next() == Some("cpu"))
+    {
+        if let Some(id) = cpu.property("reg").and_then(|p| cells_value(p.value)) {
+            cpus.push(id)?;
         }
-        cpus.push(cpu.ids().first() as u64)?;
     }
     if cpus.is_empty() {
         return Err(Error::NoCpus);
@@ -219,9 +242,11 @@ pub fn discover(dtb: &[u8]) -> Result<Platform<'_>, Error> {
     };
 
     // Prefer the console /chosen names; fall back to the first PL011.
-    let uart_node = fdt
-        .chosen()
-        .stdout()
+    let chosen = find_path(&fdt, "/chosen");
+    let uart_node = chosen
+        .and_then(|c| c.property("stdout-path"))
+        .and_then(|p| p.as_str())
+        .and_then(|path| find_path(&fdt, path.split(':').next().unwrap_or(path)))
         .filter(|n| {
             n.compatible()
                 .is_some_and(|c| c.all().any(|s| s == "arm,pl011"))
@@ -229,6 +254,12 @@ pub fn discover(dtb: &[u8]) -> Result<Platform<'_>, Error> {
         .or_else(|| fdt.find_compatible(&["arm,pl011"]))
         .ok_or(Error::NoUart)?;
     let uart = reg_n(uart_node, 0, "UART")?;
+    // <type num flags> with type 0 = SPI.
+    let uart_irq = uart_node
+        .property("interrupts")
+        .map(|p| p.value)
+        .filter(|v| v.len() >= 12 && v[0..4] == [0, 0, 0, 0])
+        .map(|v| u32::from_be_bytes([v[4], v[5], v[6], v[7]]) + 32);
 
     let psci = match fdt
         .find_compatible(&["arm,psci-1.0", "arm,psci-0.2", "arm,psci"])
@@ -242,13 +273,17 @@ pub fn discover(dtb: &[u8]) -> Result<Platform<'_>, Error> {
     };
 
     let timer = discover_timer(&fdt)?;
-    let bootargs = fdt.chosen().bootargs().unwrap_or("");
+    let bootargs = chosen
+        .and_then(|c| c.property("bootargs"))
+        .and_then(|p| p.as_str())
+        .unwrap_or("");
 
     Ok(Platform {
         memory,
         cpus,
         gic: GicInfo { gicd, gicr, its },
         uart,
+        uart_irq,
         psci,
         timer,
         bootargs,

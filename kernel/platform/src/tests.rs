@@ -89,6 +89,7 @@ impl Tree {
         )
         .unwrap();
         w.property_array_u64("reg", &[0x0900_0000, 0x1000]).unwrap();
+        w.property_array_u32("interrupts", &[0, 1, 4]).unwrap();
         w.end_node(uart).unwrap();
 
         if self.with_timer {
@@ -131,6 +132,7 @@ fn discovers_qemu_virt_layout() {
     assert_eq!(p.gic.gicr, Region::new(0x080a_0000, 0xf6_0000));
     assert_eq!(p.gic.its, Some(Region::new(0x0808_0000, 0x2_0000)));
     assert_eq!(p.uart, Region::new(0x0900_0000, 0x1000));
+    assert_eq!(p.uart_irq, Some(33));
     assert_eq!(p.psci, Some(PsciConduit::Smc));
     assert_eq!(p.bootargs, "vigil.test=smp");
     assert_eq!(

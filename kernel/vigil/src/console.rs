@@ -39,6 +39,8 @@ register_structs! {
         (0x2c => lcr_h: WriteOnly<u32, LCR_H::Register>),
         (0x30 => cr: WriteOnly<u32, CR::Register>),
         (0x34 => _reserved2),
+        (0x38 => imsc: WriteOnly<u32, IMSC::Register>),
+        (0x3c => _reserved3),
         (0x44 => icr: WriteOnly<u32>),
         (0x48 => @END),
     }
@@ -48,6 +50,9 @@ register_structs! {
 static UART_BASE: AtomicU64 = AtomicU64::new(0);
 /// CPU index + 1 of the lock holder, 0 when free.
 static OWNER: AtomicUsize = AtomicUsize::new(0);
+/// VM id + 1 of the guest whose unfinished line is on the terminal; 0 when
+/// the cursor is at the start of a line.
+static LINE_OWNER: AtomicUsize = AtomicUsize::new(0);
 
 fn regs() -> Option<&'static Pl011Regs> {
     let base = UART_BASE.load(Ordering::Acquire);
@@ -116,8 +121,59 @@ fn with_console(f: impl FnOnce(&mut Uart)) {
 /// Print one line, tagged with the CPU.
 pub fn println_tagged(level: &str, args: fmt::Arguments<'_>) {
     with_console(|u| {
+        if LINE_OWNER.swap(0, Ordering::Relaxed) != 0 {
+            let _ = u.write_str("\n");
+        }
         let _ = writeln!(u, "[cpu{} {:5}] {}", crate::arch::cpu_index(), level, args);
     });
+}
+
+/// A byte a guest wrote to its UART. Each line is tagged with the VM's
+/// name; a line another VM (or the hypervisor) interrupts is broken, never
+/// interleaved. Bytes go out at once, so prompts without a newline show.
+pub fn guest_putc(vm: usize, byte: u8) {
+    with_console(|u| {
+        let owner = LINE_OWNER.load(Ordering::Relaxed);
+        if owner != vm + 1 {
+            if owner != 0 {
+                let _ = u.write_str("\n");
+            }
+            let _ = write!(u, "[{}] ", crate::vm::name(vm));
+        }
+        if byte == b'\n' {
+            let _ = u.write_str("\n");
+            LINE_OWNER.store(0, Ordering::Relaxed);
+        } else {
+            if let Some(r) = regs() {
+                put(r, byte);
+            }
+            LINE_OWNER.store(vm + 1, Ordering::Relaxed);
+        }
+    });
+}
+
+register_bitfields! {u32,
+    IMSC [
+        RTIM OFFSET(6) NUMBITS(1) [],
+        RXIM OFFSET(4) NUMBITS(1) [],
+    ],
+}
+
+/// Interrupt when bytes arrive (receive and receive-timeout).
+pub fn enable_rx_interrupt() {
+    if let Some(r) = regs() {
+        r.imsc.write(IMSC::RXIM::SET + IMSC::RTIM::SET);
+    }
+}
+
+/// Bytes waiting in the receive FIFO, one at a time.
+pub fn try_read() -> Option<u8> {
+    let r = regs()?;
+    if r.fr.is_set(FR::RXFE) {
+        None
+    } else {
+        Some(r.dr.get() as u8)
+    }
 }
 
 /// Print a line whatever state the console lock is in: a CPU that died

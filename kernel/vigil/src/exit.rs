@@ -12,3 +12,7 @@ pub fn exit_success() -> ! {
 pub fn exit_failure() -> ! {
     QEMU.exit_failure()
 }
+
+pub fn exit(code: u32) -> ! {
+    QEMU.exit(code)
+}

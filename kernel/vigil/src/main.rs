@@ -20,6 +20,7 @@ mod percpu;
 mod psci;
 mod smp;
 mod timer;
+mod vm;
 
 use vigil_board_qemu_virt as board;
 use vigil_platform::{BootArgs, Platform, Region};
@@ -69,8 +70,28 @@ extern "C" fn kmain() -> ! {
         ));
     }
 
-    let dtb_region = Region::new(board::DTB_ADDR, dtb.len() as u64);
-    let mem = mm::init(platform.memory, &[dtb_region])
+    // Keep the device tree and the guest images QEMU loaded out of the
+    // frame allocator's hands.
+    let mut reserved = [Region::new(0, 0); 1 + 2 * vigil_platform::MAX_VMS];
+    reserved[0] = Region::new(board::DTB_ADDR, dtb.len() as u64);
+    let mut n = 1;
+    vigil_platform::for_each_domain(dtb, |d| {
+        for r in core::iter::once(d.kernel).chain(d.ramdisk) {
+            reserved[n] = r;
+            n += 1;
+        }
+    })
+    .unwrap_or_else(|e| fatal(format_args!("boot: guest description: {e}")));
+    for r in &reserved[1..n] {
+        if !platform.memory.contains(r.base) || r.end() > platform.memory.end() {
+            fatal(format_args!(
+                "boot: a guest image at {:#x}..{:#x} is outside RAM",
+                r.base,
+                r.end()
+            ));
+        }
+    }
+    let mem = mm::init(platform.memory, &reserved[..n])
         .unwrap_or_else(|e| fatal(format_args!("boot: memory: {e}")));
 
     if !arch::mmu::check_stack_layout() {
@@ -124,6 +145,7 @@ extern "C" fn kmain() -> ! {
         .unwrap_or_else(|e| fatal(format_args!("boot: GIC: {e}")));
     gic::init_cpu().unwrap_or_else(|e| fatal(format_args!("boot: GIC on cpu0: {e}")));
     timer::init(platform.timer.hyp);
+    vm::init_cpu();
     if let Some(its) = platform.gic.its {
         let flat = match args.get("vigil.its") {
             None => false,
@@ -144,8 +166,29 @@ extern "C" fn kmain() -> ! {
     if let Some(name) = args.get("vigil.test") {
         ktest::run(name, &platform);
     }
-    log::info!("boot complete; no guest configured yet, exiting");
-    exit::exit_success()
+
+    let domains = vigil_platform::domains(dtb)
+        .unwrap_or_else(|e| fatal(format_args!("boot: guest description: {e}")));
+    let vms = vm::create_all(&domains, online)
+        .unwrap_or_else(|e| fatal(format_args!("boot: creating VMs: {e}")));
+    if vms == 0 {
+        log::info!("boot complete; no guest configured, exiting");
+        exit::exit_success()
+    }
+    if let Some(intid) = platform.uart_irq {
+        gic::register(intid, on_console_rx);
+        console::enable_rx_interrupt();
+        gic::enable_spi(intid, arch::mpidr());
+    }
+    vm::start(online);
+    vm::schedule()
+}
+
+/// Bytes typed on the console go to the VM with the focus.
+fn on_console_rx(_intid: u32) {
+    while let Some(b) = console::try_read() {
+        vm::console_input(b);
+    }
 }
 
 struct OptAddr(Option<Region>);
@@ -164,12 +207,16 @@ extern "C" fn secondary_main(_index: usize) -> ! {
     if let Err(e) = gic::init_cpu() {
         fatal(format_args!("GIC on cpu{}: {e}", arch::cpu_index()));
     }
+    vm::init_cpu();
     arch::sysreg::irq_enable();
     smp::announce();
-    // Idle: everything this CPU does from now on runs in interrupt
-    // handlers.
+    // Idle until VMs exist; until then everything this CPU does runs in
+    // interrupt handlers (the in-kernel test scenarios).
     loop {
         aarch64_cpu::asm::wfi();
+        if vm::started() {
+            vm::schedule();
+        }
     }
 }
 

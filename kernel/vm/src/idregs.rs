@@ -39,9 +39,7 @@ pub fn sanitize(enc: Encoding, host: u64) -> u64 {
         ID_AA64ZFR0_EL1 | ID_AA64SMFR0_EL1 => 0,
         // TraceVer [7:4], PMUVer [11:8], PMSVer [35:32], TraceFilt [43:40],
         // TraceBuffer [47:44].
-        ID_AA64DFR0_EL1 => {
-            host & !(field(4) | field(8) | field(32) | field(40) | field(44))
-        }
+        ID_AA64DFR0_EL1 => host & !(field(4) | field(8) | field(32) | field(40) | field(44)),
         // MOPS [19:16].
         ID_AA64ISAR2_EL1 => host & !field(16),
         _ => host,

@@ -7,6 +7,7 @@
 
 extern crate alloc;
 
+pub mod elf;
 pub mod esr;
 pub mod fdt;
 pub mod idregs;

@@ -25,6 +25,7 @@ const FRAME_SIZE: usize = core::mem::size_of::<TrapFrame>();
 const _: () = assert!(FRAME_SIZE.is_multiple_of(16));
 
 /// Which of the 16 vectors was taken (Arm ARM D1.3.1, "Exception vectors").
+#[allow(dead_code)] // lower-EL kinds are numbers from the world switch
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u64)]
 pub enum VectorKind {
@@ -47,7 +48,7 @@ pub enum VectorKind {
 }
 
 impl VectorKind {
-    fn from_raw(raw: u64) -> Self {
+    pub fn from_raw(raw: u64) -> Self {
         const ALL: [VectorKind; 16] = [
             VectorKind::CurrentSp0Sync,
             VectorKind::CurrentSp0Irq,
@@ -80,6 +81,15 @@ global_asm!(
     b       .Ltrap_common
 .endm
 
+// Exceptions from a guest leave it through the world switch
+// (vm/switch.rs), which returns to the run loop.
+.macro VECTOR_LOWER kind
+    .balign 0x80
+    stp     x0, x1, [sp, #-16]!
+    mov     x0, #\kind
+    b       __guest_exit
+.endm
+
 .section .text
 .balign 0x800
 .global exception_vectors
@@ -92,14 +102,14 @@ exception_vectors:
     VECTOR 5
     VECTOR 6
     VECTOR 7
-    VECTOR 8
-    VECTOR 9
-    VECTOR 10
-    VECTOR 11
-    VECTOR 12
-    VECTOR 13
-    VECTOR 14
-    VECTOR 15
+    VECTOR_LOWER 8
+    VECTOR_LOWER 9
+    VECTOR_LOWER 10
+    VECTOR_LOWER 11
+    VECTOR_LOWER 12
+    VECTOR_LOWER 13
+    VECTOR_LOWER 14
+    VECTOR_LOWER 15
 
 .Ltrap_common:
     stp     x2, x3, [sp, #16]

@@ -74,12 +74,32 @@ sysreg!(
     /// HCR_EL2.
     hcr_el2, set_hcr_el2, "hcr_el2"
 );
+sysreg!(vtcr_el2, set_vtcr_el2, "vtcr_el2");
+sysreg!(vttbr_el2, set_vttbr_el2, "vttbr_el2");
+sysreg!(vmpidr_el2, set_vmpidr_el2, "vmpidr_el2");
+sysreg!(cnthctl_el2, set_cnthctl_el2, "cnthctl_el2");
+sysreg!(cntvoff_el2, set_cntvoff_el2, "cntvoff_el2");
+sysreg!(esr_el2, _set_esr_el2, "esr_el2");
+sysreg!(far_el2, _set_far_el2, "far_el2");
+sysreg!(hpfar_el2, _set_hpfar_el2, "hpfar_el2");
+sysreg!(esr_el1, set_esr_el1, "esr_el1");
+sysreg!(far_el1, set_far_el1, "far_el1");
+sysreg!(elr_el1, set_elr_el1, "elr_el1");
+sysreg!(spsr_el1, set_spsr_el1, "spsr_el1");
+sysreg!(vbar_el1, _set_vbar_el1, "vbar_el1");
 
 /// Unmask IRQs at the current EL.
 #[inline]
 pub fn irq_enable() {
     // SAFETY: unmasking interrupts; handlers are installed before this.
     unsafe { core::arch::asm!("msr daifclr, #2", options(nostack)) };
+}
+
+/// Mask IRQs at EL2.
+#[inline]
+pub fn irq_disable() {
+    // SAFETY: masking interrupts has no memory effects.
+    unsafe { core::arch::asm!("msr daifset, #2", options(nostack)) };
 }
 
 pub fn isb() {

@@ -292,6 +292,13 @@ pub fn enable_local(intid: u32) {
     gicr_this().isenabler0.set(1 << intid);
 }
 
+/// Enable an SPI, routed to the CPU with affinity `mpidr`.
+pub fn enable_spi(intid: u32, mpidr: u64) {
+    let d = mmio::<GicdRegs>(gic().info.gicd.base);
+    d.irouter[intid as usize].set(mpidr & vigil_platform::MPIDR_AFFINITY_MASK);
+    d.isenabler[(intid / 32) as usize].set(1 << (intid % 32));
+}
+
 /// Set an LPI's priority and enable bit in the configuration table. The
 /// ITS (or redistributor) sees it after an INV/INVALL/SYNC.
 pub fn set_lpi_config(intid: u32, priority: u8, enabled: bool) {

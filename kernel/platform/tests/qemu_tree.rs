@@ -1,0 +1,42 @@
+//! QEMU's own `virt` tree (dumped with `-machine dumpdtb`, decompiled,
+//! with a VM description appended by scripts/qemu) compiled back with dtc:
+//! the shape Vigil really boots with. fdt 0.1's `find_node` loses /cpus in
+//! this tree, which is why the crate walks paths itself.
+
+use std::process::Command;
+
+fn compile(dts: &str) -> Vec<u8> {
+    let out = Command::new("dtc")
+        .args(["-q", "-I", "dts", "-O", "dtb", "-o", "-"])
+        .arg(dts)
+        .output()
+        .expect("dtc not found: install device-tree-compiler (scripts/setup)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn discovers_the_recompiled_qemu_tree() {
+    let dtb = compile(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/qemu-virt-with-vm.dts"
+    ));
+    let p = vigil_platform::discover(&dtb).unwrap();
+    assert_eq!(p.cpus.as_slice(), &[0, 1, 2, 3]);
+    assert_eq!(p.memory.base, 0x4000_0000);
+    assert_eq!(p.memory.size, 2 << 30);
+    assert_eq!(p.uart.base, 0x0900_0000);
+    assert_eq!(p.uart_irq, Some(33));
+    assert_eq!(p.gic.its.map(|r| r.base), Some(0x0808_0000));
+    assert_eq!(p.timer.hyp, 26);
+    let vms = vigil_platform::domains(&dtb).unwrap();
+    assert_eq!(vms.len(), 1);
+    assert_eq!(vms[0].name, "hello");
+    assert_eq!(vms[0].memory, 64 << 20);
+    assert_eq!(vms[0].kernel.base, 0x8000_0000);
+    assert_eq!(vms[0].bootargs, "vigil.guest=hello");
+}

@@ -1,0 +1,47 @@
+//! Emulated MMIO: devices claim guest-physical ranges of a VM; a trapped
+//! access with a valid syndrome is dispatched to the device that owns the
+//! address.
+
+use alloc::vec::Vec;
+
+/// An emulated device. `offset` is from the start of its range; `width`
+/// is 1, 2, 4 or 8 bytes. Devices do their own locking: several vCPUs of a
+/// VM may access one at once.
+pub trait MmioDevice: Sync {
+    fn read(&self, vcpu: usize, offset: u64, width: u8) -> u64;
+    fn write(&self, vcpu: usize, offset: u64, width: u8, value: u64);
+}
+
+struct Range {
+    base: u64,
+    size: u64,
+    dev: &'static dyn MmioDevice,
+}
+
+/// The MMIO map of one VM, fixed once the VM is built.
+#[derive(Default)]
+pub struct MmioBus {
+    ranges: Vec<Range>,
+}
+
+impl MmioBus {
+    /// Claim `[base, base + size)` for `dev`. Overlaps are a programming
+    /// error in VM construction.
+    pub fn add(&mut self, base: u64, size: u64, dev: &'static dyn MmioDevice) {
+        assert!(
+            self.ranges
+                .iter()
+                .all(|r| base + size <= r.base || base >= r.base + r.size),
+            "MMIO ranges overlap at {base:#x}"
+        );
+        self.ranges.push(Range { base, size, dev });
+    }
+
+    /// The device and offset for guest-physical address `ipa`, if any.
+    pub fn find(&self, ipa: u64) -> Option<(&'static dyn MmioDevice, u64)> {
+        self.ranges
+            .iter()
+            .find(|r| ipa >= r.base && ipa - r.base < r.size)
+            .map(|r| (r.dev, ipa - r.base))
+    }
+}

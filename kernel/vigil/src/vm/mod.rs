@@ -1,0 +1,517 @@
+//! Virtual machines: creation from the `/chosen` VM descriptions, the
+//! per-CPU scheduler and run loop, and stopping.
+//!
+//! vCPUs are pinned: vCPU `i` of a VM runs on the physical CPU its
+//! description names. A physical CPU runs the first runnable vCPU of its
+//! queue; a vCPU that waits (WFI) lets the CPU sleep until an interrupt.
+
+mod mmio;
+mod pl011;
+mod stage2;
+mod switch;
+mod sysregs;
+mod testdev;
+mod trap;
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use spin::Mutex;
+use vigil_platform::{DomainConfig, MAX_CPUS, MAX_VMS};
+use vigil_vm::image::{self, Kind};
+use vigil_vm::layout;
+use vigil_vm::psci::{PowerState, PsciVm, VcpuPower};
+
+use crate::arch::{self, sysreg};
+use crate::{exit, gic, mm};
+use mmio::MmioBus;
+use pl011::Pl011;
+use stage2::Stage2Tables;
+use switch::{GuestRegs, CURRENT_REGS};
+use sysregs::{El1Regs, PauthKeys};
+
+/// SGI that makes a physical CPU leave its guest and look at its queue.
+pub const SGI_KICK: u8 = 15;
+
+/// PSTATE of a vCPU at reset: EL1h, DAIF masked (Arm ARM C5.2.18).
+const PSTATE_EL1H_MASKED: u64 = 0x3c5;
+
+/// The status a VM stopped by the hypervisor (a guest fault) contributes
+/// to QEMU's exit status.
+pub const STATUS_GUEST_FAULT: u32 = 2;
+
+/// One virtual CPU.
+pub struct Vcpu {
+    pub vm: &'static Vm,
+    pub index: usize,
+    pub pcpu: usize,
+    pub mpidr: u64,
+    pub power: VcpuPower,
+    /// Set while a physical CPU is inside this vCPU's run loop.
+    running: AtomicBool,
+    state: Mutex<VcpuState>,
+}
+
+struct VcpuState {
+    regs: GuestRegs,
+    el1: El1Regs,
+    pauth: PauthKeys,
+}
+
+/// A virtual machine.
+pub struct Vm {
+    pub name: &'static str,
+    /// Guest RAM: IPA and the host-physical address backing it.
+    pub ram_ipa: u64,
+    pub ram_pa: u64,
+    pub ram_size: u64,
+    vttbr: u64,
+    _stage2: Stage2Tables,
+    vcpus: spin::Once<Vec<&'static Vcpu>>,
+    bus: MmioBus,
+    pub uart: &'static Pl011,
+    stopped: AtomicBool,
+    /// Status this VM asked QEMU to exit with (VIGIL_EXIT_STATUS).
+    pub exit_status: AtomicU32,
+}
+
+impl Vm {
+    pub fn vcpus(&self) -> &[&'static Vcpu] {
+        self.vcpus.get().map_or(&[], |v| v.as_slice())
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Host-physical address of guest RAM at `ipa`, for `len` bytes.
+    pub fn ram_pa(&self, ipa: u64, len: u64) -> Option<u64> {
+        let off = ipa.checked_sub(self.ram_ipa)?;
+        (off.checked_add(len)? <= self.ram_size).then_some(self.ram_pa + off)
+    }
+
+    /// Stop the VM: every vCPU off, their CPUs kicked. The first reason
+    /// given is the one reported; `status` feeds QEMU's exit status.
+    pub fn stop(&self, reason: core::fmt::Arguments<'_>, status: u32) {
+        self.exit_status.fetch_max(status, Ordering::AcqRel);
+        if self.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if status == 0 {
+            log::info!("vm {}: {}", self.name, reason);
+        } else {
+            log::error!("vm {}: stopped: {}", self.name, reason);
+        }
+        for v in self.vcpus() {
+            v.power.set_off();
+            kick(v.pcpu);
+        }
+        vm_stopped();
+    }
+}
+
+impl PsciVm for Vm {
+    fn vcpu_by_mpidr(&self, mpidr: u64) -> Option<usize> {
+        self.vcpus().iter().position(|v| v.mpidr == mpidr)
+    }
+
+    fn power(&self, vcpu: usize) -> &VcpuPower {
+        &self.vcpus()[vcpu].power
+    }
+
+    fn is_ram(&self, ipa: u64) -> bool {
+        self.ram_pa(ipa, 4).is_some()
+    }
+}
+
+/// Every VM, in creation order.
+static VMS: Mutex<Vec<&'static Vm>> = Mutex::new(Vec::new());
+static VMS_LEFT: AtomicUsize = AtomicUsize::new(0);
+/// vCPUs each physical CPU runs.
+static RUNQ: [Mutex<Vec<&'static Vcpu>>; MAX_CPUS] = [const { Mutex::new(Vec::new()) }; MAX_CPUS];
+/// The vCPU whose EL1 state is loaded on each physical CPU (address).
+static LOADED: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
+static NEXT_VMID: AtomicU32 = AtomicU32::new(1);
+static HAS_PAUTH: AtomicBool = AtomicBool::new(false);
+/// The VM whose console gets the keyboard.
+static FOCUS: AtomicUsize = AtomicUsize::new(0);
+/// Total guest exits, for the log.
+pub static EXITS: AtomicU64 = AtomicU64::new(0);
+
+fn kick(pcpu: usize) {
+    if pcpu == arch::cpu_index() {
+        return;
+    }
+    gic::send_sgi(SGI_KICK, pcpu);
+}
+
+fn on_kick(_intid: u32) {}
+
+/// Why a VM could not be built.
+#[derive(Debug)]
+pub enum VmError {
+    Memory(vigil_mm::FrameError),
+    Map(aarch64_paging::MapError),
+    Place(image::PlaceError),
+    Elf(vigil_vm::elf::ElfError),
+    Dt(vigil_vm::fdt::Error),
+    NoSuchCpu(usize),
+    NoStage2,
+}
+
+impl core::fmt::Display for VmError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Memory(e) => write!(f, "guest memory: {e}"),
+            Self::Map(e) => write!(f, "stage-2 tables: {e}"),
+            Self::Place(e) => write!(f, "{e}"),
+            Self::Elf(e) => write!(f, "kernel image: {e}"),
+            Self::Dt(e) => write!(f, "{e}"),
+            Self::NoSuchCpu(c) => write!(f, "vCPU pinned to physical CPU {c}, which is not online"),
+            Self::NoStage2 => write!(f, "the CPU's physical address range is below 48 bits"),
+        }
+    }
+}
+
+/// Per-CPU EL2 settings for running guests. Every CPU, once.
+pub fn init_cpu() {
+    sysreg::set_vtcr_el2(stage2::vtcr());
+    // EL1 may use the physical counter and timer (CNTHCTL_EL2.EL1PCTEN,
+    // EL1PCEN, E2H == 0 layout).
+    sysreg::set_cnthctl_el2(sysreg::cnthctl_el2() | 3);
+    sysreg::set_cntvoff_el2(0);
+    sysreg::isb();
+}
+
+/// Build every VM described in the device tree. Primary CPU, after all
+/// CPUs are online.
+pub fn create_all(domains: &[DomainConfig<'_>], online: usize) -> Result<usize, VmError> {
+    if domains.is_empty() {
+        return Ok(0);
+    }
+    if !stage2::supported() {
+        return Err(VmError::NoStage2);
+    }
+    HAS_PAUTH.store(sysregs::has_pauth(), Ordering::Relaxed);
+    gic::register(SGI_KICK as u32, on_kick);
+    for (id, d) in domains.iter().enumerate().take(MAX_VMS) {
+        for &p in &d.pcpus[..d.cpus] {
+            if p as usize >= online {
+                return Err(VmError::NoSuchCpu(p as usize));
+            }
+        }
+        let vm = create(id, d)?;
+        VMS.lock().push(vm);
+        VMS_LEFT.fetch_add(1, Ordering::AcqRel);
+    }
+    Ok(domains.len())
+}
+
+fn create(id: usize, d: &DomainConfig<'_>) -> Result<&'static Vm, VmError> {
+    let size = d.memory.next_multiple_of(2 << 20);
+    let pa = mm::alloc_frames(size / 4096, 2 << 20).map_err(VmError::Memory)?;
+    let ipa = if d.identity_map { pa } else { layout::RAM_BASE };
+    let vmid = NEXT_VMID.fetch_add(1, Ordering::Relaxed) as u16;
+    let mut s2 = Stage2Tables::new(vmid);
+    s2.map_ram(ipa, pa, size).map_err(VmError::Map)?;
+
+    // The kernel and initrd, where QEMU's loader left them.
+    // SAFETY: the module ranges come from the device tree, were reserved
+    // from the frame allocator at boot, and are identity-mapped RAM.
+    let kernel =
+        unsafe { core::slice::from_raw_parts(d.kernel.base as *const u8, d.kernel.size as usize) };
+    // SAFETY: as above.
+    let initrd = d
+        .ramdisk
+        .map(|r| unsafe { core::slice::from_raw_parts(r.base as *const u8, r.size as usize) });
+    let copy = |at_ipa: u64, bytes: &[u8]| {
+        let dst = pa + (at_ipa - ipa);
+        // SAFETY: `dst..dst+len` is inside this VM's RAM, checked by the
+        // placement (or ELF parsing), and nothing else uses it yet.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), dst as *mut u8, bytes.len()) };
+    };
+
+    let (entry, placement) = if vigil_vm::elf::is_elf(kernel) {
+        let elf = vigil_vm::elf::parse(kernel, ipa, size).map_err(VmError::Elf)?;
+        let end = elf
+            .segments
+            .iter()
+            .map(|s| s.paddr + s.memsz)
+            .max()
+            .unwrap_or(ipa);
+        let span = end.saturating_sub(ipa + image::RAW_OFFSET);
+        let p = image::place(
+            ipa,
+            size,
+            Kind::Raw,
+            span,
+            0,
+            initrd.map(|i| i.len() as u64),
+        )
+        .map_err(VmError::Place)?;
+        for s in &elf.segments {
+            copy(
+                s.paddr,
+                &kernel[s.offset as usize..(s.offset + s.filesz) as usize],
+            );
+            // The rest of memsz is BSS: guest RAM starts zeroed.
+        }
+        (elf.entry, p)
+    } else {
+        let kind = image::inspect(kernel);
+        let p = image::place(
+            ipa,
+            size,
+            kind,
+            kernel.len() as u64,
+            0,
+            initrd.map(|i| i.len() as u64),
+        )
+        .map_err(VmError::Place)?;
+        copy(p.kernel, kernel);
+        (p.kernel, p)
+    };
+    if let (Some(at), Some(bytes)) = (placement.initrd, initrd) {
+        copy(at, bytes);
+    }
+    let dt = vigil_vm::fdt::build(&vigil_vm::fdt::GuestDt {
+        ram_base: ipa,
+        ram_size: size,
+        cpus: d.cpus,
+        bootargs: d.bootargs,
+        initrd: placement
+            .initrd
+            .zip(initrd)
+            .map(|(at, b)| (at, at + b.len() as u64)),
+        its: false,
+        test_device: d.test_device,
+    })
+    .map_err(VmError::Dt)?;
+    if dt.len() as u64 > 2 << 20 {
+        return Err(VmError::Place(image::PlaceError::DtbTooLarge));
+    }
+    copy(placement.dtb, &dt);
+
+    let uart: &'static Pl011 = Box::leak(Box::new(Pl011::new(id)));
+    let mut bus = MmioBus::default();
+    bus.add(layout::UART_BASE, layout::UART_SIZE, uart);
+    if d.test_device {
+        let dev: &'static testdev::TestDevice = Box::leak(Box::new(testdev::TestDevice::new()));
+        bus.add(layout::TEST_DEVICE_BASE, layout::TEST_DEVICE_SIZE, dev);
+    }
+
+    NAMES[id].call_once(|| String::from(d.name).leak());
+    let vm: &'static Vm = Box::leak(Box::new(Vm {
+        name: name(id),
+        ram_ipa: ipa,
+        ram_pa: pa,
+        ram_size: size,
+        vttbr: s2.vttbr(),
+        _stage2: s2,
+        vcpus: spin::Once::new(),
+        bus,
+        uart,
+        stopped: AtomicBool::new(false),
+        exit_status: AtomicU32::new(0),
+    }));
+    let mut vcpus = Vec::new();
+    for i in 0..d.cpus {
+        let boot = i == 0;
+        let mut regs = GuestRegs::new();
+        if boot {
+            regs.pc = entry;
+            regs.x[0] = placement.dtb;
+            regs.pstate = PSTATE_EL1H_MASKED;
+        }
+        let v: &'static Vcpu = Box::leak(Box::new(Vcpu {
+            vm,
+            index: i,
+            pcpu: d.pcpus[i] as usize,
+            mpidr: i as u64,
+            power: VcpuPower::new(if boot {
+                PowerState::On
+            } else {
+                PowerState::Off
+            }),
+            running: AtomicBool::new(false),
+            state: Mutex::new(VcpuState {
+                regs,
+                el1: El1Regs::reset(),
+                pauth: PauthKeys::default(),
+            }),
+        }));
+        vcpus.push(v);
+    }
+    vm.vcpus.call_once(|| vcpus);
+    for v in vm.vcpus() {
+        RUNQ[v.pcpu].lock().push(v);
+    }
+    log::info!(
+        "vm {}: {} vCPUs on CPUs {:?}, {} MiB RAM at IPA {:#x} (PA {:#x}), entry {:#x}, device tree {:#x}{}",
+        vm.name,
+        d.cpus,
+        &d.pcpus[..d.cpus],
+        size >> 20,
+        ipa,
+        pa,
+        entry,
+        placement.dtb,
+        match placement.initrd {
+            Some(at) => alloc::format!(", initrd {at:#x}"),
+            None => String::new(),
+        }
+    );
+    Ok(vm)
+}
+
+/// Called when a VM stops: when none is left, end the run with the worst
+/// status any VM reported.
+fn vm_stopped() {
+    if VMS_LEFT.fetch_sub(1, Ordering::AcqRel) != 1 {
+        return;
+    }
+    let vms = VMS.lock().clone();
+    let status = vms
+        .iter()
+        .map(|v| v.exit_status.load(Ordering::Acquire))
+        .max()
+        .unwrap_or(0);
+    log::info!(
+        "all VMs stopped after {} guest exits; exiting with status {status}",
+        EXITS.load(Ordering::Relaxed)
+    );
+    exit::exit(status);
+}
+
+/// VM names by id, readable without locks (the console tags guest output
+/// with them while holding its own lock).
+static NAMES: [spin::Once<&'static str>; MAX_VMS] = [const { spin::Once::new() }; MAX_VMS];
+
+/// The name of VM `id` (for console tags).
+pub fn name(id: usize) -> &'static str {
+    NAMES
+        .get(id)
+        .and_then(|n| n.get())
+        .copied()
+        .unwrap_or("vm?")
+}
+
+/// Deliver a byte typed on the console to the VM with the focus.
+pub fn console_input(byte: u8) {
+    let vms = VMS.lock();
+    if let Some(vm) = vms.get(FOCUS.load(Ordering::Relaxed)) {
+        vm.uart.receive(byte);
+    }
+}
+
+/// Make `v`'s state the one loaded on this CPU.
+fn load(v: &'static Vcpu, st: &mut VcpuState) {
+    let cpu = arch::cpu_index();
+    let prev = LOADED[cpu].load(Ordering::Relaxed);
+    let me = v as *const Vcpu as usize;
+    if prev == me {
+        return;
+    }
+    if prev != 0 {
+        // SAFETY: LOADED only holds addresses of leaked, never-freed
+        // vCPUs.
+        let p: &Vcpu = unsafe { &*(prev as *const Vcpu) };
+        let mut ps = p.state.lock();
+        ps.el1.save();
+        if HAS_PAUTH.load(Ordering::Relaxed) {
+            ps.pauth.save();
+        }
+    }
+    st.el1.restore();
+    if HAS_PAUTH.load(Ordering::Relaxed) {
+        st.pauth.restore();
+    }
+    sysreg::set_vmpidr_el2((1 << 31) | v.mpidr);
+    sysreg::set_vttbr_el2(v.vm.vttbr);
+    sysreg::set_hcr_el2(trap::HCR_GUEST);
+    sysreg::isb();
+    LOADED[cpu].store(me, Ordering::Relaxed);
+}
+
+/// Run vCPU `v` on this CPU until it goes off, its VM stops, or it waits
+/// with other vCPUs to run here.
+fn run(v: &'static Vcpu) {
+    let cpu = arch::cpu_index();
+    let mut st = v.state.lock();
+    if let Some((entry, context)) = v.power.take_boot() {
+        // CPU_ON: a fresh vCPU (DEN 0022 §6.4: MMU off, EL1h, x0 = context).
+        st.regs = GuestRegs::new();
+        st.regs.pc = entry;
+        st.regs.x[0] = context;
+        st.regs.pstate = PSTATE_EL1H_MASKED;
+        st.el1 = El1Regs::reset();
+        if LOADED[cpu].load(Ordering::Relaxed) == v as *const Vcpu as usize {
+            st.el1.restore();
+        }
+    }
+    v.running.store(true, Ordering::Release);
+    load(v, &mut st);
+    CURRENT_REGS[cpu].store(&mut st.regs as *mut GuestRegs as u64, Ordering::Relaxed);
+    loop {
+        if v.vm.is_stopped() || v.power.state() != PowerState::On {
+            break;
+        }
+        // SAFETY: the registers are this CPU's CURRENT_REGS entry, held
+        // under the vCPU lock for the whole call; stage 2 and EL1 state
+        // were loaded by `load`.
+        let kind = unsafe { switch::__guest_enter(&mut st.regs) };
+        EXITS.fetch_add(1, Ordering::Relaxed);
+        match trap::handle_exit(v, &mut st.regs, kind) {
+            trap::Exit::Continue => {}
+            trap::Exit::Wait => {
+                if RUNQ[cpu].lock().len() > 1 {
+                    break;
+                }
+                wait_for_interrupt();
+            }
+            trap::Exit::Off => break,
+        }
+    }
+    v.running.store(false, Ordering::Release);
+}
+
+/// Sleep until an interrupt, then handle it (IRQs stay masked in the
+/// hypervisor otherwise).
+fn wait_for_interrupt() {
+    aarch64_cpu::asm::barrier::dsb(aarch64_cpu::asm::barrier::SY);
+    aarch64_cpu::asm::wfi();
+    gic::handle_irq();
+}
+
+/// Set once VMs exist: idle CPUs then enter [`schedule`].
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+pub fn started() -> bool {
+    STARTED.load(Ordering::Acquire)
+}
+
+/// Let every CPU into [`schedule`].
+pub fn start(online: usize) {
+    STARTED.store(true, Ordering::Release);
+    for cpu in 0..online {
+        kick(cpu);
+    }
+}
+
+/// The scheduler loop of every physical CPU once VMs exist. Interrupts
+/// stay masked in the hypervisor: a waiting CPU wakes on a pending one and
+/// handles it synchronously.
+pub fn schedule() -> ! {
+    arch::sysreg::irq_disable();
+    let cpu = arch::cpu_index();
+    loop {
+        let next = RUNQ[cpu].lock().iter().copied().find(|v| {
+            !v.vm.is_stopped() && matches!(v.power.state(), PowerState::On | PowerState::OnPending)
+        });
+        match next {
+            Some(v) => run(v),
+            None => wait_for_interrupt(),
+        }
+    }
+}

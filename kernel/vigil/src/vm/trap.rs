@@ -1,0 +1,380 @@
+//! Handling a guest's exits: a table of handlers indexed by exception
+//! class (as Bao does), hypercalls (PSCI, SMCCC, Vigil's own), MMIO
+//! emulation, and injecting the architected faults into the guest.
+//!
+//! A guest is untrusted: every path here either emulates what the
+//! architecture defines, injects the fault the architecture defines, or
+//! stops that VM alone with a log line. Nothing a guest does panics Vigil.
+
+use core::sync::atomic::Ordering;
+use vigil_vm::esr::{ec, Esr, MmioAccess, SysRegAccess};
+use vigil_vm::idregs;
+use vigil_vm::psci::{self, Outcome};
+
+use super::switch::GuestRegs;
+use super::{Vcpu, STATUS_GUEST_FAULT};
+use crate::arch::exceptions::{ec_name, VectorKind};
+use crate::arch::sysreg;
+use crate::gic;
+
+/// HCR_EL2 while a guest runs (Arm ARM D24.2.48): stage 2 on (VM), set/way
+/// invalidation as clean+invalidate (SWIO), physical IRQ/FIQ/SError to EL2
+/// (IMO/FMO/AMO), broadcast TLB/cache maintenance (FB, BSU inner
+/// shareable), trap WFI (TWI), SMC (TSC), implementation-defined registers
+/// (TIDCP) and ID registers (TID3), EL1 is AArch64 (RW), pointer
+/// authentication not trapped (API/APK).
+pub const HCR_GUEST: u64 = (1 << 0)
+    | (1 << 1)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 9)
+    | (1 << 10)
+    | (1 << 13)
+    | (1 << 18)
+    | (1 << 19)
+    | (1 << 20)
+    | (1 << 31)
+    | (1 << 40)
+    | (1 << 41);
+
+/// What the run loop does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Re-enter the guest.
+    Continue,
+    /// The vCPU waits for an interrupt (WFI).
+    Wait,
+    /// The vCPU is off or its VM stopped.
+    Off,
+}
+
+type Handler = fn(&'static Vcpu, &mut GuestRegs, Esr) -> Exit;
+
+/// Handlers by ESR_EL2.EC.
+static TRAPS: [Handler; 64] = {
+    let mut t: [Handler; 64] = [unhandled; 64];
+    t[ec::WFX as usize] = wfx;
+    t[ec::HVC64 as usize] = hvc;
+    t[ec::SMC64 as usize] = smc;
+    t[ec::SYSREG as usize] = sysreg_access;
+    t[ec::IABT_LOWER as usize] = instruction_abort;
+    t[ec::DABT_LOWER as usize] = data_abort;
+    t
+};
+
+/// Handle the exit of vector `kind` (8..15, from `__guest_enter`).
+pub fn handle_exit(v: &'static Vcpu, regs: &mut GuestRegs, kind: u64) -> Exit {
+    match VectorKind::from_raw(kind) {
+        VectorKind::Lower64Sync => {
+            let esr = Esr(sysreg::esr_el2());
+            TRAPS[esr.ec() as usize](v, regs, esr)
+        }
+        VectorKind::Lower64Irq => {
+            gic::handle_irq();
+            Exit::Continue
+        }
+        other => {
+            v.vm.stop(
+                format_args!(
+                    "{other:?} from vCPU {} at pc {:#x} (ESR {:#x})",
+                    v.index,
+                    regs.pc,
+                    sysreg::esr_el2()
+                ),
+                STATUS_GUEST_FAULT,
+            );
+            Exit::Off
+        }
+    }
+}
+
+fn unhandled(v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
+    v.vm.stop(
+        format_args!(
+            "unhandled exception class {:#04x} ({}) from vCPU {} at pc {:#x}, ESR {:#x}",
+            esr.ec(),
+            ec_name(esr.ec() as u64),
+            v.index,
+            regs.pc,
+            esr.0
+        ),
+        STATUS_GUEST_FAULT,
+    );
+    Exit::Off
+}
+
+fn wfx(_v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
+    regs.pc += 4;
+    if esr.is_wfe() {
+        Exit::Continue
+    } else {
+        Exit::Wait
+    }
+}
+
+/// Vigil's own hypercalls (SMCCC vendor-specific hypervisor service,
+/// owning entity 6).
+pub mod hypercall {
+    /// x1 = the status QEMU exits with when this VM powers off.
+    pub const EXIT_STATUS: u32 = 0xc600_0001;
+    /// Does nothing, returns 0: the cheapest round trip.
+    pub const NULL: u32 = 0xc600_0002;
+}
+
+/// SMCCC (DEN 0028) functions Vigil answers besides PSCI.
+const SMCCC_VERSION: u32 = 0x8000_0000;
+const SMCCC_ARCH_FEATURES: u32 = 0x8000_0001;
+const SMCCC_NOT_SUPPORTED: u64 = u64::MAX; // -1
+
+fn hvc(v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
+    // ELR already points after the HVC.
+    if esr.imm16() != 0 {
+        log::debug!("vm {}: HVC #{} is not SMCCC", v.vm.name, esr.imm16());
+        regs.x[0] = SMCCC_NOT_SUPPORTED;
+        return Exit::Continue;
+    }
+    service_call(v, regs)
+}
+
+fn smc(v: &'static Vcpu, regs: &mut GuestRegs, _esr: Esr) -> Exit {
+    // A trapped SMC has not executed: step over it (Arm ARM D1.19.2).
+    regs.pc += 4;
+    service_call(v, regs)
+}
+
+/// An SMCCC call (function ID in w0).
+fn service_call(v: &'static Vcpu, regs: &mut GuestRegs) -> Exit {
+    let fid = regs.x[0] as u32;
+    if let Some(outcome) = psci::call(v.vm, v.index, fid, regs.x[1], regs.x[2], regs.x[3]) {
+        return psci_outcome(v, regs, outcome);
+    }
+    regs.x[0] = match fid {
+        SMCCC_VERSION => 0x1_0001,
+        SMCCC_ARCH_FEATURES => SMCCC_NOT_SUPPORTED,
+        hypercall::NULL => 0,
+        hypercall::EXIT_STATUS => {
+            v.vm.exit_status.store(regs.x[1] as u32, Ordering::Release);
+            0
+        }
+        _ => {
+            log::debug!(
+                "vm {}: unknown service call {fid:#x} from vCPU {}",
+                v.vm.name,
+                v.index
+            );
+            SMCCC_NOT_SUPPORTED
+        }
+    };
+    Exit::Continue
+}
+
+fn psci_outcome(v: &'static Vcpu, regs: &mut GuestRegs, outcome: Outcome) -> Exit {
+    match outcome {
+        Outcome::Return(r) => {
+            regs.x[0] = r as u64;
+            Exit::Continue
+        }
+        Outcome::Started { target } => {
+            regs.x[0] = psci::ret::SUCCESS as u64;
+            super::kick(v.vm.vcpus()[target].pcpu);
+            Exit::Continue
+        }
+        Outcome::CpuOff => {
+            v.power.set_off();
+            Exit::Off
+        }
+        Outcome::SystemOff => {
+            let status = v.vm.exit_status.load(Ordering::Acquire);
+            v.vm.stop(
+                format_args!("powered off (PSCI SYSTEM_OFF), status {status}"),
+                status,
+            );
+            Exit::Off
+        }
+        Outcome::SystemReset => {
+            // Restarting needs the images reloaded; until then a reset is
+            // reported and the VM ends as if powered off.
+            let status = v.vm.exit_status.load(Ordering::Acquire);
+            v.vm.stop(
+                format_args!("requested a reset (PSCI SYSTEM_RESET); VM restart is not supported, stopping it"),
+                status,
+            );
+            Exit::Off
+        }
+    }
+}
+
+/// The faulting IPA of a stage-2 abort: HPFAR_EL2.FIPA gives bits
+/// [47:12] (Arm ARM D24.2.52), FAR_EL2 the page offset.
+fn fault_ipa() -> u64 {
+    ((sysreg::hpfar_el2() >> 4) << 12) | (sysreg::far_el2() & 0xfff)
+}
+
+fn data_abort(v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
+    let ipa = fault_ipa();
+    let far = sysreg::far_el2();
+    // ISS.S1PTW: the stage-1 walk itself hit an unmapped IPA.
+    let s1ptw = esr.0 & (1 << 7) != 0;
+    let access = match MmioAccess::decode(esr) {
+        Ok(a) if !s1ptw => a,
+        _ => {
+            log::warn!(
+                "vm {}: vCPU {} data abort at IPA {ipa:#x} (pc {:#x}) without a usable syndrome; injecting an external abort",
+                v.vm.name,
+                v.index,
+                regs.pc
+            );
+            return inject_abort(v, regs, true, far, esr.0 & (1 << 6) != 0);
+        }
+    };
+    let Some((dev, off)) = v.vm.bus.find(ipa) else {
+        log::warn!(
+            "vm {}: vCPU {} {} of {} bytes at IPA {ipa:#x} (pc {:#x}): nothing there; injecting an external abort",
+            v.vm.name,
+            v.index,
+            if access.write { "write" } else { "read" },
+            access.width,
+            regs.pc
+        );
+        return inject_abort(v, regs, true, far, access.write);
+    };
+    if access.write {
+        dev.write(
+            v.index,
+            off,
+            access.width,
+            access.store_value(regs.get(access.reg)),
+        );
+    } else {
+        let raw = dev.read(v.index, off, access.width);
+        regs.set(access.reg, access.load_value(raw));
+    }
+    regs.pc += 4;
+    Exit::Continue
+}
+
+fn instruction_abort(v: &'static Vcpu, regs: &mut GuestRegs, _esr: Esr) -> Exit {
+    let far = sysreg::far_el2();
+    let vbar = sysreg::vbar_el1();
+    if (vbar..vbar + 0x800).contains(&regs.pc) {
+        // Fetching its own exception vectors failed: injecting another
+        // abort would only loop.
+        v.vm.stop(
+            format_args!(
+                "vCPU {} cannot fetch its exception vectors (VBAR_EL1 {vbar:#x}, pc {:#x}): it would fault forever",
+                v.index, regs.pc
+            ),
+            STATUS_GUEST_FAULT,
+        );
+        return Exit::Off;
+    }
+    log::warn!(
+        "vm {}: vCPU {} instruction fetch from unmapped IPA {:#x}; injecting an external abort",
+        v.vm.name,
+        v.index,
+        fault_ipa()
+    );
+    inject_abort(v, regs, false, far, false)
+}
+
+/// Where an exception to EL1 lands relative to VBAR_EL1, from the PSTATE
+/// it interrupts (Arm ARM D1.3.1, table "Vector offsets").
+fn vector_offset(pstate: u64) -> u64 {
+    match pstate & 0xf {
+        0b0101 => 0x200, // EL1h: current EL, SP_ELx
+        0b0100 => 0x000, // EL1t: current EL, SP_EL0
+        _ => 0x400,      // EL0: lower EL, AArch64
+    }
+}
+
+/// Take a synchronous exception to the guest's EL1 with syndrome `esr`.
+fn inject_sync(regs: &mut GuestRegs, esr: u64, far: Option<u64>) {
+    sysreg::set_esr_el1(esr);
+    if let Some(far) = far {
+        sysreg::set_far_el1(far);
+    }
+    sysreg::set_elr_el1(regs.pc);
+    sysreg::set_spsr_el1(regs.pstate);
+    regs.pc = sysreg::vbar_el1() + vector_offset(regs.pstate);
+    regs.pstate = super::PSTATE_EL1H_MASKED;
+}
+
+/// A synchronous external abort (FSC 0x10) at the guest's EL1, as a data
+/// or instruction abort from the EL it was running at.
+fn inject_abort(
+    _v: &'static Vcpu,
+    regs: &mut GuestRegs,
+    data: bool,
+    far: u64,
+    write: bool,
+) -> Exit {
+    let from_el1 = regs.pstate & 0xc != 0;
+    let ec: u64 = match (data, from_el1) {
+        (true, true) => 0x25,
+        (true, false) => 0x24,
+        (false, true) => 0x21,
+        (false, false) => 0x20,
+    };
+    let esr = (ec << 26) | (1 << 25) | 0x10 | if data && write { 1 << 6 } else { 0 };
+    inject_sync(regs, esr, Some(far));
+    Exit::Continue
+}
+
+/// An UNDEFINED instruction exception (EC 0) at the guest's EL1.
+fn inject_undef(regs: &mut GuestRegs) -> Exit {
+    inject_sync(regs, 1 << 25, None);
+    Exit::Continue
+}
+
+macro_rules! read_id_reg {
+    ($crm:expr, $op2:expr; $($c:literal, $o:literal);*) => {
+        match ($crm, $op2) {
+            $(
+                ($c, $o) => {
+                    let v: u64;
+                    // SAFETY: reading an ID register has no side effects.
+                    unsafe { core::arch::asm!(concat!("mrs {}, S3_0_C0_C", $c, "_", $o), out(reg) v, options(nomem, nostack)) };
+                    v
+                }
+            )*
+            _ => 0,
+        }
+    };
+}
+
+/// The host's value of ID register (3, 0, 0, crm, op2).
+fn host_id_reg(crm: u8, op2: u8) -> u64 {
+    read_id_reg!(crm, op2;
+        1,0; 1,1; 1,2; 1,3; 1,4; 1,5; 1,6; 1,7;
+        2,0; 2,1; 2,2; 2,3; 2,4; 2,5; 2,6; 2,7;
+        3,0; 3,1; 3,2; 3,4; 3,5; 3,6;
+        4,0; 4,1; 4,2; 4,4; 4,5; 4,6; 4,7;
+        5,0; 5,1; 5,4; 5,5;
+        6,0; 6,1; 6,2; 6,3;
+        7,0; 7,1; 7,2; 7,3; 7,4)
+}
+
+fn sysreg_access(v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
+    let Some(a) = SysRegAccess::decode(esr) else {
+        return inject_undef(regs);
+    };
+    let enc = a.encoding();
+    if idregs::is_id_register(enc) && a.read {
+        // Unallocated encodings in the ID space read as zero (Arm ARM
+        // D18.3.1).
+        let value = idregs::sanitize(enc, host_id_reg(a.crm, a.op2));
+        regs.set(a.reg, value);
+        regs.pc += 4;
+        return Exit::Continue;
+    }
+    let (op0, op1, crn, crm, op2) = enc;
+    log::warn!(
+        "vm {}: vCPU {} {} S{op0}_{op1}_C{crn}_C{crm}_{op2} at pc {:#x}: not emulated; injecting UNDEFINED",
+        v.vm.name,
+        v.index,
+        if a.read { "read of" } else { "write to" },
+        regs.pc
+    );
+    inject_undef(regs)
+}
