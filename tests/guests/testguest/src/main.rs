@@ -1,2 +1,57 @@
+//! Vigil's in-project test guest: one image, the scenario chosen by
+//! `vigil.guest=<name>` in the bootargs. Each prints "guest: ..." lines and
+//! ends with "guest: <scenario>: PASS" (exit status 0) or
+//! "guest: <scenario>: FAIL: <why>" (exit status 1).
+
 #![no_std]
 #![no_main]
+
+mod isolation;
+mod mmio;
+mod psci;
+mod unhandled;
+
+use vigil_guest::{cpu, exit, println, report, BootInfo};
+
+vigil_guest::entry!(main);
+
+fn main(boot: &'static BootInfo) -> ! {
+    let Some(scenario) = boot.scenario() else {
+        println!("no vigil.guest=<scenario> in bootargs '{}'", boot.bootargs);
+        exit(1)
+    };
+    println!(
+        "{scenario}: {} vCPUs, RAM {:#x}..{:#x}, DTB at {:#x}{}, {}",
+        boot.cpus().len(),
+        boot.ram.start,
+        boot.ram.end,
+        boot.dtb,
+        if boot.dtb_from_x0 {
+            ""
+        } else {
+            " (not from x0)"
+        },
+        if boot.vigil {
+            "Vigil hypercalls answer"
+        } else {
+            "no Vigil hypercalls (bare QEMU?)"
+        }
+    );
+    match scenario {
+        "hello" => hello(),
+        "psci" => psci::run(boot),
+        "mmio" => mmio::run(boot),
+        "mmio-ram" => mmio::run_on_ram(boot),
+        "isolation" => isolation::run(boot),
+        "unhandled" => unhandled::run(boot),
+        other => {
+            println!("unknown scenario '{other}'");
+            exit(1)
+        }
+    }
+}
+
+fn hello() -> ! {
+    println!("hello from vCPU {}", cpu::index());
+    report::pass("hello")
+}

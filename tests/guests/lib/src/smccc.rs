@@ -1,0 +1,72 @@
+//! SMCCC calls over HVC #0 and Vigil's own hypercalls.
+//!
+//! Under Vigil every HVC returns (an unknown function gives -1). On bare
+//! QEMU without EL2, QEMU handles PSCI function ids itself and every other
+//! HVC is UNDEFINED at EL1; [`hvc`] reports that as `Err`, and
+//! [`call`] as [`NOT_SUPPORTED`], so the library works on both.
+
+use core::arch::asm;
+
+use crate::exceptions::{expect_exception, Exception};
+
+/// SMCCC/PSCI NOT_SUPPORTED.
+pub const NOT_SUPPORTED: i64 = -1;
+
+/// Vigil: x1 = the status QEMU exits with when this VM powers off.
+pub const VIGIL_EXIT_STATUS: u32 = 0xC600_0001;
+/// Vigil: does nothing, returns 0.
+pub const VIGIL_NULL: u32 = 0xC600_0002;
+
+/// `hvc #0` with x0 = `function`, x1..x3 = `args`; returns x0, or the
+/// exception if the HVC itself trapped (UNDEF: nothing at EL2 handles it).
+pub fn hvc(function: u32, args: [u64; 3]) -> Result<u64, Exception> {
+    let mut x0 = u64::from(function);
+    let exception = expect_exception(|| {
+        // SAFETY: an SMCCC call has no effect on this guest's memory beyond
+        // what the called function documents; x0..x17 may be clobbered.
+        unsafe {
+            asm!(
+                "hvc #0",
+                inout("x0") x0,
+                inout("x1") args[0] => _,
+                inout("x2") args[1] => _,
+                inout("x3") args[2] => _,
+                out("x4") _, out("x5") _, out("x6") _, out("x7") _,
+                out("x8") _, out("x9") _, out("x10") _, out("x11") _,
+                out("x12") _, out("x13") _, out("x14") _, out("x15") _,
+                out("x16") _, out("x17") _,
+                options(nostack),
+            )
+        }
+    });
+    match exception {
+        None => Ok(x0),
+        Some(e) => Err(e),
+    }
+}
+
+/// An SMCCC call returning x0 as a signed value; an HVC that traps counts
+/// as [`NOT_SUPPORTED`].
+pub fn call(function: u32, args: [u64; 3]) -> i64 {
+    match hvc(function, args) {
+        Ok(x0) => x0 as i64,
+        Err(_) => NOT_SUPPORTED,
+    }
+}
+
+/// Whether Vigil's hypercalls answer (VIGIL_NULL returns 0). False on bare
+/// QEMU, where the HVC is UNDEFINED.
+pub fn vigil_present() -> bool {
+    hvc(VIGIL_NULL, [0; 3]) == Ok(0)
+}
+
+/// VIGIL_NULL: returns x0 (0 under Vigil).
+pub fn vigil_null() -> Result<u64, Exception> {
+    hvc(VIGIL_NULL, [0; 3])
+}
+
+/// VIGIL_EXIT_STATUS: sets the status QEMU exits with when this VM powers
+/// off. Returns x0 (0 under Vigil).
+pub fn vigil_exit_status(status: u64) -> Result<u64, Exception> {
+    hvc(VIGIL_EXIT_STATUS, [status, 0, 0])
+}
