@@ -1,9 +1,12 @@
 //! SMCCC calls over HVC #0 and Vigil's own hypercalls.
 //!
 //! Under Vigil every HVC returns (an unknown function gives -1). On bare
-//! QEMU without EL2, QEMU handles PSCI function ids itself and every other
-//! HVC is UNDEFINED at EL1; [`hvc`] reports that as `Err`, and
-//! [`call`] as [`NOT_SUPPORTED`], so the library works on both.
+//! QEMU `virt` without EL2 (PSCI conduit HVC), QEMU 10 answers every HVC
+//! itself: PSCI functions are implemented, anything else (Vigil's
+//! hypercalls included) returns -1. An HVC with nothing to take it is
+//! UNDEFINED at EL1 architecturally (no EL2, or an emulator that does not
+//! intercept it); [`hvc`] reports that as `Err` and [`call`] as
+//! [`NOT_SUPPORTED`], so the library works in all three cases.
 
 use core::arch::asm;
 
@@ -55,7 +58,7 @@ pub fn call(function: u32, args: [u64; 3]) -> i64 {
 }
 
 /// Whether Vigil's hypercalls answer (VIGIL_NULL returns 0). False on bare
-/// QEMU, where the HVC is UNDEFINED.
+/// QEMU, where it returns -1 (or would UNDEF).
 pub fn vigil_present() -> bool {
     hvc(VIGIL_NULL, [0; 3]) == Ok(0)
 }

@@ -9,6 +9,7 @@
 mod isolation;
 mod mmio;
 mod psci;
+mod selftest;
 mod unhandled;
 
 use vigil_guest::{cpu, exit, println, report, BootInfo};
@@ -44,6 +45,9 @@ fn main(boot: &'static BootInfo) -> ! {
         "mmio-ram" => mmio::run_on_ram(boot),
         "isolation" => isolation::run(boot),
         "unhandled" => unhandled::run(boot),
+        "selftest" => selftest::run(boot),
+        "selftest-panic" => selftest::panic(),
+        "selftest-fault" => selftest::fault(boot),
         other => {
             println!("unknown scenario '{other}'");
             exit(1)
