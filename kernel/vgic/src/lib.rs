@@ -222,6 +222,17 @@ impl Vgic {
         }
     }
 
+    /// Whether virtual `intid` of vCPU `v` is pending, active, or held in
+    /// a list register. For a hardware-linked interrupt whose physical twin
+    /// the hypervisor left active, `false` means nobody will deactivate
+    /// the physical one any more: the hypervisor must.
+    pub fn in_flight(&self, v: usize, intid: u32) -> bool {
+        self.state
+            .lock()
+            .irq(v, intid)
+            .is_some_and(|i| i.pending() || i.active || i.loaded)
+    }
+
     /// Whether vCPU `v` has an interrupt to take (wake it from WFI).
     pub fn has_deliverable(&self, v: usize) -> bool {
         self.state.lock().has_deliverable(v)

@@ -128,10 +128,44 @@ pub fn println_tagged(level: &str, args: fmt::Arguments<'_>) {
     });
 }
 
+/// Per VM, the line being written while several VMs share the console.
+struct LineBuf {
+    bytes: [u8; 256],
+    len: usize,
+}
+
+static LINES: [spin::Mutex<LineBuf>; vigil_platform::MAX_VMS] = [const {
+    spin::Mutex::new(LineBuf {
+        bytes: [0; 256],
+        len: 0,
+    })
+}; vigil_platform::MAX_VMS];
+
 /// A byte a guest wrote to its UART. Each line is tagged with the VM's
-/// name; a line another VM (or the hypervisor) interrupts is broken, never
-/// interleaved. Bytes go out at once, so prompts without a newline show.
+/// name. With one VM, bytes go out at once (so a shell prompt shows before
+/// its newline); with several, each VM's output is collected a line at a
+/// time so lines never interleave.
 pub fn guest_putc(vm: usize, byte: u8) {
+    if crate::vm::count() > 1 {
+        let mut line = LINES[vm % LINES.len()].lock();
+        if byte != b'\n' && byte != b'\r' {
+            let n = line.len;
+            line.bytes[n] = byte;
+            line.len += 1;
+        }
+        if byte == b'\n' || line.len == line.bytes.len() {
+            let text =
+                core::str::from_utf8(&line.bytes[..line.len]).unwrap_or("<non-UTF-8 output>");
+            with_console(|u| {
+                if LINE_OWNER.swap(0, Ordering::Relaxed) != 0 {
+                    let _ = u.write_str("\n");
+                }
+                let _ = writeln!(u, "[{}] {}", crate::vm::name(vm), text);
+            });
+            line.len = 0;
+        }
+        return;
+    }
     with_console(|u| {
         let owner = LINE_OWNER.load(Ordering::Relaxed);
         if owner != vm + 1 {

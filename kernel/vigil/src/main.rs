@@ -20,6 +20,7 @@ mod percpu;
 mod psci;
 mod smp;
 mod timer;
+mod vgic;
 mod vm;
 
 use vigil_board_qemu_virt as board;
@@ -146,6 +147,7 @@ extern "C" fn kmain() -> ! {
     gic::init_cpu().unwrap_or_else(|e| fatal(format_args!("boot: GIC on cpu0: {e}")));
     timer::init(platform.timer.hyp);
     vm::init_cpu();
+    vgic::init_cpu();
     if let Some(its) = platform.gic.its {
         let flat = match args.get("vigil.its") {
             None => false,
@@ -208,6 +210,7 @@ extern "C" fn secondary_main(_index: usize) -> ! {
         fatal(format_args!("GIC on cpu{}: {e}", arch::cpu_index()));
     }
     vm::init_cpu();
+    vgic::init_cpu();
     arch::sysreg::irq_enable();
     smp::announce();
     // Idle until VMs exist; until then everything this CPU does runs in

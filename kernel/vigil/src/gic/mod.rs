@@ -28,6 +28,9 @@ pub type Handler = fn(intid: u32);
 static HANDLERS: [AtomicUsize; 1020] = [const { AtomicUsize::new(0) }; 1020];
 /// The hook every host LPI goes to.
 static LPI_HANDLER: AtomicUsize = AtomicUsize::new(0);
+/// SGIs/PPIs whose handler hands the still-active physical interrupt to a
+/// guest (a hardware-linked list register deactivates it).
+static KEEP_ACTIVE: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 
 struct Gic {
     info: GicInfo,
@@ -257,12 +260,14 @@ pub fn init_cpu() -> Result<(), GicError> {
     r.ctlr.set(r.ctlr.get() | gicr::CTLR_ENABLE_LPIS);
 
     // CPU interface: system-register access (and allow it at EL1), all
-    // priorities unmasked, EOI both drops priority and deactivates.
+    // priorities unmasked. EOImode 1: EOIR only drops the priority and
+    // DIR deactivates, so an interrupt can be handed to a guest still
+    // active (IHI 0069 §4.1.1, "Interrupt lifecycle"; the virtual timer).
     sysreg::set_icc_sre_el2(0xf);
     sysreg::isb();
     sysreg::set_icc_pmr_el1(0xff);
     sysreg::set_icc_bpr1_el1(0);
-    sysreg::set_icc_ctlr_el1(sysreg::icc_ctlr_el1() & !(1 << 1));
+    sysreg::set_icc_ctlr_el1(sysreg::icc_ctlr_el1() | (1 << 1));
     sysreg::set_icc_igrpen1_el1(1);
     sysreg::isb();
 
@@ -279,6 +284,18 @@ pub fn init_cpu() -> Result<(), GicError> {
 /// Register `handler` for an SGI, PPI or SPI.
 pub fn register(intid: u32, handler: Handler) {
     HANDLERS[intid as usize].store(handler as usize, Ordering::Release);
+}
+
+/// The physical `intid` (an SGI or PPI) is handed to guests still active:
+/// do not deactivate it after its handler.
+pub fn keep_active(intid: u32) {
+    KEEP_ACTIVE.fetch_or(1 << intid, Ordering::Relaxed);
+}
+
+/// Deactivate physical interrupt `intid` on this CPU.
+pub fn deactivate(intid: u32) {
+    sysreg::set_icc_dir_el1(intid as u64);
+    sysreg::isb();
 }
 
 /// Send every host LPI to `handler`.
@@ -356,5 +373,13 @@ pub fn handle_irq() {
             f(intid);
         }
         sysreg::set_icc_eoir1_el1(intid as u64);
+        // LPIs have no active state; forwarded interrupts are deactivated
+        // by the guest.
+        if intid < 32 && KEEP_ACTIVE.load(Ordering::Relaxed) & (1 << intid) != 0 {
+            continue;
+        }
+        if intid < LPI_BASE {
+            sysreg::set_icc_dir_el1(intid as u64);
+        }
     }
 }

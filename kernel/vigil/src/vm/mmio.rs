@@ -3,13 +3,21 @@
 //! address.
 
 use alloc::vec::Vec;
+use vigil_vgic::{GuestMemory, Kick};
+
+/// Who is accessing: the vCPU, and its VM's memory (for devices that read
+/// guest tables, like the redistributors and the ITS).
+pub struct MmioCtx<'a> {
+    pub vcpu: usize,
+    pub mem: &'a dyn GuestMemory,
+}
 
 /// An emulated device. `offset` is from the start of its range; `width`
 /// is 1, 2, 4 or 8 bytes. Devices do their own locking: several vCPUs of a
-/// VM may access one at once.
-pub trait MmioDevice: Sync {
-    fn read(&self, vcpu: usize, offset: u64, width: u8) -> u64;
-    fn write(&self, vcpu: usize, offset: u64, width: u8, value: u64);
+/// VM may access one at once. A write returns the vCPUs it gave work to.
+pub trait MmioDevice: Sync + Send {
+    fn read(&self, ctx: &MmioCtx<'_>, offset: u64, width: u8) -> u64;
+    fn write(&self, ctx: &MmioCtx<'_>, offset: u64, width: u8, value: u64) -> Kick;
 }
 
 struct Range {

@@ -5,7 +5,7 @@
 //! description names. A physical CPU runs the first runnable vCPU of its
 //! queue; a vCPU that waits (WFI) lets the CPU sleep until an interrupt.
 
-mod mmio;
+pub(crate) mod mmio;
 mod pl011;
 mod stage2;
 mod switch;
@@ -24,12 +24,14 @@ use vigil_vm::layout;
 use vigil_vm::psci::{PowerState, PsciVm, VcpuPower};
 
 use crate::arch::{self, sysreg};
+use crate::vgic::{self as vgic_glue, VmGic};
 use crate::{exit, gic, mm};
 use mmio::MmioBus;
 use pl011::Pl011;
 use stage2::Stage2Tables;
 use switch::{GuestRegs, CURRENT_REGS};
 use sysregs::{El1Regs, PauthKeys};
+use vigil_vgic::{CpuIfContext, GuestMemory, Kick, MemError};
 
 /// SGI that makes a physical CPU leave its guest and look at its queue.
 pub const SGI_KICK: u8 = 15;
@@ -57,10 +59,12 @@ struct VcpuState {
     regs: GuestRegs,
     el1: El1Regs,
     pauth: PauthKeys,
+    cpuif: CpuIfContext,
 }
 
 /// A virtual machine.
 pub struct Vm {
+    pub id: usize,
     pub name: &'static str,
     /// Guest RAM: IPA and the host-physical address backing it.
     pub ram_ipa: u64,
@@ -71,6 +75,7 @@ pub struct Vm {
     vcpus: spin::Once<Vec<&'static Vcpu>>,
     bus: MmioBus,
     pub uart: &'static Pl011,
+    pub gic: VmGic,
     stopped: AtomicBool,
     /// Status this VM asked QEMU to exit with (VIGIL_EXIT_STATUS).
     pub exit_status: AtomicU32,
@@ -111,6 +116,24 @@ impl Vm {
     }
 }
 
+impl GuestMemory for Vm {
+    fn is_ram(&self, gpa: u64, len: u64) -> bool {
+        self.ram_pa(gpa, len).is_some()
+    }
+
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        let pa = self
+            .ram_pa(gpa, buf.len() as u64)
+            .ok_or(MemError::OutOfRam)?;
+        // SAFETY: `pa..pa+len` is inside this VM's RAM, which is
+        // identity-mapped in the hypervisor; the guest may be writing it
+        // concurrently, which only yields stale bytes (the emulation
+        // treats guest tables as untrusted input).
+        unsafe { core::ptr::copy_nonoverlapping(pa as *const u8, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+}
+
 impl PsciVm for Vm {
     fn vcpu_by_mpidr(&self, mpidr: u64) -> Option<usize> {
         self.vcpus().iter().position(|v| v.mpidr == mpidr)
@@ -127,6 +150,8 @@ impl PsciVm for Vm {
 
 /// Every VM, in creation order.
 static VMS: Mutex<Vec<&'static Vm>> = Mutex::new(Vec::new());
+/// The same, by id, readable without a lock (device interrupt paths).
+static VM_BY_ID: [spin::Once<&'static Vm>; MAX_VMS] = [const { spin::Once::new() }; MAX_VMS];
 static VMS_LEFT: AtomicUsize = AtomicUsize::new(0);
 /// vCPUs each physical CPU runs.
 static RUNQ: [Mutex<Vec<&'static Vcpu>>; MAX_CPUS] = [const { Mutex::new(Vec::new()) }; MAX_CPUS];
@@ -147,6 +172,47 @@ fn kick(pcpu: usize) {
 }
 
 fn on_kick(_intid: u32) {}
+
+/// Make the vCPUs in `kick` (of VM `vm`) look at their interrupts: their
+/// CPUs leave the guest, or wake from WFI.
+pub fn kick_vm(vm: usize, vcpus: Kick) {
+    if vcpus.is_empty() {
+        return;
+    }
+    if let Some(vm) = VM_BY_ID.get(vm).and_then(|o| o.get()) {
+        for i in vcpus.iter() {
+            if let Some(v) = vm.vcpus().get(i) {
+                kick(v.pcpu);
+            }
+        }
+    }
+}
+
+/// Drive the line of VM `vm`'s UART SPI.
+pub fn set_uart_line(vm: usize, level: bool) -> Kick {
+    match VM_BY_ID.get(vm).and_then(|o| o.get()) {
+        Some(vm) => vm
+            .gic
+            .set_line(0, vigil_vgic::SPI_BASE + layout::UART_SPI, level),
+        None => Kick::default(),
+    }
+}
+
+/// The physical virtual-timer interrupt fired on this CPU: raise the
+/// virtual one of the vCPU loaded here. Returns whether one is loaded.
+pub fn vtimer_fired() -> bool {
+    let loaded = LOADED[arch::cpu_index()].load(Ordering::Relaxed);
+    if loaded == 0 {
+        return false;
+    }
+    // SAFETY: LOADED only holds addresses of leaked, never-freed vCPUs.
+    let v: &Vcpu = unsafe { &*(loaded as *const Vcpu) };
+    if v.vm.is_stopped() {
+        return false;
+    }
+    let _ = v.vm.gic.set_line(v.index, vgic_glue::VTIMER_INTID, true);
+    true
+}
 
 /// Why a VM could not be built.
 #[derive(Debug)]
@@ -204,6 +270,7 @@ pub fn create_all(domains: &[DomainConfig<'_>], online: usize) -> Result<usize, 
         let vm = create(id, d)?;
         VMS.lock().push(vm);
         VMS_LEFT.fetch_add(1, Ordering::AcqRel);
+        VM_COUNT.fetch_add(1, Ordering::Relaxed);
     }
     Ok(domains.len())
 }
@@ -294,8 +361,19 @@ fn create(id: usize, d: &DomainConfig<'_>) -> Result<&'static Vm, VmError> {
     copy(placement.dtb, &dt);
 
     let uart: &'static Pl011 = Box::leak(Box::new(Pl011::new(id)));
+    let gic = vgic_glue::new_vm_gic(d.cpus, false);
     let mut bus = MmioBus::default();
     bus.add(layout::UART_BASE, layout::UART_SIZE, uart);
+    bus.add(
+        layout::GICD_BASE,
+        layout::GICD_SIZE,
+        Box::leak(Box::new(vgic_glue::GicdFrame(gic.clone()))),
+    );
+    bus.add(
+        layout::GICR_BASE,
+        layout::GICR_STRIDE * d.cpus as u64,
+        Box::leak(Box::new(vgic_glue::GicrFrames(gic.clone()))),
+    );
     if d.test_device {
         let dev: &'static testdev::TestDevice = Box::leak(Box::new(testdev::TestDevice::new()));
         bus.add(layout::TEST_DEVICE_BASE, layout::TEST_DEVICE_SIZE, dev);
@@ -303,6 +381,7 @@ fn create(id: usize, d: &DomainConfig<'_>) -> Result<&'static Vm, VmError> {
 
     NAMES[id].call_once(|| String::from(d.name).leak());
     let vm: &'static Vm = Box::leak(Box::new(Vm {
+        id,
         name: name(id),
         ram_ipa: ipa,
         ram_pa: pa,
@@ -312,6 +391,7 @@ fn create(id: usize, d: &DomainConfig<'_>) -> Result<&'static Vm, VmError> {
         vcpus: spin::Once::new(),
         bus,
         uart,
+        gic,
         stopped: AtomicBool::new(false),
         exit_status: AtomicU32::new(0),
     }));
@@ -339,11 +419,13 @@ fn create(id: usize, d: &DomainConfig<'_>) -> Result<&'static Vm, VmError> {
                 regs,
                 el1: El1Regs::reset(),
                 pauth: PauthKeys::default(),
+                cpuif: CpuIfContext::default(),
             }),
         }));
         vcpus.push(v);
     }
     vm.vcpus.call_once(|| vcpus);
+    VM_BY_ID[id].call_once(|| vm);
     for v in vm.vcpus() {
         RUNQ[v.pcpu].lock().push(v);
     }
@@ -388,6 +470,13 @@ fn vm_stopped() {
 /// with them while holding its own lock).
 static NAMES: [spin::Once<&'static str>; MAX_VMS] = [const { spin::Once::new() }; MAX_VMS];
 
+/// How many VMs exist.
+pub fn count() -> usize {
+    VM_COUNT.load(Ordering::Relaxed)
+}
+
+static VM_COUNT: AtomicUsize = AtomicUsize::new(0);
+
 /// The name of VM `id` (for console tags).
 pub fn name(id: usize) -> &'static str {
     NAMES
@@ -422,11 +511,14 @@ fn load(v: &'static Vcpu, st: &mut VcpuState) {
         if HAS_PAUTH.load(Ordering::Relaxed) {
             ps.pauth.save();
         }
+        vgic_glue::save_cpuif(&mut ps.cpuif);
+        vgic_glue::release_vtimer();
     }
     st.el1.restore();
     if HAS_PAUTH.load(Ordering::Relaxed) {
         st.pauth.restore();
     }
+    vgic_glue::restore_cpuif(&st.cpuif);
     sysreg::set_vmpidr_el2((1 << 31) | v.mpidr);
     sysreg::set_vttbr_el2(v.vm.vttbr);
     sysreg::set_hcr_el2(trap::HCR_GUEST);
@@ -457,18 +549,30 @@ fn run(v: &'static Vcpu) {
         if v.vm.is_stopped() || v.power.state() != PowerState::On {
             break;
         }
+        vgic_glue::enter(&v.vm.gic, v.index);
         // SAFETY: the registers are this CPU's CURRENT_REGS entry, held
         // under the vCPU lock for the whole call; stage 2 and EL1 state
         // were loaded by `load`.
         let kind = unsafe { switch::__guest_enter(&mut st.regs) };
         EXITS.fetch_add(1, Ordering::Relaxed);
+        kick_vm(v.vm.id, vgic_glue::exit(&v.vm.gic, v.index));
         match trap::handle_exit(v, &mut st.regs, kind) {
             trap::Exit::Continue => {}
             trap::Exit::Wait => {
-                if RUNQ[cpu].lock().len() > 1 {
+                // WFI: sleep until the vCPU has an interrupt to take (or
+                // is kicked), or let another vCPU of this CPU run.
+                while !v.vm.gic.has_deliverable(v.index)
+                    && !v.vm.is_stopped()
+                    && v.power.state() == PowerState::On
+                {
+                    if RUNQ[cpu].lock().len() > 1 {
+                        break;
+                    }
+                    wait_for_interrupt();
+                }
+                if RUNQ[cpu].lock().len() > 1 && !v.vm.gic.has_deliverable(v.index) {
                     break;
                 }
-                wait_for_interrupt();
             }
             trap::Exit::Off => break,
         }

@@ -8,7 +8,8 @@
 
 use spin::Mutex;
 
-use super::mmio::MmioDevice;
+use super::mmio::{MmioCtx, MmioDevice};
+use vigil_vgic::Kick;
 
 const FIFO: usize = 32;
 
@@ -83,27 +84,32 @@ impl Pl011 {
     /// Queue bytes typed on the console. Bytes beyond the FIFO are dropped
     /// (as the hardware would, with an overrun).
     pub fn receive(&self, byte: u8) {
-        let mut s = self.state.lock();
-        if s.rx_len < FIFO {
-            let at = (s.rx_head + s.rx_len) % FIFO;
-            s.rx[at] = byte;
-            s.rx_len += 1;
-        }
-        s.ris |= INT_RX | INT_RT;
+        let level = {
+            let mut s = self.state.lock();
+            if s.rx_len < FIFO {
+                let at = (s.rx_head + s.rx_len) % FIFO;
+                s.rx[at] = byte;
+                s.rx_len += 1;
+            }
+            s.ris |= INT_RX | INT_RT;
+            s.level()
+        };
+        let kick = crate::vm::set_uart_line(self.vm, level);
+        crate::vm::kick_vm(self.vm, kick);
     }
+}
 
-    /// Whether the interrupt output is asserted (level).
-    #[allow(dead_code)] // wired to the virtual GIC's SPI
-    pub fn irq_level(&self) -> bool {
-        let s = self.state.lock();
-        s.ris & s.imsc != 0
+impl State {
+    /// The interrupt output (UARTINTR): any unmasked raw interrupt.
+    fn level(&self) -> bool {
+        self.ris & self.imsc != 0
     }
 }
 
 impl MmioDevice for Pl011 {
-    fn read(&self, _vcpu: usize, offset: u64, _width: u8) -> u64 {
+    fn read(&self, _ctx: &MmioCtx<'_>, offset: u64, _width: u8) -> u64 {
         let mut s = self.state.lock();
-        (match offset {
+        let v = match offset {
             DR => {
                 if s.rx_len == 0 {
                     0
@@ -131,10 +137,17 @@ impl MmioDevice for Pl011 {
             DMACR => s.dmacr,
             0xfe0..=0xffc if offset.is_multiple_of(4) => ID[((offset - 0xfe0) / 4) as usize],
             _ => 0,
-        }) as u64
+        };
+        if offset == DR {
+            // Reading the last byte may drop the receive interrupt.
+            let level = s.level();
+            drop(s);
+            crate::vm::kick_vm(self.vm, crate::vm::set_uart_line(self.vm, level));
+        }
+        v as u64
     }
 
-    fn write(&self, _vcpu: usize, offset: u64, _width: u8, value: u64) {
+    fn write(&self, _ctx: &MmioCtx<'_>, offset: u64, _width: u8, value: u64) -> Kick {
         let v = value as u32;
         let mut s = self.state.lock();
         match offset {
@@ -142,7 +155,8 @@ impl MmioDevice for Pl011 {
                 drop(s);
                 crate::console::guest_putc(self.vm, v as u8);
                 // The byte left at once: TX stays "FIFO empty".
-                self.state.lock().ris |= INT_TX;
+                s = self.state.lock();
+                s.ris |= INT_TX;
             }
             RSR => {}
             ILPR => s.ilpr = v,
@@ -156,5 +170,8 @@ impl MmioDevice for Pl011 {
             DMACR => s.dmacr = v,
             _ => {}
         }
+        let level = s.level();
+        drop(s);
+        crate::vm::set_uart_line(self.vm, level)
     }
 }

@@ -7,7 +7,8 @@
 
 use spin::Mutex;
 
-use super::mmio::MmioDevice;
+use super::mmio::{MmioCtx, MmioDevice};
+use vigil_vgic::Kick;
 
 const PATTERN: u64 = 0x8081_8283_8485_8687;
 
@@ -32,7 +33,7 @@ impl TestDevice {
 }
 
 impl MmioDevice for TestDevice {
-    fn read(&self, _vcpu: usize, offset: u64, width: u8) -> u64 {
+    fn read(&self, _ctx: &MmioCtx<'_>, offset: u64, width: u8) -> u64 {
         let mut s = self.state.lock();
         let count = s.accesses;
         s.accesses += 1;
@@ -49,7 +50,7 @@ impl MmioDevice for TestDevice {
         }
     }
 
-    fn write(&self, _vcpu: usize, offset: u64, width: u8, value: u64) {
+    fn write(&self, _ctx: &MmioCtx<'_>, offset: u64, width: u8, value: u64) -> Kick {
         let mut s = self.state.lock();
         s.accesses += 1;
         let w = width as usize;
@@ -60,5 +61,6 @@ impl MmioDevice for TestDevice {
             0x208 => s.accesses = 0,
             _ => {}
         }
+        Kick::default()
     }
 }

@@ -239,15 +239,16 @@ fn data_abort(v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
         );
         return inject_abort(v, regs, true, far, access.write);
     };
+    let ctx = super::mmio::MmioCtx {
+        vcpu: v.index,
+        mem: v.vm,
+    };
     if access.write {
-        dev.write(
-            v.index,
-            off,
-            access.width,
-            access.store_value(regs.get(access.reg)),
-        );
+        let value = access.store_value(regs.get(access.reg));
+        let kick = dev.write(&ctx, off, access.width, value);
+        super::kick_vm(v.vm.id, kick);
     } else {
-        let raw = dev.read(v.index, off, access.width);
+        let raw = dev.read(&ctx, off, access.width);
         regs.set(access.reg, access.load_value(raw));
     }
     regs.pc += 4;
@@ -327,6 +328,13 @@ fn inject_undef(regs: &mut GuestRegs) -> Exit {
     Exit::Continue
 }
 
+const ICC_SGI0R_EL1: idregs::Encoding = (3, 0, 12, 11, 7);
+const SGI_REGISTERS: [idregs::Encoding; 3] = [
+    vigil_vm::esr::sysreg::ICC_SGI1R_EL1,
+    (3, 0, 12, 11, 6), // ICC_ASGI1R_EL1
+    ICC_SGI0R_EL1,
+];
+
 macro_rules! read_id_reg {
     ($crm:expr, $op2:expr; $($c:literal, $o:literal);*) => {
         match ($crm, $op2) {
@@ -360,6 +368,16 @@ fn sysreg_access(v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
         return inject_undef(regs);
     };
     let enc = a.encoding();
+    if !a.read && SGI_REGISTERS.contains(&enc) {
+        // ICC_SGI1R_EL1 / ICC_ASGI1R_EL1 (Group 1) or ICC_SGI0R_EL1
+        // (Group 0): trapped because HCR_EL2.IMO is set (IHI 0069
+        // §12.11, "ICC_SGI1R_EL1").
+        let group1 = enc != ICC_SGI0R_EL1;
+        let kick = v.vm.gic.send_sgi(v.index, regs.get(a.reg), group1);
+        super::kick_vm(v.vm.id, kick);
+        regs.pc += 4;
+        return Exit::Continue;
+    }
     if idregs::is_id_register(enc) && a.read {
         // Unallocated encodings in the ID space read as zero (Arm ARM
         // D18.3.1).
