@@ -156,6 +156,9 @@ extern "C" fn vigil_guest_primary_entry(x0: u64) -> ! {
 
 #[no_mangle]
 extern "C" fn vigil_guest_secondary_rust_entry(context_id: u64) -> ! {
+    // A vCPU starting here holds nothing, even if it was stopped (or reset
+    // by a second CPU_ON) while printing.
+    crate::console::release_if_owner(cpu::index());
     let main = SECONDARY_MAIN.load(Ordering::Acquire);
     if main == 0 {
         crate::println!(

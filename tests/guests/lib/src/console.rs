@@ -65,6 +65,12 @@ fn lock() -> Guard {
     }
 }
 
+/// Drops the console lock if this vCPU holds it: for a vCPU that starts
+/// afresh (PSCI CPU_ON after CPU_OFF, or a reset) and so holds nothing.
+pub fn release_if_owner(index: usize) {
+    let _ = OWNER.compare_exchange(index, FREE, Ordering::Release, Ordering::Relaxed);
+}
+
 /// Prints one "guest: ..." line. Use [`crate::println!`].
 pub fn print_line(args: fmt::Arguments<'_>) {
     let _guard = lock();
