@@ -31,32 +31,140 @@ pub fn workspace_root() -> PathBuf {
 /// `VIGIL_IMAGE` does not name one.
 pub fn image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        if let Some(p) = std::env::var_os("VIGIL_IMAGE") {
-            let p = PathBuf::from(p);
-            assert!(p.is_file(), "VIGIL_IMAGE={} is not a file", p.display());
-            return p;
+    IMAGE.get_or_init(|| built("VIGIL_IMAGE", "vigil"))
+}
+
+/// Path of the in-project test guest (tests/guests/testguest), built once
+/// per test process if `VIGIL_TESTGUEST` does not name one.
+pub fn test_guest() -> &'static Path {
+    static GUEST: OnceLock<PathBuf> = OnceLock::new();
+    GUEST.get_or_init(|| built("VIGIL_TESTGUEST", "testguest"))
+}
+
+/// An aarch64 binary of this workspace: `$var` if set, else built now.
+fn built(var: &str, package: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(var) {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "{var}={} is not a file", p.display());
+        return p;
+    }
+    let root = workspace_root();
+    // A target directory of its own: the `cargo test` that runs us may
+    // still hold the lock on the main one.
+    let target = root.join("target/harness");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args([
+            "build",
+            "-p",
+            package,
+            "--target",
+            "aarch64-unknown-none",
+            "--release",
+        ])
+        .env("CARGO_TARGET_DIR", &target)
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo to build {package}: {e}"));
+    assert!(status.success(), "building {package} failed");
+    target.join("aarch64-unknown-none/release").join(package)
+}
+
+/// A guest VM for `--guest` (see scripts/qemu).
+#[derive(Clone, Debug)]
+pub struct Guest {
+    name: String,
+    kernel: PathBuf,
+    initrd: Option<PathBuf>,
+    cpus: usize,
+    mem_mib: u64,
+    pcpus: Option<Vec<usize>>,
+    test_device: bool,
+    bootargs: String,
+}
+
+impl Guest {
+    /// The in-project test guest running scenario `scenario`
+    /// (`vigil.guest=<scenario>`), named after it.
+    pub fn test(scenario: &str) -> Self {
+        Self {
+            name: scenario.into(),
+            kernel: test_guest().to_path_buf(),
+            initrd: None,
+            cpus: 1,
+            mem_mib: 64,
+            pcpus: None,
+            test_device: false,
+            bootargs: format!("vigil.guest={scenario}"),
         }
-        let root = workspace_root();
-        // A target directory of its own: the `cargo test` that runs us may
-        // still hold the lock on the main one.
-        let target = root.join("target/harness");
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(&root)
-            .args([
-                "build",
-                "-p",
-                "vigil",
-                "--target",
-                "aarch64-unknown-none",
-                "--release",
-            ])
-            .env("CARGO_TARGET_DIR", &target)
-            .status()
-            .expect("running cargo to build the hypervisor image");
-        assert!(status.success(), "building the hypervisor image failed");
-        target.join("aarch64-unknown-none/release/vigil")
-    })
+    }
+
+    /// Any kernel image.
+    pub fn kernel(name: &str, kernel: &Path) -> Self {
+        Self {
+            kernel: kernel.to_path_buf(),
+            bootargs: String::new(),
+            ..Self::test(name)
+        }
+        .named(name)
+    }
+
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    pub fn cpus(mut self, n: usize) -> Self {
+        self.cpus = n;
+        self
+    }
+
+    pub fn mem_mib(mut self, m: u64) -> Self {
+        self.mem_mib = m;
+        self
+    }
+
+    /// Pin vCPU i to physical CPU `pcpus[i]`.
+    pub fn pcpus(mut self, pcpus: &[usize]) -> Self {
+        self.pcpus = Some(pcpus.to_vec());
+        self
+    }
+
+    pub fn test_device(mut self) -> Self {
+        self.test_device = true;
+        self
+    }
+
+    pub fn initrd(mut self, p: &Path) -> Self {
+        self.initrd = Some(p.to_path_buf());
+        self
+    }
+
+    pub fn bootargs(mut self, a: &str) -> Self {
+        self.bootargs = a.into();
+        self
+    }
+
+    /// The `--guest` spec.
+    pub fn spec(&self) -> String {
+        let mut s = format!(
+            "name={},kernel={},cpus={},mem={}",
+            self.name,
+            self.kernel.display(),
+            self.cpus,
+            self.mem_mib
+        );
+        if let Some(i) = &self.initrd {
+            s += &format!(",initrd={}", i.display());
+        }
+        if let Some(p) = &self.pcpus {
+            let list: Vec<String> = p.iter().map(|c| c.to_string()).collect();
+            s += &format!(",pcpus={}", list.join(":"));
+        }
+        if self.test_device {
+            s += ",test-device";
+        }
+        s + &format!(",bootargs={}", self.bootargs)
+    }
 }
 
 /// How a QEMU run ended.
@@ -124,6 +232,7 @@ pub struct Qemu {
     append: String,
     timeout: Duration,
     extra: Vec<String>,
+    guests: Vec<Guest>,
 }
 
 impl Qemu {
@@ -133,7 +242,21 @@ impl Qemu {
             append: append.to_string(),
             timeout: DEFAULT_TIMEOUT,
             extra: Vec::new(),
+            guests: Vec::new(),
         }
+    }
+
+    /// Boot Vigil with these VMs.
+    pub fn with_guests(guests: &[Guest]) -> Self {
+        let mut q = Self::new("");
+        q.guests = guests.to_vec();
+        q
+    }
+
+    /// Add a VM.
+    pub fn guest(mut self, g: Guest) -> Self {
+        self.guests.push(g);
+        self
     }
 
     /// Run the named in-kernel scenario (`vigil.test=<name>`).
@@ -156,7 +279,11 @@ impl Qemu {
     pub fn run(&self) -> Run {
         let script = workspace_root().join("scripts/qemu");
         let mut cmd = Command::new(script);
-        cmd.arg("--append").arg(&self.append).arg(image());
+        cmd.arg("--append").arg(&self.append);
+        for g in &self.guests {
+            cmd.arg("--guest").arg(g.spec());
+        }
+        cmd.arg(image());
         if !self.extra.is_empty() {
             cmd.arg("--").args(&self.extra);
         }

@@ -1,0 +1,121 @@
+//! Guests at EL1 behind stage 2 (issue 4): PSCI, MMIO emulation, isolation
+//! between VMs, and guests that misbehave. The test guest is
+//! tests/guests/testguest; each scenario prints "guest: <name>: PASS".
+
+use vigil_harness::{Ending, Guest, Qemu};
+
+#[test]
+fn psci_cpu_on_race_affinity_info_cpu_off_and_system_off() {
+    let run = Qemu::with_guests(&[Guest::test("psci").cpus(4)]).run();
+    run.check(&[
+        "[psci] guest: psci: version 1.1",
+        "[psci] guest: cpu 1 up",
+        "[psci] guest: cpu 2 up",
+        "[psci] guest: cpu 3 up",
+        "[psci] guest: psci: CPU_ON of MPIDR 0x80: INVALID_PARAMETERS",
+        "[psci] guest: psci: CPU_ON with entry 0x1000: INVALID_ADDRESS",
+        "[psci] guest: psci: CPU_ON of a running vCPU: ALREADY_ON",
+        "[psci] guest: psci: cpu 3 called CPU_OFF, AFFINITY_INFO OFF",
+        "[psci] guest: psci: race: 1 SUCCESS, 2 ALREADY_ON",
+        "[psci] guest: psci: cpu 3 came back with the winner's context id",
+        "[psci] guest: psci: PASS",
+        "vm psci: powered off (PSCI SYSTEM_OFF), status 0",
+    ])
+    .unwrap();
+    assert_eq!(run.lines_with("guest: cpu 3 up").count(), 2, "{}", run.log);
+}
+
+#[test]
+fn mmio_emulation_every_width_sign_and_zero_register() {
+    Qemu::with_guests(&[Guest::test("mmio").test_device()])
+        .run()
+        .check(&[
+            "guest: mmio: scratch: widths 1/2/4/8 read back",
+            "guest: mmio: signed loads: ldrsb x/w, ldrsh x/w, ldrsw sign-extend correctly",
+            "guest: mmio: unsigned loads: ldrb/ldrh/ldr w/ldr x zero-extend",
+            "guest: mmio: zero register stores: str xzr, str wzr, strh wzr, strb wzr write zeros",
+            "guest: mmio: zero register loads: ldr xzr and ldr wzr reach the device",
+            "[mmio] guest: mmio: PASS",
+        ])
+        .unwrap();
+}
+
+/// Two VMs at once on different CPUs: one probes addresses outside its
+/// RAM (where the other VM's memory and the hypervisor's live) and takes
+/// an abort for each; the other runs its own test to the end.
+#[test]
+fn two_vms_cannot_touch_each_others_memory() {
+    let run = Qemu::with_guests(&[
+        Guest::test("isolation").pcpus(&[0]),
+        Guest::test("mmio")
+            .named("other")
+            .cpus(2)
+            .pcpus(&[2, 3])
+            .test_device(),
+    ])
+    .run();
+    run.check(&[
+        "[isolation] guest: isolation: 64 probes outside RAM aborted",
+        "[isolation] guest: isolation: the pattern in RAM is intact",
+        "[isolation] guest: isolation: PASS",
+        "[other] guest: mmio: PASS",
+        "all VMs stopped",
+    ])
+    .unwrap();
+    assert!(run.lines_with("injecting an external abort").count() >= 64);
+}
+
+/// A guest that does unhandled things gets the architected error, then is
+/// stopped alone when it can no longer take exceptions; the other VM
+/// finishes, and the run reports the stopped VM in its status.
+#[test]
+fn misbehaving_guest_is_stopped_alone() {
+    let run = Qemu::with_guests(&[
+        Guest::test("unhandled").named("bad").pcpus(&[1]),
+        Guest::test("mmio").named("good").pcpus(&[2]).test_device(),
+    ])
+    .run();
+    assert_eq!(run.ending, Ending::Exited(2), "{}", run.log);
+    for line in [
+        "[bad] guest: unhandled: unknown hypercall 0xc60000ff: NOT_SUPPORTED (-1)",
+        "[bad] guest: unhandled: unknown SMCCC function 0x82000000: NOT_SUPPORTED (-1)",
+        "[bad] guest: unhandled: mrs S3_1_C15_C0_0: UNDEF (EC 0x00)",
+        "[bad] guest: unhandled: expecting to be stopped",
+        "vm bad: stopped: vCPU 0 cannot fetch its exception vectors (VBAR_EL1 0x1000",
+        "[good] guest: mmio: PASS",
+        "vm good: powered off (PSCI SYSTEM_OFF), status 0",
+        "all VMs stopped",
+    ] {
+        assert_eq!(run.lines_with(line).count(), 1, "{line:?} in\n{}", run.log);
+    }
+    assert_eq!(run.lines_with("guest: unhandled: FAIL").count(), 0);
+}
+
+#[test]
+fn a_guest_sets_the_exit_status() {
+    // The scenario name is unknown: the guest reports it and exits 1
+    // through VIGIL_EXIT_STATUS and SYSTEM_OFF.
+    let run = Qemu::with_guests(&[Guest::test("no-such-scenario")]).run();
+    assert_eq!(run.ending, Ending::Exited(1), "{}", run.log);
+    assert_eq!(
+        run.lines_with("vm no-such-scenario: stopped: powered off (PSCI SYSTEM_OFF), status 1")
+            .count(),
+        1,
+        "{}",
+        run.log
+    );
+}
+
+#[test]
+fn bad_guest_description_is_one_clear_error() {
+    // More vCPUs pinned than CPUs exist.
+    let run = Qemu::with_guests(&[Guest::test("hello").cpus(2).pcpus(&[0, 6])]).run();
+    assert_eq!(run.ending, Ending::Exited(1), "{}", run.log);
+    assert_eq!(
+        run.lines_with("boot: creating VMs: vCPU pinned to physical CPU 6, which is not online")
+            .count(),
+        1,
+        "{}",
+        run.log
+    );
+}
