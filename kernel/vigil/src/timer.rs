@@ -28,7 +28,6 @@ pub fn init(intid: u32) {
 }
 
 /// Call `hook` on every tick, on the CPU that ticked.
-#[allow(dead_code)]
 pub fn set_hook(hook: fn()) {
     HOOK.store(hook as usize, Ordering::Release);
 }

@@ -460,8 +460,9 @@ fn vm_stopped() {
         .max()
         .unwrap_or(0);
     log::info!(
-        "all VMs stopped after {} guest exits; exiting with status {status}",
-        EXITS.load(Ordering::Relaxed)
+        "all VMs stopped after {} guest exits and {} vCPU switches; exiting with status {status}",
+        EXITS.load(Ordering::Relaxed),
+        SWITCHES.load(Ordering::Relaxed)
     );
     exit::exit(status);
 }
@@ -524,6 +525,7 @@ fn load(v: &'static Vcpu, st: &mut VcpuState) {
     sysreg::set_hcr_el2(trap::HCR_GUEST);
     sysreg::isb();
     LOADED[cpu].store(me, Ordering::Relaxed);
+    SWITCHES.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Run vCPU `v` on this CPU until it goes off, its VM stops, or it waits
@@ -557,7 +559,11 @@ fn run(v: &'static Vcpu) {
         EXITS.fetch_add(1, Ordering::Relaxed);
         kick_vm(v.vm.id, vgic_glue::exit(&v.vm.gic, v.index));
         match trap::handle_exit(v, &mut st.regs, kind) {
-            trap::Exit::Continue => {}
+            trap::Exit::Continue => {
+                if SLICE_OVER[cpu].swap(false, Ordering::Relaxed) && RUNQ[cpu].lock().len() > 1 {
+                    break;
+                }
+            }
             trap::Exit::Wait => {
                 // WFI: sleep until the vCPU has an interrupt to take (or
                 // is kicked), or let another vCPU of this CPU run.
@@ -597,6 +603,7 @@ pub fn started() -> bool {
 
 /// Let every CPU into [`schedule`].
 pub fn start(online: usize) {
+    crate::timer::set_hook(on_tick);
     STARTED.store(true, Ordering::Release);
     for cpu in 0..online {
         kick(cpu);
@@ -609,13 +616,39 @@ pub fn start(online: usize) {
 pub fn schedule() -> ! {
     arch::sysreg::irq_disable();
     let cpu = arch::cpu_index();
+    if RUNQ[cpu].lock().len() > 1 {
+        // Several vCPUs share this CPU: time-slice them.
+        crate::timer::start(SLICE_HZ);
+    }
     loop {
-        let next = RUNQ[cpu].lock().iter().copied().find(|v| {
-            !v.vm.is_stopped() && matches!(v.power.state(), PowerState::On | PowerState::OnPending)
-        });
+        let next = {
+            let mut q = RUNQ[cpu].lock();
+            let pos = q.iter().position(|v| {
+                !v.vm.is_stopped()
+                    && matches!(v.power.state(), PowerState::On | PowerState::OnPending)
+            });
+            // Round robin: the chosen vCPU goes to the back of the queue.
+            pos.map(|i| {
+                let v = q.remove(i);
+                q.push(v);
+                v
+            })
+        };
         match next {
             Some(v) => run(v),
             None => wait_for_interrupt(),
         }
     }
+}
+
+/// Time slices per second when vCPUs share a physical CPU.
+const SLICE_HZ: u64 = 250;
+/// Per physical CPU: a time slice ended (set by the EL2 tick).
+static SLICE_OVER: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// vCPU switches (EL1 state reloaded), for the log.
+pub static SWITCHES: AtomicU64 = AtomicU64::new(0);
+
+/// The EL2 tick: end the running vCPU's slice.
+pub fn on_tick() {
+    SLICE_OVER[arch::cpu_index()].store(true, Ordering::Relaxed);
 }

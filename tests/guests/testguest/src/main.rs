@@ -9,6 +9,7 @@
 mod isolation;
 mod mmio;
 mod psci;
+mod regs;
 mod selftest;
 mod unhandled;
 
@@ -44,6 +45,7 @@ fn main(boot: &'static BootInfo) -> ! {
         "mmio" => mmio::run(boot),
         "mmio-ram" => mmio::run_on_ram(boot),
         "isolation" => isolation::run(boot),
+        "regs" => regs::run(boot),
         "unhandled" => unhandled::run(boot),
         "selftest" => selftest::run(boot),
         "selftest-panic" => selftest::panic(),
