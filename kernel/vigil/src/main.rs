@@ -21,6 +21,7 @@ mod psci;
 mod smp;
 mod timer;
 mod vgic;
+mod vits;
 mod vm;
 
 use vigil_board_qemu_virt as board;

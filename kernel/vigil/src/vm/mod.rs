@@ -76,6 +76,10 @@ pub struct Vm {
     bus: MmioBus,
     pub uart: &'static Pl011,
     pub gic: VmGic,
+    /// The VM's virtual ITS (its frames are on `bus`; the hypervisor
+    /// raises device LPIs through it).
+    #[allow(dead_code)] // read by passthrough and paravirtual devices
+    pub its: crate::vits::VmIts,
     stopped: AtomicBool,
     /// Status this VM asked QEMU to exit with (VIGIL_EXIT_STATUS).
     pub exit_status: AtomicU32,
@@ -351,7 +355,7 @@ fn create(id: usize, d: &DomainConfig<'_>) -> Result<&'static Vm, VmError> {
             .initrd
             .zip(initrd)
             .map(|(at, b)| (at, at + b.len() as u64)),
-        its: false,
+        its: true,
         test_device: d.test_device,
     })
     .map_err(VmError::Dt)?;
@@ -361,13 +365,19 @@ fn create(id: usize, d: &DomainConfig<'_>) -> Result<&'static Vm, VmError> {
     copy(placement.dtb, &dt);
 
     let uart: &'static Pl011 = Box::leak(Box::new(Pl011::new(id)));
-    let gic = vgic_glue::new_vm_gic(d.cpus, false);
+    let gic = vgic_glue::new_vm_gic(d.cpus, true);
+    let its = crate::vits::new_vm_its(&gic);
     let mut bus = MmioBus::default();
     bus.add(layout::UART_BASE, layout::UART_SIZE, uart);
     bus.add(
         layout::GICD_BASE,
         layout::GICD_SIZE,
         Box::leak(Box::new(vgic_glue::GicdFrame(gic.clone()))),
+    );
+    bus.add(
+        layout::ITS_BASE,
+        layout::ITS_SIZE,
+        Box::leak(Box::new(crate::vits::ItsFrames(its.clone()))),
     );
     bus.add(
         layout::GICR_BASE,
@@ -392,6 +402,7 @@ fn create(id: usize, d: &DomainConfig<'_>) -> Result<&'static Vm, VmError> {
         bus,
         uart,
         gic,
+        its,
         stopped: AtomicBool::new(false),
         exit_status: AtomicU32::new(0),
     }));

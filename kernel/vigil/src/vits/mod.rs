@@ -1,0 +1,57 @@
+//! The kernel side of the virtual ITS (the emulation core is the
+//! `vigil-vits` crate): its register frames on a VM's MMIO bus, and the
+//! seam through which the hypervisor raises an LPI as if a device had
+//! written GITS_TRANSLATER.
+//!
+//! A CWRITER write traps here and the core processes the queued commands
+//! synchronously before the guest resumes. Lock order (DESIGN.md vITS
+//! invariant 10, enforced in the core): command queue, then routes, then
+//! the VM's vGIC; LPI injection (`raise`) takes routes and vGIC only.
+
+use alloc::sync::Arc;
+use vigil_vits::{Kick, TranslateError, Vits, VitsConfig};
+
+use crate::vgic::VmGic;
+use crate::vm::mmio::{MmioCtx, MmioDevice};
+
+/// A VM's virtual ITS.
+pub type VmIts = Arc<Vits>;
+
+/// DeviceID that a vCPU's own GITS_TRANSLATER writes carry (a CPU has no
+/// requester ID; IHI 0069 leaves it to the implementation). Guests that
+/// want to signal themselves map this device.
+pub const CPU_DEVICE_ID: u32 = 0;
+
+pub fn new_vm_its(gic: &VmGic) -> VmIts {
+    Arc::new(Vits::new(
+        gic.clone(),
+        VitsConfig {
+            device_id_bits: 16,
+            event_id_bits: 16,
+            cpu_device_id: CPU_DEVICE_ID,
+        },
+    ))
+}
+
+/// The two 64 KiB ITS frames (control, translation).
+pub struct ItsFrames(pub VmIts);
+
+impl MmioDevice for ItsFrames {
+    fn read(&self, _ctx: &MmioCtx<'_>, offset: u64, width: u8) -> u64 {
+        self.0.mmio_read(offset, width)
+    }
+
+    fn write(&self, ctx: &MmioCtx<'_>, offset: u64, width: u8, value: u64) -> Kick {
+        self.0.mmio_write(offset, width, value, ctx.mem)
+    }
+}
+
+/// Raise the vLPI that (device, event) maps to in VM `vm`'s ITS, as a
+/// device's MSI would, from any CPU; kicks the target vCPU. Errors are
+/// what the architecture drops silently (unmapped device or event).
+#[allow(dead_code)] // the seam for passthrough devices and paravirtual services
+pub fn raise(vm: usize, its: &Vits, device: u32, event: u32) -> Result<(), TranslateError> {
+    let kick = its.translate(device, event)?;
+    crate::vm::kick_vm(vm, kick);
+    Ok(())
+}
