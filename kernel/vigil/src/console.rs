@@ -193,10 +193,16 @@ register_bitfields! {u32,
     ],
 }
 
-/// Interrupt when bytes arrive (receive and receive-timeout).
-pub fn enable_rx_interrupt() {
+/// Interrupt when bytes arrive (receive and receive-timeout), or not:
+/// while the guest's receive FIFO is full, input waits in the UART (and
+/// behind it, in QEMU) instead of being dropped.
+pub fn set_rx_interrupt(on: bool) {
     if let Some(r) = regs() {
-        r.imsc.write(IMSC::RXIM::SET + IMSC::RTIM::SET);
+        if on {
+            r.imsc.write(IMSC::RXIM::SET + IMSC::RTIM::SET);
+        } else {
+            r.imsc.set(0);
+        }
     }
 }
 

@@ -180,7 +180,7 @@ extern "C" fn kmain() -> ! {
     }
     if let Some(intid) = platform.uart_irq {
         gic::register(intid, on_console_rx);
-        console::enable_rx_interrupt();
+        console::set_rx_interrupt(true);
         gic::enable_spi(intid, arch::mpidr());
     }
     vm::start(online);
@@ -189,9 +189,7 @@ extern "C" fn kmain() -> ! {
 
 /// Bytes typed on the console go to the VM with the focus.
 fn on_console_rx(_intid: u32) {
-    while let Some(b) = console::try_read() {
-        vm::console_input(b);
-    }
+    vm::console_input_pump();
 }
 
 struct OptAddr(Option<Region>);

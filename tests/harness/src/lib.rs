@@ -41,6 +41,38 @@ pub fn test_guest() -> &'static Path {
     GUEST.get_or_init(|| built("VIGIL_TESTGUEST", "testguest"))
 }
 
+/// Debian's arm64 cloud kernel and the busybox initramfs
+/// (scripts/fetch-guest): `VIGIL_LINUX_KERNEL`/`VIGIL_LINUX_INITRD` if
+/// set, else fetched (or found in the cache) now.
+pub fn linux() -> &'static (PathBuf, PathBuf) {
+    static LINUX: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    LINUX.get_or_init(|| {
+        if let (Some(k), Some(i)) = (
+            std::env::var_os("VIGIL_LINUX_KERNEL"),
+            std::env::var_os("VIGIL_LINUX_INITRD"),
+        ) {
+            return (PathBuf::from(k), PathBuf::from(i));
+        }
+        let out = Command::new(workspace_root().join("scripts/fetch-guest"))
+            .arg("--print")
+            .output()
+            .expect("running scripts/fetch-guest");
+        assert!(
+            out.status.success(),
+            "scripts/fetch-guest failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let get = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .map(|v| PathBuf::from(v.trim_matches('\'')))
+                .unwrap_or_else(|| panic!("scripts/fetch-guest printed no {key}: {text}"))
+        };
+        (get("KERNEL"), get("INITRD"))
+    })
+}
+
 /// An aarch64 binary of this workspace: `$var` if set, else built now.
 fn built(var: &str, package: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(var) {
@@ -96,6 +128,17 @@ impl Guest {
             test_device: false,
             bootargs: format!("vigil.guest={scenario}"),
         }
+    }
+
+    /// Debian's Linux with the busybox initramfs, `cpus` vCPUs, 512 MiB,
+    /// and `init` as the `vigil.init=` modes of tests/linux/init.
+    pub fn linux(cpus: usize, init: &str) -> Self {
+        let (kernel, initrd) = linux();
+        Self::kernel("linux", kernel)
+            .initrd(initrd)
+            .cpus(cpus)
+            .mem_mib(512)
+            .bootargs(&format!("console=ttyAMA0 vigil.init={init}"))
     }
 
     /// Any kernel image.
@@ -233,6 +276,7 @@ pub struct Qemu {
     timeout: Duration,
     extra: Vec<String>,
     guests: Vec<Guest>,
+    inputs: Vec<Input>,
 }
 
 impl Qemu {
@@ -243,7 +287,17 @@ impl Qemu {
             timeout: DEFAULT_TIMEOUT,
             extra: Vec::new(),
             guests: Vec::new(),
+            inputs: Vec::new(),
         }
+    }
+
+    /// Type `text` on the console once the output contains `after`.
+    pub fn type_after(mut self, after: &str, text: &str) -> Self {
+        self.inputs.push(Input {
+            after: after.into(),
+            bytes: text.as_bytes().to_vec(),
+        });
+        self
     }
 
     /// Boot Vigil with these VMs.
@@ -287,27 +341,54 @@ impl Qemu {
         if !self.extra.is_empty() {
             cmd.arg("--").args(&self.extra);
         }
-        run_with_timeout(cmd, self.timeout)
+        run_with_input(cmd, self.timeout, &self.inputs)
     }
 }
 
 /// Run `cmd` (which must `exec` QEMU, so killing it kills QEMU), capturing
 /// stdout, and kill it at `timeout`.
-pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Run {
+pub fn run_with_timeout(cmd: Command, timeout: Duration) -> Run {
+    run_with_input(cmd, timeout, &[])
+}
+
+/// Console input typed once the output contains a marker.
+#[derive(Clone, Debug)]
+pub struct Input {
+    pub after: String,
+    pub bytes: Vec<u8>,
+}
+
+/// As [`run_with_timeout`], typing each `inputs` entry on the console (the
+/// command's stdin) as soon as its marker has appeared in the output, in
+/// order.
+pub fn run_with_input(mut cmd: Command, timeout: Duration, inputs: &[Input]) -> Run {
     let start = Instant::now();
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if inputs.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting QEMU (is qemu-system-aarch64 installed? run scripts/setup)");
+    let mut stdin = child.stdin.take();
     let mut out = child.stdout.take().expect("stdout");
     let mut err = child.stderr.take().expect("stderr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen_w = seen.clone();
     let reader = thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = out.read_to_end(&mut buf);
-        buf
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = out.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            seen_w.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
     });
+    let mut pending = inputs.iter();
+    let mut next = pending.next();
     let err_reader = thread::spawn(move || {
         let mut buf = Vec::new();
         let _ = err.read_to_end(&mut buf);
@@ -317,6 +398,15 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Run {
         if let Some(status) = child.try_wait().expect("waiting for QEMU") {
             break ending_of(status);
         }
+        if let (Some(inp), Some(w)) = (next, stdin.as_mut()) {
+            let out = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+            if out.contains(&inp.after) {
+                use std::io::Write;
+                let _ = w.write_all(&inp.bytes);
+                let _ = w.flush();
+                next = pending.next();
+            }
+        }
         if start.elapsed() >= timeout {
             let _ = child.kill();
             let _ = child.wait();
@@ -324,7 +414,9 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Run {
         }
         thread::sleep(Duration::from_millis(20));
     };
-    let mut log = String::from_utf8_lossy(&reader.join().unwrap_or_default()).replace('\r', "");
+    drop(stdin);
+    let _ = reader.join();
+    let mut log = String::from_utf8_lossy(&seen.lock().unwrap()).replace('\r', "");
     let stderr = err_reader.join().unwrap_or_default();
     if !stderr.is_empty() {
         log.push_str("--- QEMU stderr ---\n");
@@ -384,6 +476,25 @@ mod tests {
         assert_eq!(r.ending, Ending::TimedOut);
         assert!(r.elapsed < Duration::from_secs(10));
         assert!(r.log.contains("started"));
+    }
+
+    #[test]
+    fn input_is_typed_after_its_marker() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo ready; read a; echo got $a; read b; echo got $b"]);
+        let inputs = [
+            Input {
+                after: "ready".into(),
+                bytes: b"one\n".to_vec(),
+            },
+            Input {
+                after: "got one".into(),
+                bytes: b"two\n".to_vec(),
+            },
+        ];
+        let r = run_with_input(cmd, Duration::from_secs(10), &inputs);
+        assert_eq!(r.ending, Ending::Exited(0));
+        assert_eq!(r.log, "ready\ngot one\ngot two\n");
     }
 
     #[test]

@@ -498,11 +498,36 @@ pub fn name(id: usize) -> &'static str {
         .unwrap_or("vm?")
 }
 
-/// Deliver a byte typed on the console to the VM with the focus.
-pub fn console_input(byte: u8) {
-    let vms = VMS.lock();
-    if let Some(vm) = vms.get(FOCUS.load(Ordering::Relaxed)) {
-        vm.uart.receive(byte);
+/// Move bytes typed on the console into the receive FIFO of the VM with
+/// the focus, as long as it has room. When it is full, the console's
+/// receive interrupt is masked until the guest reads a byte (flow control:
+/// no keystroke is dropped).
+pub fn console_input_pump() {
+    let Some(vm) = VM_BY_ID
+        .get(FOCUS.load(Ordering::Relaxed))
+        .and_then(|o| o.get())
+    else {
+        // No VM to type into: drain and drop.
+        while crate::console::try_read().is_some() {}
+        return;
+    };
+    while vm.uart.has_room() {
+        match crate::console::try_read() {
+            Some(b) => vm.uart.receive(b),
+            None => return,
+        }
+    }
+    crate::console::set_rx_interrupt(false);
+    INPUT_PAUSED.store(true, Ordering::Release);
+}
+
+/// The console's receive interrupt is masked until the focused VM reads.
+static INPUT_PAUSED: AtomicBool = AtomicBool::new(false);
+
+/// The focused VM read from its receive FIFO: resume console input.
+pub fn console_input_resume(vm: usize) {
+    if vm == FOCUS.load(Ordering::Relaxed) && INPUT_PAUSED.swap(false, Ordering::AcqRel) {
+        crate::console::set_rx_interrupt(true);
     }
 }
 

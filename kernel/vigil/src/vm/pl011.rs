@@ -99,6 +99,13 @@ impl Pl011 {
     }
 }
 
+impl Pl011 {
+    /// Whether the receive FIFO can take another byte.
+    pub fn has_room(&self) -> bool {
+        self.state.lock().rx_len < FIFO
+    }
+}
+
 impl State {
     /// The interrupt output (UARTINTR): any unmasked raw interrupt.
     fn level(&self) -> bool {
@@ -139,10 +146,12 @@ impl MmioDevice for Pl011 {
             _ => 0,
         };
         if offset == DR {
-            // Reading the last byte may drop the receive interrupt.
+            // Reading the last byte may drop the receive interrupt, and
+            // makes room for more input.
             let level = s.level();
             drop(s);
             crate::vm::kick_vm(self.vm, crate::vm::set_uart_line(self.vm, level));
+            crate::vm::console_input_resume(self.vm);
         }
         v as u64
     }
