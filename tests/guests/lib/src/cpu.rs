@@ -105,4 +105,25 @@ impl SpinBarrier {
             }
         }
     }
+
+    /// Waits until `n` vCPUs have arrived or `timeout_us` passed; returns
+    /// whether the barrier released. After a timeout the barrier is
+    /// broken (this vCPU's arrival still counts): give up on it.
+    pub fn wait_timeout(&self, timeout_us: u64) -> bool {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.count.fetch_add(1, Ordering::AcqRel) + 1 == self.n {
+            self.count.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+            true
+        } else {
+            wait_until(timeout_us, || {
+                self.generation.load(Ordering::Acquire) != generation
+            })
+        }
+    }
+
+    /// How many vCPUs wait at the barrier now.
+    pub fn waiting(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
 }

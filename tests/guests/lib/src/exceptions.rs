@@ -4,8 +4,8 @@
 //! caller-saved FP/SIMD registers, FPSR/FPCR, ELR/SPSR/ESR/FAR) on the
 //! current stack and calls [`vigil_guest_exception`]. A synchronous exception
 //! taken while the current vCPU runs a closure under [`expect_exception`] is
-//! recorded and the faulting instruction skipped (ELR_EL1 += 4); anything
-//! else prints "guest: PANIC: unexpected exception ..." and exits with
+//! recorded and the faulting instruction skipped (ELR_EL1 += 4); an IRQ
+//! from EL1 goes to [`crate::gic`]'s handlers; anything else prints "guest: PANIC: unexpected exception ..." and exits with
 //! status 1.
 
 use core::arch::global_asm;
@@ -293,6 +293,11 @@ extern "C" fn vigil_guest_exception(kind: u64, frame: &mut Frame) {
         e.ec(),
         ec::IABT_LOWER | ec::IABT_CUR | ec::PC_ALIGN | ec::SP_ALIGN
     );
+    // IRQ from EL1 with SP_EL0 or SP_EL1: the GIC driver's handlers.
+    if kind == 1 || kind == 5 {
+        crate::gic::dispatch();
+        return;
+    }
     let s = slot();
     // Synchronous, from EL1 with SP_EL0 or SP_EL1.
     if (kind == 0 || kind == 4) && skippable && s.armed.load(Ordering::Relaxed) {

@@ -27,6 +27,7 @@ pub mod boot;
 pub mod console;
 pub mod cpu;
 pub mod exceptions;
+pub mod gic;
 pub mod psci;
 pub mod report;
 pub mod smccc;

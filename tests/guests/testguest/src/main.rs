@@ -12,6 +12,7 @@ mod psci;
 mod regs;
 mod selftest;
 mod unhandled;
+mod vgic;
 
 use vigil_guest::{cpu, exit, println, report, BootInfo};
 
@@ -50,6 +51,11 @@ fn main(boot: &'static BootInfo) -> ! {
         "selftest" => selftest::run(boot),
         "selftest-panic" => selftest::panic(),
         "selftest-fault" => selftest::fault(boot),
+        "ipi" => vgic::ipi(boot),
+        "prio" => vgic::prio(boot),
+        "active" => vgic::active(boot),
+        "vtimer" => vgic::vtimer(boot),
+        "uart-level" => vgic::uart_level(boot),
         other => {
             println!("unknown scenario '{other}'");
             exit(1)
