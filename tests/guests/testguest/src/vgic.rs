@@ -99,7 +99,19 @@ fn ipi_worker(me: usize) {
         }
         let got = |s: usize| IPI_COUNT[me][s + 1].load(Ordering::Relaxed);
         let all = || (0..IPI_CPUS).filter(|&s| s != me).all(|s| got(s) >= round);
-        if !cpu::wait_until(TIMEOUT_US, all) {
+        let t0 = cpu::now_us();
+        // Masked around the check and WFI, so an SGI taken between them
+        // cannot be missed; WFI wakes on a pending one regardless.
+        loop {
+            gic::irq_disable();
+            if all() || cpu::now_us() - t0 >= TIMEOUT_US {
+                break;
+            }
+            gic::wait_for_interrupt();
+            gic::irq_enable();
+        }
+        gic::irq_enable();
+        if !all() {
             fail!(
                 IPI,
                 "round {round}: cpu {me} took SGI 1..4 {}/{}/{}/{} times, expected {round} from each other vCPU",
@@ -568,6 +580,9 @@ const VTIMER_CPUS: usize = 4;
 const VTIMER_SHOTS: u32 = 100;
 /// How far ahead each deadline is.
 const VTIMER_AHEAD_US: u64 = 300;
+/// Lateness that means the timer is broken rather than the host slow
+/// (TCG on a loaded host: a few ms to a few tens of ms).
+const VTIMER_LATE_LIMIT_US: u64 = 500_000;
 const CNTV_CTL_ENABLE: u64 = 1;
 const CNTV_CTL_IMASK: u64 = 2;
 const CNTV_CTL_ISTATUS: u64 = 4;
@@ -639,9 +654,21 @@ fn vtimer_worker(me: usize) {
     gic::irq_enable();
     vtimer_arm(me);
     let total_us = VTIMER_AHEAD_US * u64::from(VTIMER_SHOTS) + 20 * TIMEOUT_US;
-    let ok = cpu::wait_until(total_us, || {
-        VT_COUNT[me].load(Ordering::Relaxed) >= VTIMER_SHOTS
-    });
+    // Wait in WFI (IRQs masked around the check, so no interrupt taken
+    // between the check and the WFI is missed): the timer must wake the
+    // vCPU as well as interrupt it.
+    let t0 = cpu::now_us();
+    let done = || VT_COUNT[me].load(Ordering::Relaxed) >= VTIMER_SHOTS;
+    loop {
+        gic::irq_disable();
+        if done() || cpu::now_us() - t0 >= total_us {
+            break;
+        }
+        gic::wait_for_interrupt();
+        gic::irq_enable();
+    }
+    gic::irq_enable();
+    let ok = done();
     if !ok {
         VT_FAILED.store(true, Ordering::Relaxed);
     }
@@ -700,6 +727,12 @@ pub fn vtimer(boot: &'static BootInfo) -> ! {
             VTIMER,
             n == VTIMER_SHOTS,
             "cpu {c}: {n} timer interrupts, expected exactly {VTIMER_SHOTS}"
+        );
+        ensure!(
+            VTIMER,
+            us(late) <= VTIMER_LATE_LIMIT_US,
+            "cpu {c}: an interrupt came {} us after its deadline (limit {VTIMER_LATE_LIMIT_US} us)",
+            us(late)
         );
         worst = worst.max(late);
     }
