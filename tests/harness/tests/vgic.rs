@@ -16,11 +16,12 @@ fn ipi_all_to_all_4_vcpus_1000_rounds_each_exactly_once() {
         .run();
     run.check(&[
         "[ipi] guest: ipi: 1000 rounds all-to-all among 4 vCPUs",
-        "guest: ipi: cpu 0 took SGI 1: 0, SGI 2: 1000, SGI 3: 1000, SGI 4: 1000, 3000 interrupts in all",
-        "guest: ipi: cpu 1 took SGI 1: 1000, SGI 2: 0, SGI 3: 1000, SGI 4: 1000, 3000 interrupts in all",
-        "guest: ipi: cpu 2 took SGI 1: 1000, SGI 2: 1000, SGI 3: 0, SGI 4: 1000, 3000 interrupts in all",
-        "guest: ipi: cpu 3 took SGI 1: 1000, SGI 2: 1000, SGI 3: 1000, SGI 4: 0, 3000 interrupts in all",
+        "guest: ipi: cpu 0 took SGI 1: 0, SGI 2: 1000, SGI 3: 1000, SGI 4: 1000, broadcast SGI 8: 0, 3000 interrupts in all",
+        "guest: ipi: cpu 1 took SGI 1: 1000, SGI 2: 0, SGI 3: 1000, SGI 4: 1000, broadcast SGI 8: 1, 3001 interrupts in all",
+        "guest: ipi: cpu 2 took SGI 1: 1000, SGI 2: 1000, SGI 3: 0, SGI 4: 1000, broadcast SGI 8: 1, 3001 interrupts in all",
+        "guest: ipi: cpu 3 took SGI 1: 1000, SGI 2: 1000, SGI 3: 1000, SGI 4: 0, broadcast SGI 8: 1, 3001 interrupts in all",
         "guest: ipi: 12000 SGIs, each (target, INTID) exactly 1000, nothing else",
+        "guest: ipi: IRM broadcast SGI 8 from cpu 0: taken once by cpus 1-3, not by cpu 0",
         "[ipi] guest: ipi: PASS",
         "vm ipi: powered off (PSCI SYSTEM_OFF), status 0",
     ])
@@ -66,6 +67,20 @@ fn vtimer_100_deadlines_on_each_of_4_vcpus_never_early() {
         "guest: vtimer: cpu 1: 100 interrupts, none early",
         "guest: vtimer: cpu 2: 100 interrupts, none early",
         "guest: vtimer: cpu 3: 100 interrupts, none early",
+        "guest: vtimer: 400 interrupts on 4 vCPUs, none early, worst lateness",
+        "[vtimer] guest: vtimer: PASS",
+        "vm vtimer: powered off (PSCI SYSTEM_OFF), status 0",
+    ])
+    .unwrap();
+}
+
+/// Two vCPUs per physical CPU: the virtual timer's state is saved and
+/// restored with each vCPU switch, and a timer expiring while its vCPU is
+/// switched out still fires.
+#[test]
+fn vtimer_two_vcpus_per_cpu() {
+    let run = Qemu::with_guests(&[Guest::test("vtimer").cpus(4).pcpus(&[0, 0, 1, 1])]).run();
+    run.check(&[
         "guest: vtimer: 400 interrupts on 4 vCPUs, none early, worst lateness",
         "[vtimer] guest: vtimer: PASS",
         "vm vtimer: powered off (PSCI SYSTEM_OFF), status 0",

@@ -64,6 +64,8 @@ fn since_ms(start_us: u64) -> u64 {
 const IPI: &str = "ipi";
 const IPI_CPUS: usize = 4;
 const IPI_ROUNDS: u32 = 1000;
+/// Sent once by vCPU 0 with IRM = 1 (every vCPU but the sender).
+const IPI_BROADCAST_SGI: u32 = 8;
 
 /// IPI_COUNT[target][intid]: SGIs the target took.
 static IPI_COUNT: [[AtomicU32; 16]; MAX_CPUS] =
@@ -88,6 +90,8 @@ fn ipi_worker(me: usize) {
         gic::set_priority(s + 1, 0x80);
         gic::enable(s + 1);
     }
+    gic::set_priority(IPI_BROADCAST_SGI, 0x80);
+    gic::enable(IPI_BROADCAST_SGI);
     gic::irq_enable();
     if !IPI_BARRIER.wait_timeout(TIMEOUT_US) {
         fail!(IPI, "cpu {me}: the other vCPUs did not reach the start");
@@ -133,6 +137,19 @@ fn ipi_worker(me: usize) {
             fail!(IPI, "round {round}: cpu {me} waited in vain for the others");
         }
     }
+    if me == 0 {
+        gic::send_sgi_to_others(IPI_BROADCAST_SGI);
+    } else if !cpu::wait_until(TIMEOUT_US, || {
+        IPI_COUNT[me][IPI_BROADCAST_SGI as usize].load(Ordering::Relaxed) >= 1
+    }) {
+        fail!(
+            IPI,
+            "cpu {me} never took the IRM broadcast SGI {IPI_BROADCAST_SGI}"
+        );
+    }
+    if !IPI_BARRIER.wait_timeout(TIMEOUT_US) {
+        fail!(IPI, "broadcast: cpu {me} waited in vain for the others");
+    }
     // Anything late would arrive now.
     cpu::wait_until(10_000, || false);
     gic::irq_disable();
@@ -148,6 +165,7 @@ pub fn ipi(boot: &'static BootInfo) -> ! {
     for s in 0..IPI_CPUS as u32 {
         gic::set_handler(s + 1, ipi_handler);
     }
+    gic::set_handler(IPI_BROADCAST_SGI, ipi_handler);
     let start = cpu::now_us();
     start_secondaries(IPI, boot, IPI_CPUS, ipi_secondary);
     ipi_worker(0);
@@ -166,16 +184,19 @@ pub fn ipi(boot: &'static BootInfo) -> ! {
     for t in 0..IPI_CPUS {
         let c = |i: usize| IPI_COUNT[t][i].load(Ordering::Relaxed);
         println!(
-            "ipi: cpu {t} took SGI 1: {}, SGI 2: {}, SGI 3: {}, SGI 4: {}, {} interrupts in all",
+            "ipi: cpu {t} took SGI 1: {}, SGI 2: {}, SGI 3: {}, SGI 4: {}, broadcast SGI {IPI_BROADCAST_SGI}: {}, {} interrupts in all",
             c(1),
             c(2),
             c(3),
             c(4),
+            c(IPI_BROADCAST_SGI as usize),
             IPI_TAKEN[t].load(Ordering::Relaxed)
         );
         for i in 0..16 {
             let expected = if (1..=IPI_CPUS).contains(&i) && i != t + 1 {
                 IPI_ROUNDS
+            } else if i == IPI_BROADCAST_SGI as usize && t != 0 {
+                1
             } else {
                 0
             };
@@ -185,10 +206,12 @@ pub fn ipi(boot: &'static BootInfo) -> ! {
                 "cpu {t} took SGI {i} {} times, expected {expected}",
                 c(i)
             );
-            total += c(i);
+            if i != IPI_BROADCAST_SGI as usize {
+                total += c(i);
+            }
         }
         let taken = IPI_TAKEN[t].load(Ordering::Relaxed);
-        let expected = u64::from(IPI_ROUNDS) * (IPI_CPUS as u64 - 1);
+        let expected = u64::from(IPI_ROUNDS) * (IPI_CPUS as u64 - 1) + u64::from(t != 0);
         ensure!(
             IPI,
             taken == expected,
@@ -196,6 +219,7 @@ pub fn ipi(boot: &'static BootInfo) -> ! {
         );
     }
     println!("ipi: {total} SGIs, each (target, INTID) exactly {IPI_ROUNDS}, nothing else");
+    println!("ipi: IRM broadcast SGI {IPI_BROADCAST_SGI} from cpu 0: taken once by cpus 1-3, not by cpu 0");
     report::pass(IPI)
 }
 
