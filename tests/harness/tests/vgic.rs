@@ -94,6 +94,7 @@ fn uart_level_spi_redelivered_while_high_not_after_it_drops() {
         .run()
         .check(&[
             "guest: uart-level: IMSC.TXIM set: PL011 RIS 0x20, SPI 33 (level) pending",
+            "guest: uart-level: GICD_ICPENDR on SPI 33 with the line high: still pending",
             "guest: uart-level: SPI 33 re-delivered after each EOI while the line stayed high: 5 deliveries",
             "guest: uart-level: IMSC cleared before the 5th EOI: line low, no delivery in 200 ms, exactly 5 in all",
             "[uart-level] guest: uart-level: PASS",

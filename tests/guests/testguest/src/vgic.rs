@@ -835,6 +835,15 @@ pub fn uart_level(boot: &'static BootInfo) -> ! {
         "IMSC.TXIM set (RIS {ris:#x}): SPI 33 does not read pending in GICD_ISPENDR1"
     );
     println!("uart-level: IMSC.TXIM set: PL011 RIS {ris:#x}, SPI 33 (level) pending");
+    // A level interrupt stays pending while its line is high: ICPENDR
+    // clears only the latch.
+    gic::clear_pending(UART_SPI);
+    ensure!(
+        UART,
+        gic::is_pending(UART_SPI),
+        "GICD_ICPENDR1 bit 1 cleared SPI 33 while its line is high"
+    );
+    println!("uart-level: GICD_ICPENDR on SPI 33 with the line high: still pending");
     gic::irq_enable();
     let ok = cpu::wait_until(TIMEOUT_US, || {
         UART_TAKEN.load(Ordering::Relaxed) >= UART_DELIVERIES
