@@ -132,6 +132,8 @@ impl VgicConfig {
 pub struct Vgic {
     state: Mutex<VgicState>,
     nr_vcpus: usize,
+    /// The shape it was built with, for [`Vgic::reset`].
+    cfg: VgicConfig,
 }
 
 impl Vgic {
@@ -141,18 +143,30 @@ impl Vgic {
             !cfg.mpidrs.is_empty() && cfg.mpidrs.len() <= 64,
             "1..=64 vCPUs"
         );
+        Self {
+            state: Mutex::new(Self::reset_state(cfg)),
+            nr_vcpus: cfg.mpidrs.len(),
+            cfg: cfg.clone(),
+        }
+    }
+
+    fn reset_state(cfg: &VgicConfig) -> VgicState {
         // ITLinesNumber <= 30 keeps every SPI below the special INTIDs.
         let nr_spis = cfg.nr_spis.div_ceil(32).clamp(1, 30) * 32;
-        Self {
-            state: Mutex::new(VgicState::new(
-                &cfg.mpidrs,
-                nr_spis,
-                cfg.pri_bits,
-                cfg.lpi_id_bits.clamp(14, 32),
-                cfg.lpis,
-            )),
-            nr_vcpus: cfg.mpidrs.len(),
-        }
+        VgicState::new(
+            &cfg.mpidrs,
+            nr_spis,
+            cfg.pri_bits,
+            cfg.lpi_id_bits.clamp(14, 32),
+            cfg.lpis,
+        )
+    }
+
+    /// Back to power-on state (a VM reset): every interrupt inactive,
+    /// disabled and not pending, registers at their reset values, no LPI
+    /// state. Hardware links ([`Vgic::map_hw`]) must be made again.
+    pub fn reset(&self) {
+        *self.state.lock() = Self::reset_state(&self.cfg);
     }
 
     /// Number of vCPUs.

@@ -161,6 +161,35 @@ struct CmdQueue {
     last_error: Option<CmdError>,
 }
 
+impl Routes {
+    fn at_reset() -> Self {
+        Self {
+            enabled: false,
+            devices: BTreeMap::new(),
+            collections: BTreeMap::new(),
+        }
+    }
+}
+
+impl CmdQueue {
+    fn at_reset() -> Self {
+        Self {
+            enabled: false,
+            cbaser: 0,
+            cwriter: 0,
+            creadr: 0,
+            stalled: false,
+            baser: [
+                BASER_TYPE_DEVICE | BASER_ENTRY_SIZE | BASER_PAGE_64K,
+                BASER_TYPE_COLLECTION | BASER_ENTRY_SIZE | BASER_PAGE_64K,
+            ],
+            errors: 0,
+            commands: 0,
+            last_error: None,
+        }
+    }
+}
+
 // GITS_CBASER / GITS_BASER<n> fields.
 const VALID: u64 = 1 << 63;
 const INDIRECT: u64 = 1 << 62;
@@ -201,26 +230,19 @@ impl Vits {
         Self {
             vgic,
             cfg,
-            cmdq: Mutex::new(CmdQueue {
-                enabled: false,
-                cbaser: 0,
-                cwriter: 0,
-                creadr: 0,
-                stalled: false,
-                baser: [
-                    BASER_TYPE_DEVICE | BASER_ENTRY_SIZE | BASER_PAGE_64K,
-                    BASER_TYPE_COLLECTION | BASER_ENTRY_SIZE | BASER_PAGE_64K,
-                ],
-                errors: 0,
-                commands: 0,
-                last_error: None,
-            }),
-            routes: Mutex::new(Routes {
-                enabled: false,
-                devices: BTreeMap::new(),
-                collections: BTreeMap::new(),
-            }),
+            cmdq: Mutex::new(CmdQueue::at_reset()),
+            routes: Mutex::new(Routes::at_reset()),
         }
+    }
+
+    /// Back to power-on state (a VM reset): disabled, no queue, no devices
+    /// or collections. Takes the queue lock, then the routes lock (the
+    /// documented order). The vGIC is reset separately.
+    pub fn reset(&self) {
+        let mut q = self.cmdq.lock();
+        let mut r = self.routes.lock();
+        *q = CmdQueue::at_reset();
+        *r = Routes::at_reset();
     }
 
     /// The vGIC this vITS delivers into.

@@ -1002,3 +1002,44 @@ fn discard_of_active_lpi_keeps_it_deactivatable() {
     assert_eq!(c.drain(&r.vgic, 8), vec![LPI0]);
     assert_eq!(r.vgic.lock().list_len(0), 0);
 }
+
+/// A VM reset (PSCI SYSTEM_RESET) puts the vITS and the vGIC back to
+/// power-on state: no routes, no pending LPIs, registers at reset values;
+/// the guest can then set everything up again.
+#[test]
+fn reset_returns_to_power_on_state() {
+    let r = Rig::new(2);
+    r.mapd(1, 4);
+    r.mapti(1, 3, LPI0 + 5, 1);
+    r.cmd(Command::Int {
+        device: 1,
+        event: 3,
+    });
+    r.vgic.reset();
+    r.its.reset();
+    assert_eq!(r.its.lookup(1, 3), None);
+    assert_eq!(r.its.collection(1), None);
+    assert_eq!(r.its.mmio_read(0x80, 8), 0, "CBASER");
+    assert_eq!(r.its.mmio_read(0x0, 4) & 1, 0, "GITS_CTLR.Enabled");
+    assert_eq!(r.vgic.gicd_read(0, 0, 4) & 0b11, 0, "GICD_CTLR groups");
+    assert!(r.drain(1).is_empty(), "the pending LPI did not survive");
+    assert!(r.its.translate(1, 3).is_err());
+    // Set up again from scratch, as the rebooted guest does.
+    r.setup_tables(false);
+    r.enable_lpis();
+    r.cmd(Command::Mapc {
+        icid: 0,
+        rdbase: 0,
+        valid: true,
+    });
+    r.mapd(1, 4);
+    r.mapti(1, 3, LPI0 + 7, 0);
+    r.cmds(&[
+        Command::Int {
+            device: 1,
+            event: 3,
+        },
+        Command::Sync { rdbase: 0 },
+    ]);
+    assert_eq!(r.drain(0), vec![LPI0 + 7]);
+}

@@ -153,3 +153,18 @@ fn world_switch_leaks_no_register_between_vms_on_one_cpu() {
         .unwrap_or_else(|| panic!("no switch count:\n{}", run.log));
     assert!(switches >= 20, "only {switches} switches:\n{}", run.log);
 }
+
+/// PSCI SYSTEM_RESET restarts the VM: images reloaded, the virtual GIC
+/// back at its reset state, RAM outside the image kept.
+#[test]
+fn system_reset_restarts_the_vm() {
+    let run = Qemu::with_guests(&[Guest::test("reset").cpus(2)]).run();
+    run.check(&[
+        "[reset] guest: reset: first boot: GICD_CTLR",
+        "vm reset: reset requested by vCPU 0 (PSCI SYSTEM_RESET)",
+        "vm reset: reset: images reloaded, vCPU 0 restarts at 0x40080000",
+        "[reset] guest: reset: second boot after SYSTEM_RESET: RAM kept, GICD_CTLR 0x50 (reset)",
+        "[reset] guest: reset: PASS",
+    ])
+    .unwrap();
+}

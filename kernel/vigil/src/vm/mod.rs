@@ -83,7 +83,13 @@ pub struct Vm {
     stopped: AtomicBool,
     /// Status this VM asked QEMU to exit with (VIGIL_EXIT_STATUS).
     pub exit_status: AtomicU32,
+    /// How it was described, to reload it on reset.
+    cfg: DomainConfig<'static>,
+    /// The vCPU that asked for a reset (PSCI SYSTEM_RESET), or NO_RESET.
+    reset_by: AtomicUsize,
 }
+
+const NO_RESET: usize = usize::MAX;
 
 impl Vm {
     pub fn vcpus(&self) -> &[&'static Vcpu] {
@@ -117,6 +123,80 @@ impl Vm {
             kick(v.pcpu);
         }
         vm_stopped();
+    }
+}
+
+impl Vm {
+    /// PSCI SYSTEM_RESET from vCPU `by`: every vCPU leaves the guest; the
+    /// CPU of `by` then reloads the VM (see [`Vm::finish_reset`]).
+    pub fn request_reset(&self, by: usize) {
+        if self
+            .reset_by
+            .compare_exchange(NO_RESET, by, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        log::info!(
+            "vm {}: reset requested by vCPU {by} (PSCI SYSTEM_RESET)",
+            self.name
+        );
+        for v in self.vcpus() {
+            v.power.set_off();
+            kick(v.pcpu);
+        }
+    }
+
+    /// Complete a reset once no vCPU of the VM runs: reload the images,
+    /// put the virtual GIC and ITS back to power-on state, and start vCPU 0
+    /// at the kernel's entry as at boot.
+    fn finish_reset(&self) {
+        if self.is_stopped() {
+            return;
+        }
+        let others_stopped = arch::wait_until(2000, || {
+            self.vcpus()
+                .iter()
+                .all(|v| !v.running.load(Ordering::Acquire))
+        });
+        if !others_stopped {
+            self.reset_by.store(NO_RESET, Ordering::Release);
+            self.stop(
+                format_args!("reset: its vCPUs did not stop within 2 s"),
+                STATUS_GUEST_FAULT,
+            );
+            return;
+        }
+        let boot = match load_images(&self.cfg, self.ram_ipa, self.ram_pa, self.ram_size) {
+            Ok(b) => b,
+            Err(e) => {
+                self.reset_by.store(NO_RESET, Ordering::Release);
+                self.stop(
+                    format_args!("reset: reloading failed: {e}"),
+                    STATUS_GUEST_FAULT,
+                );
+                return;
+            }
+        };
+        self.gic.reset();
+        for v in self.vcpus() {
+            self.gic.map_hw(
+                v.index,
+                vgic_glue::VTIMER_INTID,
+                Some(vgic_glue::VTIMER_INTID),
+            );
+        }
+        self.its.reset();
+        let boot_vcpu = self.vcpus()[0];
+        // vCPU 0 starts as at power-on: entry point, x0 = device tree.
+        let _ = boot_vcpu.power.request_on(boot.entry, boot.placement.dtb);
+        self.reset_by.store(NO_RESET, Ordering::Release);
+        log::info!(
+            "vm {}: reset: images reloaded, vCPU 0 restarts at {:#x}",
+            self.name,
+            boot.entry
+        );
+        kick(boot_vcpu.pcpu);
     }
 }
 
@@ -256,7 +336,7 @@ pub fn init_cpu() {
 
 /// Build every VM described in the device tree. Primary CPU, after all
 /// CPUs are online.
-pub fn create_all(domains: &[DomainConfig<'_>], online: usize) -> Result<usize, VmError> {
+pub fn create_all(domains: &[DomainConfig<'static>], online: usize) -> Result<usize, VmError> {
     if domains.is_empty() {
         return Ok(0);
     }
@@ -279,17 +359,21 @@ pub fn create_all(domains: &[DomainConfig<'_>], online: usize) -> Result<usize, 
     Ok(domains.len())
 }
 
-fn create(id: usize, d: &DomainConfig<'_>) -> Result<&'static Vm, VmError> {
-    let size = d.memory.next_multiple_of(2 << 20);
-    let pa = mm::alloc_frames(size / 4096, 2 << 20).map_err(VmError::Memory)?;
-    let ipa = if d.identity_map { pa } else { layout::RAM_BASE };
-    let vmid = NEXT_VMID.fetch_add(1, Ordering::Relaxed) as u16;
-    let mut s2 = Stage2Tables::new(vmid);
-    s2.map_ram(ipa, pa, size).map_err(VmError::Map)?;
+/// Where a VM starts: its entry point and the guest addresses of what
+/// was loaded.
+struct Boot {
+    entry: u64,
+    placement: image::Placement,
+}
 
+/// Copy a VM's kernel, initrd and generated device tree into its RAM
+/// (`size` bytes at IPA `ipa`, backed by host-physical `pa`). Done at
+/// creation and again on every reset.
+fn load_images(d: &DomainConfig<'_>, ipa: u64, pa: u64, size: u64) -> Result<Boot, VmError> {
     // The kernel and initrd, where QEMU's loader left them.
     // SAFETY: the module ranges come from the device tree, were reserved
-    // from the frame allocator at boot, and are identity-mapped RAM.
+    // from the frame allocator at boot, and are identity-mapped RAM that
+    // nothing writes.
     let kernel =
         unsafe { core::slice::from_raw_parts(d.kernel.base as *const u8, d.kernel.size as usize) };
     // SAFETY: as above.
@@ -299,10 +383,11 @@ fn create(id: usize, d: &DomainConfig<'_>) -> Result<&'static Vm, VmError> {
     let copy = |at_ipa: u64, bytes: &[u8]| {
         let dst = pa + (at_ipa - ipa);
         // SAFETY: `dst..dst+len` is inside this VM's RAM, checked by the
-        // placement (or ELF parsing), and nothing else uses it yet.
+        // placement (or ELF parsing); no vCPU of the VM runs while it is
+        // loaded.
         unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), dst as *mut u8, bytes.len()) };
     };
-
+    let initrd_len = initrd.map(|i| i.len() as u64);
     let (entry, placement) = if vigil_vm::elf::is_elf(kernel) {
         let elf = vigil_vm::elf::parse(kernel, ipa, size).map_err(VmError::Elf)?;
         let end = elf
@@ -312,34 +397,23 @@ fn create(id: usize, d: &DomainConfig<'_>) -> Result<&'static Vm, VmError> {
             .max()
             .unwrap_or(ipa);
         let span = end.saturating_sub(ipa + image::RAW_OFFSET);
-        let p = image::place(
-            ipa,
-            size,
-            Kind::Raw,
-            span,
-            0,
-            initrd.map(|i| i.len() as u64),
-        )
-        .map_err(VmError::Place)?;
+        let p = image::place(ipa, size, Kind::Raw, span, 0, initrd_len).map_err(VmError::Place)?;
         for s in &elf.segments {
             copy(
                 s.paddr,
                 &kernel[s.offset as usize..(s.offset + s.filesz) as usize],
             );
-            // The rest of memsz is BSS: guest RAM starts zeroed.
+            // BSS (the rest of memsz) is zeroed: after a reset it may hold
+            // the previous run's data.
+            let bss = pa + (s.paddr + s.filesz - ipa);
+            // SAFETY: inside this VM's RAM (checked by ELF parsing).
+            unsafe { core::ptr::write_bytes(bss as *mut u8, 0, (s.memsz - s.filesz) as usize) };
         }
         (elf.entry, p)
     } else {
         let kind = image::inspect(kernel);
-        let p = image::place(
-            ipa,
-            size,
-            kind,
-            kernel.len() as u64,
-            0,
-            initrd.map(|i| i.len() as u64),
-        )
-        .map_err(VmError::Place)?;
+        let p = image::place(ipa, size, kind, kernel.len() as u64, 0, initrd_len)
+            .map_err(VmError::Place)?;
         copy(p.kernel, kernel);
         (p.kernel, p)
     };
@@ -363,6 +437,18 @@ fn create(id: usize, d: &DomainConfig<'_>) -> Result<&'static Vm, VmError> {
         return Err(VmError::Place(image::PlaceError::DtbTooLarge));
     }
     copy(placement.dtb, &dt);
+    Ok(Boot { entry, placement })
+}
+
+fn create(id: usize, d: &DomainConfig<'static>) -> Result<&'static Vm, VmError> {
+    let size = d.memory.next_multiple_of(2 << 20);
+    let pa = mm::alloc_frames(size / 4096, 2 << 20).map_err(VmError::Memory)?;
+    let ipa = if d.identity_map { pa } else { layout::RAM_BASE };
+    let vmid = NEXT_VMID.fetch_add(1, Ordering::Relaxed) as u16;
+    let mut s2 = Stage2Tables::new(vmid);
+    s2.map_ram(ipa, pa, size).map_err(VmError::Map)?;
+    let boot = load_images(d, ipa, pa, size)?;
+    let (entry, placement) = (boot.entry, boot.placement);
 
     let uart: &'static Pl011 = Box::leak(Box::new(Pl011::new(id)));
     let gic = vgic_glue::new_vm_gic(d.cpus, true);
@@ -405,6 +491,8 @@ fn create(id: usize, d: &DomainConfig<'_>) -> Result<&'static Vm, VmError> {
         its,
         stopped: AtomicBool::new(false),
         exit_status: AtomicU32::new(0),
+        cfg: *d,
+        reset_by: AtomicUsize::new(NO_RESET),
     }));
     let mut vcpus = Vec::new();
     for i in 0..d.cpus {
@@ -576,8 +664,10 @@ fn run(v: &'static Vcpu) {
         st.regs.x[0] = context;
         st.regs.pstate = PSTATE_EL1H_MASKED;
         st.el1 = El1Regs::reset();
+        st.cpuif = CpuIfContext::default();
         if LOADED[cpu].load(Ordering::Relaxed) == v as *const Vcpu as usize {
             st.el1.restore();
+            vgic_glue::restore_cpuif(&st.cpuif);
         }
     }
     v.running.store(true, Ordering::Release);
@@ -620,6 +710,10 @@ fn run(v: &'static Vcpu) {
         }
     }
     v.running.store(false, Ordering::Release);
+    drop(st);
+    if v.vm.reset_by.load(Ordering::Acquire) == v.index {
+        v.vm.finish_reset();
+    }
 }
 
 /// Sleep until an interrupt, then handle it (IRQs stay masked in the

@@ -193,13 +193,7 @@ fn psci_outcome(v: &'static Vcpu, regs: &mut GuestRegs, outcome: Outcome) -> Exi
             Exit::Off
         }
         Outcome::SystemReset => {
-            // Restarting needs the images reloaded; until then a reset is
-            // reported and the VM ends as if powered off.
-            let status = v.vm.exit_status.load(Ordering::Acquire);
-            v.vm.stop(
-                format_args!("requested a reset (PSCI SYSTEM_RESET); VM restart is not supported, stopping it"),
-                status,
-            );
+            v.vm.request_reset(v.index);
             Exit::Off
         }
     }

@@ -10,6 +10,7 @@ mod isolation;
 mod mmio;
 mod psci;
 mod regs;
+mod reset;
 mod selftest;
 mod unhandled;
 mod vgic;
@@ -47,6 +48,7 @@ fn main(boot: &'static BootInfo) -> ! {
         "mmio-ram" => mmio::run_on_ram(boot),
         "isolation" => isolation::run(boot),
         "regs" => regs::run(boot),
+        "reset" => reset::run(boot),
         "unhandled" => unhandled::run(boot),
         "selftest" => selftest::run(boot),
         "selftest-panic" => selftest::panic(),
