@@ -690,6 +690,11 @@ fn run(v: &'static Vcpu) {
                     break;
                 }
             }
+            trap::Exit::Yield => {
+                if RUNQ[cpu].lock().len() > 1 {
+                    break;
+                }
+            }
             trap::Exit::Wait => {
                 // WFI: sleep until the vCPU has an interrupt to take (or
                 // is kicked), or let another vCPU of this CPU run.

@@ -43,6 +43,8 @@ pub const HCR_GUEST: u64 = (1 << 0)
 pub enum Exit {
     /// Re-enter the guest.
     Continue,
+    /// Let another vCPU of this CPU run first, if any is runnable.
+    Yield,
     /// The vCPU waits for an interrupt (WFI).
     Wait,
     /// The vCPU is off or its VM stopped.
@@ -120,6 +122,9 @@ pub mod hypercall {
     pub const EXIT_STATUS: u32 = 0xc600_0001;
     /// Does nothing, returns 0: the cheapest round trip.
     pub const NULL: u32 = 0xc600_0002;
+    /// Returns 0 after letting another vCPU of this physical CPU run, if
+    /// one is runnable (for measuring a vCPU switch).
+    pub const YIELD: u32 = 0xc600_0003;
 }
 
 /// SMCCC (DEN 0028) functions Vigil answers besides PSCI.
@@ -153,6 +158,10 @@ fn service_call(v: &'static Vcpu, regs: &mut GuestRegs) -> Exit {
         SMCCC_VERSION => 0x1_0001,
         SMCCC_ARCH_FEATURES => SMCCC_NOT_SUPPORTED,
         hypercall::NULL => 0,
+        hypercall::YIELD => {
+            regs.x[0] = 0;
+            return Exit::Yield;
+        }
         hypercall::EXIT_STATUS => {
             v.vm.exit_status.store(regs.x[1] as u32, Ordering::Release);
             0
