@@ -39,6 +39,8 @@ pub const MAX_INTID: u32 = 1020;
 pub const VTIMER_PPI: u32 = 27;
 /// ICC_IAR1_EL1 value when nothing is pending.
 pub const SPURIOUS: u32 = 1023;
+/// First LPI INTID.
+pub const LPI_BASE: u32 = 8192;
 
 // Distributor registers.
 const GICD_CTLR: u64 = 0x0000;
@@ -62,6 +64,11 @@ const GICD_CTLR_ARE: u32 = 1 << 4;
 const GICR_CTLR: u64 = 0x0000;
 const GICR_TYPER: u64 = 0x0008;
 const GICR_WAKER: u64 = 0x0014;
+const GICR_PROPBASER: u64 = 0x0070;
+const GICR_PENDBASER: u64 = 0x0078;
+const GICR_CTLR_ENABLE_LPIS: u32 = 1 << 0;
+const GICR_TYPER_PLPIS: u64 = 1 << 0;
+const GICD_TYPER_LPIS: u32 = 1 << 17;
 const GICR_CTLR_RWP: u32 = 1 << 3;
 const GICR_TYPER_LAST: u64 = 1 << 4;
 const GICR_WAKER_PROCESSOR_SLEEP: u32 = 1 << 1;
@@ -499,11 +506,72 @@ pub fn send_sgi_to_others(intid: u32) {
     write_sgi1r((1 << 40) | (u64::from(intid & 0xf) << 24));
 }
 
+/// Whether the distributor supports LPIs (`GICD_TYPER.LPIS`).
+pub fn lpis_supported() -> bool {
+    gicd_typer() & GICD_TYPER_LPIS != 0
+}
+
+/// Number of INTID bits the GIC supports (`GICD_TYPER.IDbits` + 1):
+/// LPIs are `LPI_BASE..1 << lpi_id_bits()`.
+pub fn lpi_id_bits() -> u32 {
+    ((gicd_typer() >> 19) & 0x1f) + 1
+}
+
+/// `GICR_TYPER` of this vCPU's redistributor.
+pub fn gicr_typer() -> u64 {
+    read64(rd_base() + GICR_TYPER)
+}
+
+/// `GICR_TYPER` of the redistributor at `rd` (an RD_base).
+pub fn gicr_typer_at(rd: u64) -> u64 {
+    read64(rd + GICR_TYPER)
+}
+
+/// Whether this vCPU's redistributor implements physical LPIs
+/// (`GICR_TYPER.PLPIS`).
+pub fn redistributor_has_lpis() -> bool {
+    gicr_typer() & GICR_TYPER_PLPIS != 0
+}
+
+/// Writes this redistributor's `GICR_PROPBASER` (before [`enable_lpis`]).
+pub fn set_propbaser(v: u64) {
+    write64(rd_base() + GICR_PROPBASER, v);
+}
+
+/// This redistributor's `GICR_PROPBASER`.
+pub fn propbaser() -> u64 {
+    read64(rd_base() + GICR_PROPBASER)
+}
+
+/// Writes this redistributor's `GICR_PENDBASER` (before [`enable_lpis`]).
+pub fn set_pendbaser(v: u64) {
+    write64(rd_base() + GICR_PENDBASER, v);
+}
+
+/// This redistributor's `GICR_PENDBASER`.
+pub fn pendbaser() -> u64 {
+    read64(rd_base() + GICR_PENDBASER)
+}
+
+/// Sets `GICR_CTLR.EnableLPIs` on this vCPU's redistributor; returns
+/// whether it reads back set.
+pub fn enable_lpis() -> bool {
+    let ctlr = rd_base() + GICR_CTLR;
+    write32(ctlr, read32(ctlr) | GICR_CTLR_ENABLE_LPIS);
+    lpis_enabled()
+}
+
+/// Whether `GICR_CTLR.EnableLPIs` is set on this vCPU's redistributor.
+pub fn lpis_enabled() -> bool {
+    read32(rd_base() + GICR_CTLR) & GICR_CTLR_ENABLE_LPIS != 0
+}
+
 /// An interrupt handler: gets the INTID it was taken for.
 pub type Handler = fn(u32);
 
 static HANDLERS: [AtomicUsize; MAX_INTID as usize] =
     [const { AtomicUsize::new(0) }; MAX_INTID as usize];
+static LPI_HANDLER: AtomicUsize = AtomicUsize::new(0);
 static EOI_SPLIT: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 static LEAVE_ACTIVE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 static TAKEN: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
@@ -512,6 +580,12 @@ static TAKEN: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 pub fn set_handler(intid: u32, handler: Handler) {
     check_intid(intid);
     HANDLERS[intid as usize].store(handler as usize, Ordering::Release);
+}
+
+/// Registers the handler of every LPI (INTID [`LPI_BASE`] and up, on every
+/// vCPU). Without one, an LPI is fatal like any unexpected interrupt.
+pub fn set_lpi_handler(handler: Handler) {
+    LPI_HANDLER.store(handler as usize, Ordering::Release);
 }
 
 /// Removes the handler of `intid`: it becomes fatal again.
@@ -545,12 +619,16 @@ pub(crate) fn dispatch() {
     // for; it is completed below.
     unsafe { asm!("mrs {}, icc_iar1_el1", out(reg) iar, options(nostack, preserves_flags)) };
     let intid = (iar & 0xff_ffff) as u32;
-    if intid >= MAX_INTID {
+    if (MAX_INTID..LPI_BASE).contains(&intid) {
         // Spurious (1023) or special: nothing to complete.
         return;
     }
     TAKEN[me].fetch_add(1, Ordering::Relaxed);
-    let handler = HANDLERS[intid as usize].load(Ordering::Acquire);
+    let handler = if intid >= LPI_BASE {
+        LPI_HANDLER.load(Ordering::Acquire)
+    } else {
+        HANDLERS[intid as usize].load(Ordering::Acquire)
+    };
     if handler == 0 {
         crate::println!(
             "PANIC: unexpected interrupt INTID {intid} on cpu {}",
@@ -558,8 +636,8 @@ pub(crate) fn dispatch() {
         );
         crate::exit(1);
     }
-    // SAFETY: the only non-zero values stored are `Handler`s cast to usize
-    // in `set_handler`.
+    // SAFETY: the only non-zero values stored (in HANDLERS and LPI_HANDLER) are
+    // `Handler`s cast to usize in `set_handler` and `set_lpi_handler`.
     let handler = unsafe { core::mem::transmute::<usize, Handler>(handler) };
     LEAVE_ACTIVE[me].store(false, Ordering::Relaxed);
     handler(intid);

@@ -28,6 +28,7 @@ pub mod console;
 pub mod cpu;
 pub mod exceptions;
 pub mod gic;
+pub mod its;
 pub mod psci;
 pub mod report;
 pub mod smccc;

@@ -14,6 +14,7 @@ mod reset;
 mod selftest;
 mod unhandled;
 mod vgic;
+mod vits;
 
 use vigil_guest::{cpu, exit, println, report, BootInfo};
 
@@ -58,6 +59,8 @@ fn main(boot: &'static BootInfo) -> ! {
         "active" => vgic::active(boot),
         "vtimer" => vgic::vtimer(boot),
         "uart-level" => vgic::uart_level(boot),
+        "its" => vits::run(boot),
+        "its-fuzz" => vits::fuzz(boot),
         other => {
             println!("unknown scenario '{other}'");
             exit(1)
