@@ -211,12 +211,40 @@ fn baser_bytes(v: u64) -> u64 {
     ((v & 0xff) + 1) * TABLE_PAGE
 }
 
+/// A physical ITS behind this virtual one, for passed-through devices
+/// whose MSIs arrive as host LPIs (the hypervisor mirrors the guest's
+/// mappings onto it, as Xen does for its hardware domain).
+///
+/// Every call is made with the route lock held, after the virtual route
+/// changed and before the command completes: when a DISCARD or MAPD(V=0)
+/// returns to the guest, the physical mapping is gone too (vITS invariant
+/// 2 on the passthrough path). Implementations may take their own locks
+/// (the physical command queue) but never the vITS's or the vGIC's.
+pub trait Mirror: Send + Sync {
+    /// Whether MSIs of `device` come from a real device.
+    fn owns(&self, device: u32) -> bool;
+    /// MAPD(V=1) with room for 2^`event_bits` events.
+    fn map_device(&self, device: u32, event_bits: u8);
+    /// MAPD(V=0), or MAPD(V=1) replacing a mapped device.
+    fn unmap_device(&self, device: u32);
+    /// MAPTI/MAPI: the event now raises a vLPI on vCPU `target` (None:
+    /// its collection is not mapped yet).
+    fn map_event(&self, device: u32, event: u32, target: Option<usize>);
+    /// DISCARD.
+    fn unmap_event(&self, device: u32, event: u32);
+    /// MOVI, or a MAPC that retargets the event's collection.
+    fn move_event(&self, device: u32, event: u32, target: usize);
+    /// CLEAR: drop a pending host interrupt of the event.
+    fn clear_event(&self, device: u32, event: u32);
+}
+
 /// One VM's virtual ITS.
 pub struct Vits {
     vgic: Arc<Vgic>,
     cfg: VitsConfig,
     cmdq: Mutex<CmdQueue>,
     routes: Mutex<Routes>,
+    mirror: spin::Once<Arc<dyn Mirror>>,
 }
 
 impl Vits {
@@ -232,7 +260,19 @@ impl Vits {
             cfg,
             cmdq: Mutex::new(CmdQueue::at_reset()),
             routes: Mutex::new(Routes::at_reset()),
+            mirror: spin::Once::new(),
         }
+    }
+
+    /// Mirror mappings of passed-through devices onto a physical ITS. Set
+    /// once, before the guest runs.
+    pub fn set_mirror(&self, m: Arc<dyn Mirror>) {
+        self.mirror.call_once(|| m);
+    }
+
+    /// The mirror, if `device` is one it owns.
+    fn mirror_for(&self, device: u32) -> Option<&dyn Mirror> {
+        self.mirror.get().map(|m| &**m).filter(|m| m.owns(device))
     }
 
     /// Back to power-on state (a VM reset): disabled, no queue, no devices
@@ -241,6 +281,13 @@ impl Vits {
     pub fn reset(&self) {
         let mut q = self.cmdq.lock();
         let mut r = self.routes.lock();
+        if let Some(m) = self.mirror.get() {
+            for &device in r.devices.keys() {
+                if m.owns(device) {
+                    m.unmap_device(device);
+                }
+            }
+        }
         *q = CmdQueue::at_reset();
         *r = Routes::at_reset();
     }
@@ -633,12 +680,18 @@ impl Vits {
             // vITS invariants 2 and 6: with the route lock held no injection
             // is in flight; each LPI loses this reference and is freed by
             // the vGIC once nothing else (ITE, LR, queue entry) refers to it.
+            if let Some(m) = self.mirror_for(device) {
+                m.unmap_device(device);
+            }
             let mut st = self.vgic.lock();
             for ite in old.events.values() {
                 st.lpi_unmap(ite.intid, kick);
             }
         }
         if valid {
+            if let Some(m) = self.mirror_for(device) {
+                m.map_device(device, event_bits);
+            }
             routes.devices.insert(
                 device,
                 Device {
@@ -669,9 +722,12 @@ impl Vits {
         let old = routes.collections.insert(icid, vcpu);
         if old.is_some_and(|o| o != vcpu) {
             let mut st = self.vgic.lock();
-            for dev in routes.devices.values() {
-                for ite in dev.events.values().filter(|i| i.icid == icid) {
+            for (&device, dev) in routes.devices.iter() {
+                for (&event, ite) in dev.events.iter().filter(|(_, i)| i.icid == icid) {
                     st.lpi_set_target(ite.intid, Some(vcpu), kick);
+                    if let Some(m) = self.mirror_for(device) {
+                        m.move_event(device, event, vcpu);
+                    }
                 }
             }
         }
@@ -721,6 +777,10 @@ impl Vits {
             st.lpi_set_target(intid, target, kick);
         }
         dev.events.insert(event, Ite { intid, icid, gen });
+        drop(st);
+        if let Some(m) = self.mirror_for(device) {
+            m.map_event(device, event, target);
+        }
         Ok(())
     }
 
@@ -764,6 +824,9 @@ impl Vits {
             i.icid = icid;
         }
         self.vgic.lock().lpi_set_target(ite.intid, Some(vcpu), kick);
+        if let Some(m) = self.mirror_for(device) {
+            m.move_event(device, event, vcpu);
+        }
         Ok(())
     }
 
@@ -775,6 +838,9 @@ impl Vits {
         let ite = Self::ite(&routes, device, event)?;
         if let Some(d) = routes.devices.get_mut(&device) {
             d.events.remove(&event);
+        }
+        if let Some(m) = self.mirror_for(device) {
+            m.unmap_event(device, event);
         }
         self.vgic.lock().lpi_unmap(ite.intid, kick);
         Ok(())
@@ -854,6 +920,9 @@ impl Vits {
         let ite = Self::ite(&routes, device, event)?;
         if !routes.collections.contains_key(&ite.icid) {
             return Err(CmdError::CollectionUnmapped(ite.icid));
+        }
+        if let Some(m) = self.mirror_for(device) {
+            m.clear_event(device, event);
         }
         self.vgic.lock().lpi_clear_pending(ite.intid, kick);
         Ok(())

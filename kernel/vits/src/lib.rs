@@ -31,7 +31,7 @@ pub mod its;
 
 pub use cmd::Command;
 pub use its::{
-    CmdError, TranslateError, Vits, VitsConfig, GITS_SIZE, GITS_TRANSLATER, ITT_ENTRY_SIZE,
+    CmdError, Mirror, TranslateError, Vits, VitsConfig, GITS_SIZE, GITS_TRANSLATER, ITT_ENTRY_SIZE,
     TABLE_ENTRY_SIZE, TABLE_PAGE, VITS_IIDR,
 };
 pub use vigil_vgic::{GuestMemory, Kick, MemError};

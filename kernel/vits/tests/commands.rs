@@ -1043,3 +1043,104 @@ fn reset_returns_to_power_on_state() {
     ]);
     assert_eq!(r.drain(0), vec![LPI0 + 7]);
 }
+
+/// Passthrough: mapping changes of a device the mirror owns reach the
+/// physical side, in command order and before the command completes;
+/// other devices never do.
+#[test]
+fn mirror_sees_every_mapping_change_of_its_devices() {
+    use std::sync::{Arc, Mutex};
+    #[derive(Default)]
+    struct Fake(Mutex<Vec<String>>);
+    impl vigil_vits::Mirror for Fake {
+        fn owns(&self, device: u32) -> bool {
+            device == 7
+        }
+        fn map_device(&self, device: u32, event_bits: u8) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("mapd {device} {event_bits}"));
+        }
+        fn unmap_device(&self, device: u32) {
+            self.0.lock().unwrap().push(format!("unmapd {device}"));
+        }
+        fn map_event(&self, device: u32, event: u32, target: Option<usize>) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("map {device}/{event} -> {target:?}"));
+        }
+        fn unmap_event(&self, device: u32, event: u32) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("discard {device}/{event}"));
+        }
+        fn move_event(&self, device: u32, event: u32, target: usize) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("move {device}/{event} -> {target}"));
+        }
+        fn clear_event(&self, device: u32, event: u32) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("clear {device}/{event}"));
+        }
+    }
+    let r = Rig::new(2);
+    let fake = Arc::new(Fake::default());
+    r.its.set_mirror(fake.clone());
+    r.mapd(7, 4);
+    r.mapd(8, 4);
+    r.mapti(7, 2, LPI0 + 1, 1);
+    r.mapti(8, 2, LPI0 + 2, 1);
+    r.cmds(&[
+        Command::Movi {
+            device: 7,
+            event: 2,
+            icid: 0,
+        },
+        Command::Clear {
+            device: 7,
+            event: 2,
+        },
+        Command::Discard {
+            device: 7,
+            event: 2,
+        },
+        Command::Discard {
+            device: 8,
+            event: 2,
+        },
+    ]);
+    // A rejected command (event already mapped) reaches nobody.
+    r.mapti(7, 3, LPI0 + 3, 1);
+    r.mapti(7, 3, LPI0 + 4, 1);
+    r.cmd(Command::Mapc {
+        icid: 1,
+        rdbase: 0,
+        valid: true,
+    });
+    r.cmd(Command::Mapd {
+        device: 7,
+        size: 0,
+        itt_addr: 0,
+        valid: false,
+    });
+    assert_eq!(
+        *fake.0.lock().unwrap(),
+        vec![
+            "mapd 7 5",
+            "map 7/2 -> Some(1)",
+            "move 7/2 -> 0",
+            "clear 7/2",
+            "discard 7/2",
+            "map 7/3 -> Some(1)",
+            "move 7/3 -> 0",
+            "unmapd 7",
+        ]
+    );
+}
