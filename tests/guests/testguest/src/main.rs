@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+mod bench;
 mod isolation;
 mod mmio;
 mod psci;
@@ -59,6 +60,8 @@ fn main(boot: &'static BootInfo) -> ! {
         "active" => vgic::active(boot),
         "vtimer" => vgic::vtimer(boot),
         "uart-level" => vgic::uart_level(boot),
+        "bench" => bench::run(boot),
+        "bench-yield" => bench::run_yield(boot),
         "its" => vits::run(boot),
         "its-fuzz" => vits::fuzz(boot),
         other => {

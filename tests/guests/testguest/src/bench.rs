@@ -1,0 +1,794 @@
+//! Benchmarks (issue 10): `bench` (one VM, 2 vCPUs: rows hyp_call,
+//! mmio_read_vgic, eoi, ipi, lpi, timer, translater, its_cmd) and
+//! `bench-yield` (two VMs on one physical CPU: the VIGIL_YIELD round trip
+//! behind the vm_switch row). Run under `-icount shift=0,sleep=off`, where
+//! the virtual counter advances one tick per instruction executed (by any
+//! CPU, hypervisor included), so counter deltas are instruction counts.
+//!
+//! Each row prints `guest: bench: <row> <instructions per op>` with one
+//! decimal: the total over the iterations minus the same measurement with
+//! the operation left out (the empty loop, or the empty pair of counter
+//! reads), divided by the iterations.
+//!
+//! Interrupt rows use this file's own IRQ vector (VBAR_EL1 points at
+//! [`bench_vectors`] while benchmarking; every other exception goes on to
+//! the library's vectors): it acknowledges (ICC_IAR1_EL1), completes
+//! (ICC_EOIR1_EL1), then reads the counter and stores it with the INTID
+//! in this vCPU's [`Slot`]. "Until the handler runs" ends at that read. It
+//! also handles LPIs, which the library's dispatcher does not.
+//!
+//! The ITS is driven with the minimum needed here ([`Its`]): flat device
+//! and collection tables, a 64 KiB command queue, one device (DeviceID 0,
+//! also what a vCPU's own GITS_TRANSLATER writes use) and collection 0 on
+//! vCPU 0.
+
+use core::arch::{asm, global_asm};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use vigil_guest::gic;
+use vigil_guest::{cpu, fail, println, psci, report, smccc, BootInfo, MAX_CPUS};
+
+const BENCH: &str = "bench";
+const YIELD: &str = "bench-yield";
+/// Vigil: returns after letting another runnable vCPU of this physical CPU
+/// run.
+const VIGIL_YIELD: u32 = 0xC600_0003;
+/// Iterations of each row.
+const ITERS: u64 = 1000;
+/// Batches of the its_cmd row.
+const ITS_BATCHES: u64 = 8;
+/// MAPTI/DISCARD pairs per batch.
+const ITS_PAIRS: u64 = 128;
+/// How long a wait for an interrupt or another vCPU may take.
+const TIMEOUT_US: u64 = 5_000_000;
+
+const GICD_IIDR: u64 = gic::GICD_BASE + 0x0008;
+const SGI_EOI: u32 = 1;
+const SGI_PING: u32 = 2;
+const SGI_PONG: u32 = 3;
+const LPI_INT: u32 = 8192;
+const LPI_TRANSLATER: u32 = 8193;
+/// MAPTI/DISCARD pairs use LPIs from here (disabled in the property table).
+const LPI_BATCH: u32 = 8194;
+const EVENT_INT: u32 = 0;
+const EVENT_TRANSLATER: u32 = 1;
+const EVENT_BATCH: u32 = 2;
+const PRIORITY: u8 = 0x80;
+
+/// What the bench IRQ vector recorded on one vCPU (offsets are used by the
+/// assembly: time at 0, IAR at 8, count at 16; 64 bytes apart).
+#[repr(C, align(64))]
+struct Slot {
+    time: AtomicU64,
+    iar: AtomicU64,
+    count: AtomicU64,
+}
+
+static SLOTS: [Slot; MAX_CPUS] = [const {
+    Slot {
+        time: AtomicU64::new(0),
+        iar: AtomicU64::new(0),
+        count: AtomicU64::new(0),
+    }
+}; MAX_CPUS];
+const _: () = assert!(core::mem::size_of::<Slot>() == 64);
+
+global_asm!(
+    r#"
+.macro BENCH_FORWARD off
+    .balign 0x80
+    b       vigil_guest_vectors + \off
+.endm
+
+.section .text.bench_vectors, "ax"
+.balign 0x800
+.global bench_vectors
+bench_vectors:
+    BENCH_FORWARD 0x000
+    BENCH_FORWARD 0x080
+    BENCH_FORWARD 0x100
+    BENCH_FORWARD 0x180
+    BENCH_FORWARD 0x200
+    .balign 0x80
+    b       bench_irq
+    BENCH_FORWARD 0x300
+    BENCH_FORWARD 0x380
+    BENCH_FORWARD 0x400
+    BENCH_FORWARD 0x480
+    BENCH_FORWARD 0x500
+    BENCH_FORWARD 0x580
+    BENCH_FORWARD 0x600
+    BENCH_FORWARD 0x680
+    BENCH_FORWARD 0x700
+    BENCH_FORWARD 0x780
+
+bench_irq:
+    sub     sp, sp, #32
+    stp     x0, x1, [sp]
+    stp     x2, x3, [sp, #16]
+    mrs     x1, icc_iar1_el1
+    and     x2, x1, #0xffffff
+    cmp     x2, #1023
+    b.eq    2f
+    cmp     x2, #27
+    b.ne    1f
+    msr     cntv_ctl_el0, xzr
+1:  msr     icc_eoir1_el1, x1
+    isb
+    mrs     x0, cntvct_el0
+    adrp    x2, {slots}
+    add     x2, x2, :lo12:{slots}
+    mrs     x3, tpidr_el1
+    add     x2, x2, x3, lsl #6
+    str     x0, [x2]
+    str     x1, [x2, #8]
+    ldr     x0, [x2, #16]
+    add     x0, x0, #1
+    str     x0, [x2, #16]
+2:  ldp     x2, x3, [sp, #16]
+    ldp     x0, x1, [sp], #32
+    eret
+"#,
+    slots = sym SLOTS,
+);
+
+extern "C" {
+    static bench_vectors: u8;
+}
+
+fn install_vectors() {
+    // SAFETY: `bench_vectors` is a complete, 2 KiB-aligned vector table:
+    // its IRQ entry preserves every register it uses and erets, the others
+    // branch to the library's vectors.
+    unsafe {
+        asm!(
+            "msr vbar_el1, {}",
+            "isb",
+            in(reg) core::ptr::addr_of!(bench_vectors) as u64,
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
+fn slot() -> &'static Slot {
+    &SLOTS[cpu::index() % MAX_CPUS]
+}
+
+/// The counter, read with an ISB on each side.
+fn now() -> u64 {
+    let v: u64;
+    // SAFETY: reading CNTVCT_EL0 has no side effects.
+    unsafe {
+        asm!("isb", "mrs {}, cntvct_el0", "isb", out(reg) v, options(nostack, preserves_flags))
+    };
+    v
+}
+
+/// Instructions between two back-to-back [`now`]-style reads, over
+/// `ITERS` pairs.
+fn empty_pairs() -> u64 {
+    let mut total = 0;
+    for _ in 0..ITERS {
+        let (t0, t1): (u64, u64);
+        // SAFETY: two counter reads.
+        unsafe {
+            asm!(
+                "isb", "mrs {t0}, cntvct_el0", "isb",
+                "isb", "mrs {t1}, cntvct_el0", "isb",
+                t0 = out(reg) t0, t1 = out(reg) t1,
+                options(nostack, preserves_flags)
+            )
+        };
+        total += t1 - t0;
+    }
+    total
+}
+
+/// `total` minus `empty` over `n`, with one decimal, as "X.Y".
+struct PerOp(u64);
+
+fn per_op(total: u64, empty: u64, n: u64) -> PerOp {
+    PerOp(total.saturating_sub(empty) * 10 / n)
+}
+
+impl core::fmt::Display for PerOp {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}.{}", self.0 / 10, self.0 % 10)
+    }
+}
+
+fn row(name: &str, v: PerOp) {
+    println!("bench: {name} {v}");
+}
+
+fn na(name: &str, why: &str) {
+    println!("bench: {name} n/a ({why})");
+}
+
+// ---------------------------------------------------------------------------
+// Loops timed as a whole.
+
+/// `n` HVCs with x0 = `fid` (or, `hvc` false, the same loop without them).
+fn hvc_loop(fid: u32, n: u64, hvc: bool) -> u64 {
+    let (t0, t1): (u64, u64);
+    if hvc {
+        // SAFETY: SMCCC calls with no memory effect (VIGIL_NULL,
+        // VIGIL_YIELD, or -1 on bare QEMU); x0..x17 may be clobbered.
+        unsafe {
+            asm!(
+                "isb", "mrs {t0}, cntvct_el0", "isb",
+                "2:", "mov x0, {fid}", "hvc #0", "subs {n}, {n}, #1", "b.ne 2b",
+                "isb", "mrs {t1}, cntvct_el0", "isb",
+                fid = in(reg) u64::from(fid), n = inout(reg) n => _,
+                t0 = out(reg) t0, t1 = out(reg) t1,
+                out("x0") _, out("x1") _, out("x2") _, out("x3") _,
+                out("x4") _, out("x5") _, out("x6") _, out("x7") _,
+                out("x8") _, out("x9") _, out("x10") _, out("x11") _,
+                out("x12") _, out("x13") _, out("x14") _, out("x15") _,
+                out("x16") _, out("x17") _,
+                options(nostack),
+            )
+        };
+    } else {
+        // SAFETY: only registers change.
+        unsafe {
+            asm!(
+                "isb", "mrs {t0}, cntvct_el0", "isb",
+                "2:", "mov x0, {fid}", "subs {n}, {n}, #1", "b.ne 2b",
+                "isb", "mrs {t1}, cntvct_el0", "isb",
+                fid = in(reg) u64::from(fid), n = inout(reg) n => _,
+                t0 = out(reg) t0, t1 = out(reg) t1,
+                out("x0") _,
+                options(nostack),
+            )
+        };
+    }
+    t1 - t0
+}
+
+/// `n` 32-bit reads of `addr` (or, `read` false, the same loop without).
+fn ldr_loop(addr: u64, n: u64, read: bool) -> u64 {
+    let (t0, t1): (u64, u64);
+    if read {
+        // SAFETY: `addr` is a 4-byte aligned GIC register; reading it has
+        // no side effects. A single `ldr` gives a valid syndrome.
+        unsafe {
+            asm!(
+                "isb", "mrs {t0}, cntvct_el0", "isb",
+                "2:", "ldr {v:w}, [{a}]", "subs {n}, {n}, #1", "b.ne 2b",
+                "isb", "mrs {t1}, cntvct_el0", "isb",
+                a = in(reg) addr, v = out(reg) _, n = inout(reg) n => _,
+                t0 = out(reg) t0, t1 = out(reg) t1,
+                options(nostack),
+            )
+        };
+    } else {
+        // SAFETY: only registers change.
+        unsafe {
+            asm!(
+                "isb", "mrs {t0}, cntvct_el0", "isb",
+                "2:", "mov {v:w}, #0", "subs {n}, {n}, #1", "b.ne 2b",
+                "isb", "mrs {t1}, cntvct_el0", "isb",
+                v = out(reg) _, n = inout(reg) n => _,
+                t0 = out(reg) t0, t1 = out(reg) t1,
+                options(nostack),
+            )
+        };
+    }
+    t1 - t0
+}
+
+// ---------------------------------------------------------------------------
+// Waiting for this vCPU's bench handler.
+
+fn count() -> u64 {
+    slot().count.load(Ordering::Acquire)
+}
+
+fn isr_irq_pending() -> bool {
+    let isr: u64;
+    // SAFETY: reading ISR_EL1 has no side effects.
+    unsafe { asm!("mrs {}, isr_el1", out(reg) isr, options(nomem, nostack, preserves_flags)) };
+    isr & (1 << 7) != 0
+}
+
+/// Waits with IRQs unmasked (spinning) until this vCPU's handler count
+/// passes `before`; returns the handler's counter reading.
+fn wait_handler_spin(name: &str, before: u64) -> u64 {
+    gic::irq_enable();
+    let ok = cpu::wait_until(TIMEOUT_US, || count() != before);
+    gic::irq_disable();
+    if !ok {
+        fail!(BENCH, "{name}: the interrupt never reached the handler");
+    }
+    slot().time.load(Ordering::Relaxed)
+}
+
+/// Waits in WFI (IRQs masked around the check) until this vCPU's handler
+/// count passes `before`.
+fn wait_handler_wfi(name: &str, before: u64) {
+    let t0 = cpu::now_us();
+    loop {
+        gic::irq_disable();
+        if count() != before {
+            break;
+        }
+        if cpu::now_us() - t0 > TIMEOUT_US {
+            fail!(BENCH, "{name}: timed out waiting for an interrupt");
+        }
+        gic::wait_for_interrupt();
+        gic::irq_enable();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The ITS, minimally.
+
+const GITS_BASE: u64 = 0x0808_0000;
+const GITS_CTLR: u64 = GITS_BASE;
+const GITS_TYPER: u64 = GITS_BASE + 0x0008;
+const GITS_CBASER: u64 = GITS_BASE + 0x0080;
+const GITS_CWRITER: u64 = GITS_BASE + 0x0088;
+const GITS_CREADR: u64 = GITS_BASE + 0x0090;
+const GITS_BASER: u64 = GITS_BASE + 0x0100;
+const GITS_TRANSLATER: u64 = GITS_BASE + 0x1_0040;
+const GICR_CTLR: u64 = 0x0000;
+const GICR_PROPBASER: u64 = 0x0070;
+const GICR_PENDBASER: u64 = 0x0078;
+const VALID: u64 = 1 << 63;
+const QUEUE_BYTES: u64 = 0x1_0000;
+/// LPI INTID bits in GICR_PROPBASER (IDbits + 1): INTIDs below 16384.
+const LPI_ID_BITS: u64 = 14;
+
+fn mmio_read32(addr: u64) -> u32 {
+    let v: u32;
+    // SAFETY: a 4-byte aligned GIC/ITS register; one plain `ldr`.
+    unsafe { asm!("ldr {:w}, [{}]", out(reg) v, in(reg) addr, options(nostack, preserves_flags)) };
+    v
+}
+
+fn mmio_write32(addr: u64, v: u32) {
+    // SAFETY: a 4-byte aligned GIC/ITS register; one plain `str`. GIC
+    // registers change interrupt state only.
+    unsafe { asm!("str {:w}, [{}]", in(reg) v, in(reg) addr, options(nostack, preserves_flags)) };
+}
+
+fn mmio_read64(addr: u64) -> u64 {
+    let v: u64;
+    // SAFETY: as in `mmio_read32`, 8-byte aligned.
+    unsafe { asm!("ldr {}, [{}]", out(reg) v, in(reg) addr, options(nostack, preserves_flags)) };
+    v
+}
+
+fn mmio_write64(addr: u64, v: u64) {
+    // SAFETY: as in `mmio_write32`, 8-byte aligned. Also used for this
+    // guest's own ITS tables and queue in RAM it reserved for them.
+    unsafe { asm!("str {}, [{}]", in(reg) v, in(reg) addr, options(nostack, preserves_flags)) };
+}
+
+fn mem_write8(addr: u64, v: u8) {
+    // SAFETY: a byte of the LPI property table, in RAM this guest reserved
+    // for it (beyond its image and stacks).
+    unsafe {
+        asm!("strb {:w}, [{}]", in(reg) u32::from(v), in(reg) addr, options(nostack, preserves_flags))
+    };
+}
+
+fn zero(addr: u64, bytes: u64) {
+    for off in (0..bytes).step_by(8) {
+        mmio_write64(addr + off, 0);
+    }
+}
+
+struct Its {
+    queue: u64,
+    cwriter: u64,
+}
+
+/// RAM the ITS pieces live in: the top 1 MiB of the VM's RAM below the
+/// device tree (Vigil puts it near the end of RAM).
+struct ItsMemory {
+    prop: u64,
+    pend: u64,
+    device_table: u64,
+    collection_table: u64,
+    itt: u64,
+    queue: u64,
+}
+
+fn its_memory(boot: &BootInfo) -> ItsMemory {
+    let image_end = vigil_guest::boot::image_range().end;
+    let limit = if boot.dtb > image_end {
+        boot.ram.end.min(boot.dtb)
+    } else {
+        boot.ram.end
+    };
+    let top = (limit & !0xffff) - 0x10_0000;
+    ItsMemory {
+        prop: top,                        // 8 KiB (LPI_ID_BITS = 14)
+        pend: top + 0x1_0000,             // 2 KiB, 64 KiB aligned
+        device_table: top + 0x2_0000,     // one 64 KiB page
+        collection_table: top + 0x3_0000, // one 64 KiB page
+        itt: top + 0x4_0000,              // 256 events
+        queue: top + 0x5_0000,            // 64 KiB
+    }
+}
+
+impl Its {
+    /// Sets up LPIs on this vCPU's redistributor and the ITS, maps device
+    /// 0 (256 events) and collection 0 (this vCPU) and the LPIs of the
+    /// `lpi` and `translater` rows. Returns None (with the reason printed)
+    /// if the GIC has no ITS or LPIs.
+    fn init(boot: &BootInfo) -> Option<Its> {
+        if gic::gicd_typer() & (1 << 17) == 0 {
+            println!("bench: GICD_TYPER.LPIS is 0");
+            return None;
+        }
+        let m = its_memory(boot);
+        if m.prop < vigil_guest::boot::image_range().end {
+            println!("bench: no room for the ITS tables");
+            return None;
+        }
+        zero(m.prop, 0x6_0000 + QUEUE_BYTES);
+        // Property table: the two measured LPIs enabled, the batch ones
+        // disabled.
+        for lpi in [LPI_INT, LPI_TRANSLATER] {
+            mem_write8(m.prop + u64::from(lpi - 8192), PRIORITY | 1);
+        }
+        let rd = gic::rd_base();
+        mmio_write64(rd + GICR_PROPBASER, m.prop | (LPI_ID_BITS - 1));
+        mmio_write64(rd + GICR_PENDBASER, m.pend);
+        mmio_write32(rd + GICR_CTLR, mmio_read32(rd + GICR_CTLR) | 1);
+        if mmio_read32(rd + GICR_CTLR) & 1 == 0 {
+            println!("bench: GICR_CTLR.EnableLPIs does not stick");
+            return None;
+        }
+        mmio_write32(GITS_CTLR, 0);
+        for n in 0..8 {
+            let reg = GITS_BASER + n * 8;
+            let baser = mmio_read64(reg);
+            let base = match (baser >> 56) & 7 {
+                1 => m.device_table,
+                4 => m.collection_table,
+                _ => continue,
+            };
+            // Keep Type and Entry_Size; 64 KiB pages, one page, flat.
+            let keep = baser & (0x7 << 56 | 0x1f << 48);
+            mmio_write64(reg, VALID | keep | base | (2 << 8));
+        }
+        mmio_write64(GITS_CBASER, VALID | m.queue | (QUEUE_BYTES / 4096 - 1));
+        mmio_write64(GITS_CWRITER, 0);
+        mmio_write32(GITS_CTLR, 1);
+        let typer = mmio_read64(GITS_TYPER);
+        // RDbase: the processor number (PTA = 0) or the redistributor's
+        // address (PTA = 1).
+        let rdbase = if typer & (1 << 19) != 0 {
+            rd >> 16
+        } else {
+            (mmio_read64(rd + 0x8) >> 8) & 0xffff
+        };
+        let mut its = Its {
+            queue: m.queue,
+            cwriter: 0,
+        };
+        // MAPC ICID 0 -> this vCPU; MAPD device 0, 8 event bits.
+        its.push([0x09, 0, VALID | (rdbase << 16), 0]);
+        its.push([0x08, 7, VALID | m.itt, 0]);
+        its.push(mapti(EVENT_INT, LPI_INT));
+        its.push(mapti(EVENT_TRANSLATER, LPI_TRANSLATER));
+        its.push([0x05, 0, rdbase << 16, 0]);
+        its.kick();
+        if !its.wait_idle() {
+            println!("bench: the ITS did not consume its setup commands");
+            return None;
+        }
+        Some(its)
+    }
+
+    /// Writes one command at CWRITER (not yet published).
+    fn push(&mut self, cmd: [u64; 4]) {
+        for (i, dw) in cmd.iter().enumerate() {
+            mmio_write64(self.queue + self.cwriter + i as u64 * 8, *dw);
+        }
+        self.cwriter = (self.cwriter + 32) % QUEUE_BYTES;
+    }
+
+    fn kick(&self) {
+        mmio_write64(GITS_CWRITER, self.cwriter);
+    }
+
+    fn wait_idle(&self) -> bool {
+        cpu::wait_until(TIMEOUT_US, || mmio_read64(GITS_CREADR) == self.cwriter)
+    }
+}
+
+fn mapti(event: u32, lpi: u32) -> [u64; 4] {
+    [0x0A, u64::from(event) | u64::from(lpi) << 32, 0, 0]
+}
+
+fn int(event: u32) -> [u64; 4] {
+    [0x03, u64::from(event), 0, 0]
+}
+
+fn discard(event: u32) -> [u64; 4] {
+    [0x0F, u64::from(event), 0, 0]
+}
+
+// ---------------------------------------------------------------------------
+// The rows.
+
+fn bench_hyp_call(empty_loop: u64) {
+    if smccc::hvc(smccc::VIGIL_NULL, [0; 3]).is_err() {
+        na("hyp_call", "HVC is UNDEFINED here");
+        return;
+    }
+    hvc_loop(smccc::VIGIL_NULL, 16, true);
+    row(
+        "hyp_call",
+        per_op(hvc_loop(smccc::VIGIL_NULL, ITERS, true), empty_loop, ITERS),
+    );
+}
+
+fn bench_mmio() {
+    let empty = ldr_loop(GICD_IIDR, ITERS, false);
+    row(
+        "mmio_read_vgic",
+        per_op(ldr_loop(GICD_IIDR, ITERS, true), empty, ITERS),
+    );
+}
+
+fn bench_eoi(empty: u64) {
+    gic::irq_disable();
+    gic::set_priority(SGI_EOI, PRIORITY);
+    gic::enable(SGI_EOI);
+    let me = cpu::mpidr();
+    let mut total = 0;
+    for i in 0..ITERS {
+        gic::send_sgi(SGI_EOI, me);
+        if !cpu::wait_until(TIMEOUT_US, isr_irq_pending) {
+            fail!(BENCH, "eoi: SGI {SGI_EOI} to self never became pending");
+        }
+        let (t0, t1, iar): (u64, u64, u64);
+        // SAFETY: acknowledges and completes the SGI just made pending
+        // (IRQs are masked, so nothing else takes it).
+        unsafe {
+            asm!(
+                "isb", "mrs {t0}, cntvct_el0", "isb",
+                "mrs {iar}, icc_iar1_el1",
+                "msr icc_eoir1_el1, {iar}",
+                "isb", "mrs {t1}, cntvct_el0", "isb",
+                t0 = out(reg) t0, t1 = out(reg) t1, iar = out(reg) iar,
+                options(nostack, preserves_flags)
+            )
+        };
+        if iar & 0xff_ffff != u64::from(SGI_EOI) {
+            fail!(BENCH, "eoi: iteration {i}: ICC_IAR1_EL1 = {iar:#x}");
+        }
+        total += t1 - t0;
+    }
+    row("eoi", per_op(total, empty, ITERS));
+}
+
+static PEER_MPIDR: AtomicU64 = AtomicU64::new(0);
+static BOOT_MPIDR: AtomicU64 = AtomicU64::new(0);
+static PEER_READY: AtomicBool = AtomicBool::new(false);
+
+/// vCPU 1: takes SGI_PING in the bench handler (waiting in WFI), answers
+/// each with SGI_PONG to vCPU 0.
+fn peer_main(_context: u64) -> ! {
+    gic::init_cpu();
+    install_vectors();
+    gic::set_priority(SGI_PING, PRIORITY);
+    gic::enable(SGI_PING);
+    let boot = BOOT_MPIDR.load(Ordering::Relaxed);
+    PEER_READY.store(true, Ordering::Release);
+    let mut seen = 0;
+    loop {
+        loop {
+            gic::irq_disable();
+            if count() != seen {
+                break;
+            }
+            gic::wait_for_interrupt();
+            gic::irq_enable();
+        }
+        seen = count();
+        gic::send_sgi(SGI_PONG, boot);
+    }
+}
+
+fn bench_ipi(boot: &BootInfo, empty: u64) {
+    let Some(&peer) = boot.cpus().get(1) else {
+        na("ipi", "one vCPU");
+        return;
+    };
+    PEER_MPIDR.store(peer, Ordering::Relaxed);
+    BOOT_MPIDR.store(cpu::mpidr(), Ordering::Relaxed);
+    gic::set_priority(SGI_PONG, PRIORITY);
+    gic::enable(SGI_PONG);
+    vigil_guest::set_secondary_main(peer_main);
+    let r = psci::cpu_on(peer, 1);
+    if r != 0 {
+        fail!(BENCH, "ipi: CPU_ON of vCPU 1: {r}");
+    }
+    if !cpu::wait_until(TIMEOUT_US, || PEER_READY.load(Ordering::Acquire)) {
+        fail!(BENCH, "ipi: vCPU 1 never came up");
+    }
+    let sgi1r = gic::sgi1r_for(SGI_PING, peer);
+    let peer_slot = &SLOTS[1];
+    let mut total = 0;
+    for i in 0..ITERS + 16 {
+        let mine = count();
+        let t0: u64;
+        // SAFETY: sends SGI_PING to vCPU 1 (ICC_SGI1R_EL1).
+        unsafe {
+            asm!(
+                "isb", "mrs {t0}, cntvct_el0", "isb",
+                "msr icc_sgi1r_el1, {v}", "isb",
+                t0 = out(reg) t0, v = in(reg) sgi1r,
+                options(nostack, preserves_flags)
+            )
+        };
+        wait_handler_wfi("ipi", mine);
+        let t1 = peer_slot.time.load(Ordering::Acquire);
+        if i >= 16 {
+            total += t1.wrapping_sub(t0);
+        }
+    }
+    gic::irq_disable();
+    row("ipi", per_op(total, empty, ITERS));
+}
+
+fn bench_timer(empty: u64) {
+    gic::set_priority(gic::VTIMER_PPI, PRIORITY);
+    gic::enable(gic::VTIMER_PPI);
+    let mut total = 0;
+    for _ in 0..ITERS {
+        let before = count();
+        let t0: u64;
+        // SAFETY: programs this vCPU's virtual timer to fire now; the
+        // bench handler turns it off.
+        unsafe {
+            asm!(
+                "isb", "mrs {t0}, cntvct_el0", "isb",
+                "msr cntv_cval_el0, {t0}",
+                "msr cntv_ctl_el0, {one}",
+                "isb",
+                t0 = out(reg) t0, one = in(reg) 1u64,
+                options(nostack, preserves_flags)
+            )
+        };
+        let t1 = wait_handler_spin("timer", before);
+        total += t1 - t0;
+    }
+    gic::disable(gic::VTIMER_PPI);
+    row("timer", per_op(total, empty, ITERS));
+}
+
+fn bench_lpi(its: &mut Its, empty: u64) {
+    let mut total = 0;
+    for _ in 0..ITERS {
+        its.push(int(EVENT_INT));
+        let before = count();
+        let t0 = now();
+        its.kick();
+        let t1 = wait_handler_spin("lpi", before);
+        total += t1 - t0;
+        if slot().iar.load(Ordering::Relaxed) & 0xff_ffff != u64::from(LPI_INT) {
+            fail!(BENCH, "lpi: took {:#x}", slot().iar.load(Ordering::Relaxed));
+        }
+    }
+    row("lpi", per_op(total, empty, ITERS));
+}
+
+fn bench_translater(empty: u64) {
+    let mut total = 0;
+    for _ in 0..ITERS {
+        let before = count();
+        let t0 = now();
+        mmio_write32(GITS_TRANSLATER, EVENT_TRANSLATER);
+        let t1 = wait_handler_spin("translater", before);
+        total += t1 - t0;
+        if slot().iar.load(Ordering::Relaxed) & 0xff_ffff != u64::from(LPI_TRANSLATER) {
+            fail!(
+                BENCH,
+                "translater: took {:#x}",
+                slot().iar.load(Ordering::Relaxed)
+            );
+        }
+    }
+    row("translater", per_op(total, empty, ITERS));
+}
+
+fn bench_its_cmd(its: &mut Its, empty: u64) {
+    let mut total = 0;
+    for _ in 0..ITS_BATCHES {
+        for k in 0..ITS_PAIRS as u32 {
+            its.push(mapti(EVENT_BATCH + k, LPI_BATCH + k));
+            its.push(discard(EVENT_BATCH + k));
+        }
+        its.push([0x05, 0, 0, 0]);
+        let t0 = now();
+        its.kick();
+        while mmio_read64(GITS_CREADR) != its.cwriter {}
+        let t1 = now();
+        total += t1 - t0;
+    }
+    // Per command of the 256, the SYNC's cost included.
+    row(
+        "its_cmd",
+        per_op(
+            total,
+            empty * ITS_BATCHES / ITERS,
+            ITS_BATCHES * ITS_PAIRS * 2,
+        ),
+    );
+}
+
+pub fn run(boot: &'static BootInfo) -> ! {
+    let freq = cpu::counter_frequency();
+    println!(
+        "bench: CNTFRQ_EL0 {freq} Hz ({}), {ITERS} iterations per row",
+        if boot.vigil { "Vigil" } else { "bare" }
+    );
+    gic::init_distributor();
+    gic::init_cpu();
+    install_vectors();
+    gic::irq_disable();
+    let empty_loop = hvc_loop(smccc::VIGIL_NULL, ITERS, false);
+    let empty = empty_pairs();
+    println!(
+        "bench: empty loop {} per iteration, empty counter pair {}",
+        per_op(empty_loop, 0, ITERS),
+        per_op(empty, 0, ITERS)
+    );
+    bench_hyp_call(empty_loop);
+    bench_mmio();
+    bench_eoi(empty);
+    bench_timer(empty);
+    match Its::init(boot) {
+        Some(mut its) => {
+            bench_lpi(&mut its, empty);
+            bench_translater(empty);
+            bench_its_cmd(&mut its, empty);
+        }
+        None => {
+            na("lpi", "no ITS");
+            na("translater", "no ITS");
+            na("its_cmd", "no ITS");
+        }
+    }
+    bench_ipi(boot, empty);
+    report::pass(BENCH)
+}
+
+// ---------------------------------------------------------------------------
+// bench-yield: run in two VMs sharing one physical CPU.
+
+/// A yield round trip longer than this means the other VM ran.
+const SWITCHED: u64 = 200;
+
+pub fn run_yield(boot: &'static BootInfo) -> ! {
+    if !boot.vigil {
+        na("yield_round_trip", "no Vigil hypercalls");
+        report::pass(YIELD)
+    }
+    let empty_loop = hvc_loop(VIGIL_YIELD, ITERS, false);
+    // Wait for the other VM: consecutive yields that let it run.
+    let mut streak = 0;
+    let mut tries = 0u64;
+    while streak < 16 {
+        let d = hvc_loop(VIGIL_YIELD, 1, true);
+        streak = if d > SWITCHED { streak + 1 } else { 0 };
+        tries += 1;
+        if tries > 1_000_000 {
+            fail!(YIELD, "the other VM never ran between two yields");
+        }
+    }
+    let total = hvc_loop(VIGIL_YIELD, ITERS, true);
+    // Keep yielding while the other VM finishes its own measurement.
+    hvc_loop(VIGIL_YIELD, ITERS / 2, true);
+    // The round trip covers this VM's loop and the other's: two empties.
+    row("yield_round_trip", per_op(total, 2 * empty_loop, ITERS));
+    report::pass(YIELD)
+}
