@@ -37,6 +37,8 @@ pub struct DomainConfig<'a> {
     pub pcpus: [u8; MAX_CPUS],
     pub identity_map: bool,
     pub test_device: bool,
+    /// Give it the host's PCIe bridge (needs `identity_map`: no SMMU).
+    pub pci_passthrough: bool,
     pub kernel: Region,
     pub ramdisk: Option<Region>,
     pub bootargs: &'a str,
@@ -50,6 +52,9 @@ pub enum DomainError<'a> {
     BadPcpus(&'a str),
     BadModule(&'a str),
     TooMany,
+    /// PCIe passthrough without an identity map: devices would DMA to the
+    /// wrong addresses (there is no SMMU).
+    PassthroughNeedsIdentity(&'a str),
 }
 
 impl core::fmt::Display for DomainError<'_> {
@@ -63,6 +68,10 @@ impl core::fmt::Display for DomainError<'_> {
             }
             Self::BadModule(n) => write!(f, "VM {n}: a module has no usable reg"),
             Self::TooMany => write!(f, "more than {MAX_VMS} VMs described"),
+            Self::PassthroughNeedsIdentity(n) => write!(
+                f,
+                "VM {n}: vigil,pci-passthrough needs vigil,identity-map (devices DMA to physical addresses: there is no SMMU)"
+            ),
         }
     }
 }
@@ -140,6 +149,10 @@ fn parse<'a>(node: fdt::node::FdtNode<'_, 'a>) -> Result<DomainConfig<'a>, Domai
             ramdisk = Some(region()?);
         }
     }
+    let identity_map = node.property("vigil,identity-map").is_some();
+    if node.property("vigil,pci-passthrough").is_some() && !identity_map {
+        return Err(DomainError::PassthroughNeedsIdentity(name));
+    }
     Ok(DomainConfig {
         name,
         memory,
@@ -147,6 +160,7 @@ fn parse<'a>(node: fdt::node::FdtNode<'_, 'a>) -> Result<DomainConfig<'a>, Domai
         pcpus,
         identity_map: node.property("vigil,identity-map").is_some(),
         test_device: node.property("vigil,test-device").is_some(),
+        pci_passthrough: node.property("vigil,pci-passthrough").is_some(),
         kernel: kernel.ok_or(DomainError::NoKernel(name))?,
         ramdisk,
         bootargs,

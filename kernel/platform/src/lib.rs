@@ -11,6 +11,7 @@ extern crate alloc;
 
 mod bootargs;
 mod domains;
+pub mod pcie;
 
 pub use bootargs::BootArgs;
 pub use domains::{domains, for_each_domain, DomainConfig, DomainError, MAX_VMS};
@@ -135,6 +136,8 @@ pub struct Platform<'a> {
     pub uart_irq: Option<u32>,
     pub psci: Option<PsciConduit>,
     pub timer: TimerIrqs,
+    /// The PCIe host bridge, for passthrough.
+    pub pcie: Option<pcie::PcieHost<'a>>,
     pub bootargs: &'a str,
 }
 
@@ -286,6 +289,7 @@ pub fn discover(dtb: &[u8]) -> Result<Platform<'_>, Error> {
         uart_irq,
         psci,
         timer,
+        pcie: pcie::discover(&fdt),
         bootargs,
     })
 }

@@ -336,4 +336,16 @@ fn domain_errors_are_specific() {
         "VM web: no multiboot,kernel module"
     );
     assert!(domains(&Tree::default().build()).unwrap().is_empty());
+    let no_identity = tree_with_domains(|w| {
+        let d = w.begin_node("pt").unwrap();
+        w.property_string("compatible", "vigil,domain").unwrap();
+        w.property_array_u32("memory", &[0, 0x20000]).unwrap();
+        w.property_u32("cpus", 1).unwrap();
+        w.property_null("vigil,pci-passthrough").unwrap();
+        w.end_node(d).unwrap();
+    });
+    assert_eq!(
+        domains(&no_identity),
+        Err(DomainError::PassthroughNeedsIdentity("pt"))
+    );
 }

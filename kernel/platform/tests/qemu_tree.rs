@@ -33,6 +33,26 @@ fn discovers_the_recompiled_qemu_tree() {
     assert_eq!(p.uart_irq, Some(33));
     assert_eq!(p.gic.its.map(|r| r.base), Some(0x0808_0000));
     assert_eq!(p.timer.hyp, 26);
+    let pcie = p.pcie.expect("QEMU virt has a PCIe host bridge");
+    assert_eq!(
+        pcie.ecam,
+        vigil_platform::Region::new(0x40_1000_0000, 0x1000_0000)
+    );
+    assert_eq!(
+        pcie.windows(),
+        &[
+            vigil_platform::Region::new(0x3eff_0000, 0x1_0000),
+            vigil_platform::Region::new(0x1000_0000, 0x2eff_0000),
+            vigil_platform::Region::new(0x80_0000_0000, 0x80_0000_0000),
+        ]
+    );
+    assert_eq!(pcie.bus_range, (0, 0xff));
+    assert_eq!(
+        pcie.interrupt_map.len(),
+        16 * 10 * 4,
+        "16 entries of 10 cells"
+    );
+    assert_eq!(pcie.interrupt_map_mask.len(), 16);
     let vms = vigil_platform::domains(&dtb).unwrap();
     assert_eq!(vms.len(), 1);
     assert_eq!(vms[0].name, "hello");

@@ -172,7 +172,8 @@ extern "C" fn kmain() -> ! {
 
     let domains = vigil_platform::domains(dtb)
         .unwrap_or_else(|e| fatal(format_args!("boot: guest description: {e}")));
-    let vms = vm::create_all(&domains, online)
+    vm::passthrough::init();
+    let vms = vm::create_all(&domains, online, platform.pcie)
         .unwrap_or_else(|e| fatal(format_args!("boot: creating VMs: {e}")));
     if vms == 0 {
         log::info!("boot complete; no guest configured, exiting");

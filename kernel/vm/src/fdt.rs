@@ -18,6 +18,21 @@ pub struct GuestDt<'a> {
     pub its: bool,
     /// Vigil's MMIO test device.
     pub test_device: bool,
+    /// The host's PCIe bridge, passed through; its MSIs go to the vITS.
+    pub pcie: Option<PcieDt<'a>>,
+}
+
+/// A passed-through generic ECAM PCIe host bridge, from the host's tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PcieDt<'a> {
+    pub ecam: (u64, u64),
+    /// `ranges` as in the host's tree (identity-mapped windows).
+    pub ranges: &'a [u8],
+    pub bus_range: (u32, u32),
+    pub interrupt_map_mask: &'a [u8],
+    /// Host `interrupt-map`: 10-cell entries whose parent phandle is
+    /// replaced by the guest GIC's.
+    pub interrupt_map: &'a [u8],
 }
 
 const PHANDLE_GIC: u32 = 1;
@@ -155,6 +170,38 @@ pub fn build(cfg: &GuestDt<'_>) -> Result<Vec<u8>, Error> {
     w.property_string_list("clock-names", strings(&["uartclk", "apb_pclk"]))?;
     w.end_node(uart)?;
 
+    if let Some(p) = &cfg.pcie {
+        let pci = w.begin_node(&node_name("pcie", p.ecam.0))?;
+        w.property_string("compatible", "pci-host-ecam-generic")?;
+        w.property_string("device_type", "pci")?;
+        w.property_u32("#address-cells", 3)?;
+        w.property_u32("#size-cells", 2)?;
+        w.property_array_u64("reg", &[p.ecam.0, p.ecam.1])?;
+        w.property("ranges", p.ranges)?;
+        w.property_array_u32("bus-range", &[p.bus_range.0, p.bus_range.1])?;
+        w.property_u32("linux,pci-domain", 0)?;
+        w.property_null("dma-coherent")?;
+        // Requester ID = DeviceID, for every RID (Linux binding
+        // pci-msi.txt).
+        if cfg.its {
+            w.property_array_u32("msi-map", &[0, PHANDLE_ITS, 0, 0x1_0000])?;
+        }
+        if !p.interrupt_map.is_empty() && p.interrupt_map.len() % 40 == 0 {
+            let mut cells: Vec<u32> = p
+                .interrupt_map
+                .chunks_exact(4)
+                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            for entry in cells.chunks_exact_mut(10) {
+                entry[4] = PHANDLE_GIC;
+            }
+            w.property_u32("#interrupt-cells", 1)?;
+            w.property("interrupt-map-mask", p.interrupt_map_mask)?;
+            w.property_array_u32("interrupt-map", &cells)?;
+        }
+        w.end_node(pci)?;
+    }
+
     if cfg.test_device {
         let dev = w.begin_node(&node_name("test-device", TEST_DEVICE_BASE))?;
         w.property_string("compatible", "vigil,test-device")?;
@@ -181,6 +228,7 @@ mod tests {
             initrd: Some((0x5000_0000, 0x5040_0000)),
             its: true,
             test_device: true,
+            pcie: None,
         }
     }
 
@@ -274,6 +322,83 @@ mod tests {
             UART_BASE
         );
         assert!(t.find_compatible(&["vigil,test-device"]).is_some());
+    }
+
+    /// QEMU virt's bridge: I/O, 32-bit and 64-bit windows; INTA-D of slot
+    /// 0 mapped to SPIs 3-6 through the host GIC (phandle 0x8005).
+    fn qemu_pcie() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let be = |v: &[u32]| v.iter().flat_map(|c| c.to_be_bytes()).collect::<Vec<u8>>();
+        let ranges = be(&[
+            0x100_0000,
+            0,
+            0,
+            0,
+            0x3eff_0000,
+            0,
+            0x1_0000,
+            0x200_0000,
+            0,
+            0x1000_0000,
+            0,
+            0x1000_0000,
+            0,
+            0x2eff_0000,
+            0x300_0000,
+            0x80,
+            0,
+            0x80,
+            0,
+            0x80,
+            0,
+        ]);
+        let mut imap = Vec::new();
+        for pin in 1..=4u32 {
+            imap.extend_from_slice(&[0, 0, 0, pin, 0x8005, 0, 0, 0, 2 + pin, 4]);
+        }
+        (ranges, be(&[0x1800, 0, 0, 7]), be(&imap))
+    }
+
+    #[test]
+    fn passed_through_pcie_bridge() {
+        let (ranges, mask, imap) = qemu_pcie();
+        let pcie = PcieDt {
+            ecam: (0x40_1000_0000, 0x1000_0000),
+            ranges: &ranges,
+            bus_range: (0, 0xff),
+            interrupt_map_mask: &mask,
+            interrupt_map: &imap,
+        };
+        let dtb = build(&GuestDt {
+            pcie: Some(pcie),
+            ..cfg()
+        })
+        .unwrap();
+        let w = dtc_warnings(&dtb);
+        assert!(w.is_empty(), "dtc warnings: {w}");
+        let t = ::fdt::Fdt::new(&dtb).unwrap();
+        let n = t.find_compatible(&["pci-host-ecam-generic"]).unwrap();
+        assert_eq!(n.name, "pcie@4010000000");
+        assert_eq!(n.property("ranges").unwrap().value, &ranges[..]);
+        let msi: Vec<u32> = n
+            .property("msi-map")
+            .unwrap()
+            .value
+            .chunks(4)
+            .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(msi, std::vec![0, PHANDLE_ITS, 0, 0x1_0000]);
+        let map: Vec<u32> = n
+            .property("interrupt-map")
+            .unwrap()
+            .value
+            .chunks(4)
+            .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(map.len(), 40);
+        for entry in map.chunks(10) {
+            assert_eq!(entry[4], PHANDLE_GIC, "parent is the guest's GIC");
+        }
+        assert_eq!(map[8], 3, "SPI numbers unchanged");
     }
 
     #[test]

@@ -111,6 +111,7 @@ pub struct Guest {
     mem_mib: u64,
     pcpus: Option<Vec<usize>>,
     test_device: bool,
+    pci: bool,
     bootargs: String,
 }
 
@@ -126,6 +127,7 @@ impl Guest {
             mem_mib: 64,
             pcpus: None,
             test_device: false,
+            pci: false,
             bootargs: format!("vigil.guest={scenario}"),
         }
     }
@@ -177,6 +179,12 @@ impl Guest {
         self
     }
 
+    /// Give it the host's PCIe bridge (identity-mapped RAM).
+    pub fn pci(mut self) -> Self {
+        self.pci = true;
+        self
+    }
+
     pub fn initrd(mut self, p: &Path) -> Self {
         self.initrd = Some(p.to_path_buf());
         self
@@ -205,6 +213,9 @@ impl Guest {
         }
         if self.test_device {
             s += ",test-device";
+        }
+        if self.pci {
+            s += ",pci";
         }
         s + &format!(",bootargs={}", self.bootargs)
     }

@@ -6,6 +6,7 @@
 //! queue; a vCPU that waits (WFI) lets the CPU sleep until an interrupt.
 
 pub(crate) mod mmio;
+pub mod passthrough;
 mod pl011;
 mod stage2;
 mod switch;
@@ -18,6 +19,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use spin::Mutex;
+use vigil_platform::pcie::PcieHost;
 use vigil_platform::{DomainConfig, MAX_CPUS, MAX_VMS};
 use vigil_vm::image::{self, Kind};
 use vigil_vm::layout;
@@ -85,6 +87,8 @@ pub struct Vm {
     pub exit_status: AtomicU32,
     /// How it was described, to reload it on reset.
     cfg: DomainConfig<'static>,
+    /// The host's PCIe bridge, if passed through to this VM.
+    pcie: Option<PcieHost<'static>>,
     /// The vCPU that asked for a reset (PSCI SYSTEM_RESET), or NO_RESET.
     reset_by: AtomicUsize,
 }
@@ -167,7 +171,13 @@ impl Vm {
             );
             return;
         }
-        let boot = match load_images(&self.cfg, self.ram_ipa, self.ram_pa, self.ram_size) {
+        let boot = match load_images(
+            &self.cfg,
+            self.pcie,
+            self.ram_ipa,
+            self.ram_pa,
+            self.ram_size,
+        ) {
             Ok(b) => b,
             Err(e) => {
                 self.reset_by.store(NO_RESET, Ordering::Release);
@@ -272,6 +282,11 @@ pub fn kick_vm(vm: usize, vcpus: Kick) {
     }
 }
 
+/// VM `id`, if it exists.
+pub fn vm_by_id(id: usize) -> Option<&'static Vm> {
+    VM_BY_ID.get(id).and_then(|o| o.get()).copied()
+}
+
 /// Drive the line of VM `vm`'s UART SPI.
 pub fn set_uart_line(vm: usize, level: bool) -> Kick {
     match VM_BY_ID.get(vm).and_then(|o| o.get()) {
@@ -308,6 +323,8 @@ pub enum VmError {
     Dt(vigil_vm::fdt::Error),
     NoSuchCpu(usize),
     NoStage2,
+    NoPcie,
+    PcieTaken,
 }
 
 impl core::fmt::Display for VmError {
@@ -320,6 +337,11 @@ impl core::fmt::Display for VmError {
             Self::Dt(e) => write!(f, "{e}"),
             Self::NoSuchCpu(c) => write!(f, "vCPU pinned to physical CPU {c}, which is not online"),
             Self::NoStage2 => write!(f, "the CPU's physical address range is below 48 bits"),
+            Self::NoPcie => write!(
+                f,
+                "PCIe passthrough asked for, but the machine has no PCIe host bridge"
+            ),
+            Self::PcieTaken => write!(f, "only one VM can have the PCIe host bridge"),
         }
     }
 }
@@ -336,7 +358,11 @@ pub fn init_cpu() {
 
 /// Build every VM described in the device tree. Primary CPU, after all
 /// CPUs are online.
-pub fn create_all(domains: &[DomainConfig<'static>], online: usize) -> Result<usize, VmError> {
+pub fn create_all(
+    domains: &[DomainConfig<'static>],
+    online: usize,
+    pcie: Option<PcieHost<'static>>,
+) -> Result<usize, VmError> {
     if domains.is_empty() {
         return Ok(0);
     }
@@ -345,13 +371,24 @@ pub fn create_all(domains: &[DomainConfig<'static>], online: usize) -> Result<us
     }
     HAS_PAUTH.store(sysregs::has_pauth(), Ordering::Relaxed);
     gic::register(SGI_KICK as u32, on_kick);
-    for (id, d) in domains.iter().enumerate().take(MAX_VMS) {
+    // Check every description before building anything.
+    for (id, d) in domains.iter().enumerate() {
         for &p in &d.pcpus[..d.cpus] {
             if p as usize >= online {
                 return Err(VmError::NoSuchCpu(p as usize));
             }
         }
-        let vm = create(id, d)?;
+        if d.pci_passthrough {
+            if pcie.is_none() {
+                return Err(VmError::NoPcie);
+            }
+            if domains[..id].iter().any(|o| o.pci_passthrough) {
+                return Err(VmError::PcieTaken);
+            }
+        }
+    }
+    for (id, d) in domains.iter().enumerate().take(MAX_VMS) {
+        let vm = create(id, d, pcie.filter(|_| d.pci_passthrough))?;
         VMS.lock().push(vm);
         VMS_LEFT.fetch_add(1, Ordering::AcqRel);
         VM_COUNT.fetch_add(1, Ordering::Relaxed);
@@ -369,7 +406,13 @@ struct Boot {
 /// Copy a VM's kernel, initrd and generated device tree into its RAM
 /// (`size` bytes at IPA `ipa`, backed by host-physical `pa`). Done at
 /// creation and again on every reset.
-fn load_images(d: &DomainConfig<'_>, ipa: u64, pa: u64, size: u64) -> Result<Boot, VmError> {
+fn load_images(
+    d: &DomainConfig<'_>,
+    pcie: Option<PcieHost<'_>>,
+    ipa: u64,
+    pa: u64,
+    size: u64,
+) -> Result<Boot, VmError> {
     // The kernel and initrd, where QEMU's loader left them.
     // SAFETY: the module ranges come from the device tree, were reserved
     // from the frame allocator at boot, and are identity-mapped RAM that
@@ -431,6 +474,13 @@ fn load_images(d: &DomainConfig<'_>, ipa: u64, pa: u64, size: u64) -> Result<Boo
             .map(|(at, b)| (at, at + b.len() as u64)),
         its: true,
         test_device: d.test_device,
+        pcie: pcie.map(|p| vigil_vm::fdt::PcieDt {
+            ecam: (p.ecam.base, p.ecam.size),
+            ranges: p.ranges,
+            bus_range: p.bus_range,
+            interrupt_map_mask: p.interrupt_map_mask,
+            interrupt_map: p.interrupt_map,
+        }),
     })
     .map_err(VmError::Dt)?;
     if dt.len() as u64 > 2 << 20 {
@@ -440,19 +490,33 @@ fn load_images(d: &DomainConfig<'_>, ipa: u64, pa: u64, size: u64) -> Result<Boo
     Ok(Boot { entry, placement })
 }
 
-fn create(id: usize, d: &DomainConfig<'static>) -> Result<&'static Vm, VmError> {
+fn create(
+    id: usize,
+    d: &DomainConfig<'static>,
+    pcie: Option<PcieHost<'static>>,
+) -> Result<&'static Vm, VmError> {
     let size = d.memory.next_multiple_of(2 << 20);
     let pa = mm::alloc_frames(size / 4096, 2 << 20).map_err(VmError::Memory)?;
     let ipa = if d.identity_map { pa } else { layout::RAM_BASE };
     let vmid = NEXT_VMID.fetch_add(1, Ordering::Relaxed) as u16;
     let mut s2 = Stage2Tables::new(vmid);
     s2.map_ram(ipa, pa, size).map_err(VmError::Map)?;
-    let boot = load_images(d, ipa, pa, size)?;
+    if let Some(p) = &pcie {
+        // The bridge's configuration space and windows, straight through.
+        for r in core::iter::once(&p.ecam).chain(p.windows()) {
+            s2.map_device(r.base, r.base, r.size)
+                .map_err(VmError::Map)?;
+        }
+    }
+    let boot = load_images(d, pcie, ipa, pa, size)?;
     let (entry, placement) = (boot.entry, boot.placement);
 
     let uart: &'static Pl011 = Box::leak(Box::new(Pl011::new(id)));
     let gic = vgic_glue::new_vm_gic(d.cpus, true);
     let its = crate::vits::new_vm_its(&gic);
+    if pcie.is_some() {
+        its.set_mirror(alloc::sync::Arc::new(passthrough::PhysMirror::new(id)));
+    }
     let mut bus = MmioBus::default();
     bus.add(layout::UART_BASE, layout::UART_SIZE, uart);
     bus.add(
@@ -492,6 +556,7 @@ fn create(id: usize, d: &DomainConfig<'static>) -> Result<&'static Vm, VmError> 
         stopped: AtomicBool::new(false),
         exit_status: AtomicU32::new(0),
         cfg: *d,
+        pcie,
         reset_by: AtomicUsize::new(NO_RESET),
     }));
     let mut vcpus = Vec::new();
