@@ -267,9 +267,9 @@ fn ldr_loop(addr: u64, n: u64, read: bool) -> u64 {
         unsafe {
             asm!(
                 "isb", "mrs {t0}, cntvct_el0", "isb",
-                "2:", "mov {v:w}, #0", "subs {n}, {n}, #1", "b.ne 2b",
+                "2:", "subs {n}, {n}, #1", "b.ne 2b",
                 "isb", "mrs {t1}, cntvct_el0", "isb",
-                v = out(reg) _, n = inout(reg) n => _,
+                n = inout(reg) n => _,
                 t0 = out(reg) t0, t1 = out(reg) t1,
                 options(nostack),
             )
