@@ -22,6 +22,8 @@ pub enum FrameError {
     OutOfRange,
     /// Freeing a frame that is not allocated (a double free).
     NotAllocated { addr: u64 },
+    /// Claiming a frame that is already in use.
+    InUse { addr: u64 },
 }
 
 impl fmt::Display for FrameError {
@@ -34,6 +36,7 @@ impl fmt::Display for FrameError {
             Self::Misaligned => write!(f, "address, size or alignment not page aligned"),
             Self::OutOfRange => write!(f, "range outside the managed memory"),
             Self::NotAllocated { addr } => write!(f, "frame {addr:#x} freed but not allocated"),
+            Self::InUse { addr } => write!(f, "frame {addr:#x} is already in use"),
         }
     }
 }
@@ -165,6 +168,23 @@ impl<'a> FrameAllocator<'a> {
         Err(FrameError::OutOfMemory { frames: count })
     }
 
+    /// Allocate exactly `[addr, addr + count frames)`, which must be free
+    /// (a VM asking for RAM at a fixed physical address). Nothing changes
+    /// if any frame is in use.
+    pub fn alloc_at(&mut self, addr: u64, count: u64) -> Result<(), FrameError> {
+        let (first, n) = self.range_frames(addr, count * PAGE_SIZE)?;
+        if let Some(i) = (first..first + n).find(|&i| self.used(i)) {
+            return Err(FrameError::InUse {
+                addr: self.base + i * PAGE_SIZE,
+            });
+        }
+        for i in first..first + n {
+            self.set(i, true);
+        }
+        self.free -= n;
+        Ok(())
+    }
+
     /// Return `count` frames starting at `addr`, which must all be in use.
     /// Nothing is changed if any of them is free (a double free).
     pub fn free(&mut self, addr: u64, count: u64) -> Result<(), FrameError> {
@@ -271,6 +291,23 @@ mod tests {
             Err(FrameError::OutOfMemory { frames: 1 })
         );
         assert_eq!(fa.free_frames(), 256);
+    }
+
+    #[test]
+    fn alloc_at_claims_exactly_a_free_range() {
+        let mut bm = words(MIB);
+        let mut fa = FrameAllocator::new(0x4000_0000, MIB, &mut bm).unwrap();
+        fa.alloc_at(0x4001_0000, 4).unwrap();
+        assert!(fa.is_used(0x4001_3000));
+        assert!(!fa.is_used(0x4001_4000));
+        assert_eq!(fa.free_frames(), 252);
+        assert_eq!(
+            fa.alloc_at(0x4000_f000, 2),
+            Err(FrameError::InUse { addr: 0x4001_0000 })
+        );
+        assert!(!fa.is_used(0x4000_f000), "a refused claim changes nothing");
+        assert_eq!(fa.alloc_at(0x4010_0000, 1), Err(FrameError::OutOfRange));
+        assert_eq!(fa.alloc(1, PAGE_SIZE), Ok(0x4000_0000));
     }
 
     #[test]

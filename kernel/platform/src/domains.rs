@@ -39,6 +39,9 @@ pub struct DomainConfig<'a> {
     pub test_device: bool,
     /// Give it the host's PCIe bridge (needs `identity_map`: no SMMU).
     pub pci_passthrough: bool,
+    /// Put its RAM at this physical address (`vigil,ram-base`; implies
+    /// the identity map), e.g. for a guest linked at a fixed address.
+    pub ram_base: Option<u64>,
     pub kernel: Region,
     pub ramdisk: Option<Region>,
     pub bootargs: &'a str,
@@ -149,7 +152,15 @@ fn parse<'a>(node: fdt::node::FdtNode<'_, 'a>) -> Result<DomainConfig<'a>, Domai
             ramdisk = Some(region()?);
         }
     }
-    let identity_map = node.property("vigil,identity-map").is_some();
+    let ram_base = match node.property("vigil,ram-base").map(|p| p.value) {
+        None => None,
+        Some(v) if v.len() == 8 => {
+            let mut it = u32s(v);
+            Some(((it.next().unwrap() as u64) << 32) | it.next().unwrap() as u64)
+        }
+        Some(_) => return Err(DomainError::BadMemory(name)),
+    };
+    let identity_map = node.property("vigil,identity-map").is_some() || ram_base.is_some();
     if node.property("vigil,pci-passthrough").is_some() && !identity_map {
         return Err(DomainError::PassthroughNeedsIdentity(name));
     }
@@ -158,7 +169,8 @@ fn parse<'a>(node: fdt::node::FdtNode<'_, 'a>) -> Result<DomainConfig<'a>, Domai
         memory,
         cpus,
         pcpus,
-        identity_map: node.property("vigil,identity-map").is_some(),
+        identity_map,
+        ram_base,
         test_device: node.property("vigil,test-device").is_some(),
         pci_passthrough: node.property("vigil,pci-passthrough").is_some(),
         kernel: kernel.ok_or(DomainError::NoKernel(name))?,

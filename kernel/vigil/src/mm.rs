@@ -87,6 +87,16 @@ pub fn alloc_frames(count: u64, align: u64) -> Result<u64, FrameError> {
     Ok(addr)
 }
 
+/// Allocate the frames of `[addr, addr + count frames)`, which must be
+/// free. The memory is not cleared.
+pub fn alloc_frames_at(addr: u64, count: u64) -> Result<(), FrameError> {
+    FRAMES
+        .lock()
+        .as_mut()
+        .expect("frame allocator used before mm::init")
+        .alloc_at(addr, count)
+}
+
 /// Return frames obtained from [`alloc_frames`].
 pub fn free_frames(addr: u64, count: u64) -> Result<(), FrameError> {
     FRAMES

@@ -73,6 +73,24 @@ pub fn linux() -> &'static (PathBuf, PathBuf) {
     })
 }
 
+/// The test guest linked for RAM at physical 0x6000_0000 (guests that
+/// need an identity map, e.g. with PCIe passthrough; use with
+/// `Guest::ram_base(0x6000_0000)`). `VIGIL_TESTGUEST_HI`, or built now.
+pub fn test_guest_hi() -> &'static Path {
+    static GUEST: OnceLock<PathBuf> = OnceLock::new();
+    GUEST.get_or_init(|| {
+        if let Some(p) = std::env::var_os("VIGIL_TESTGUEST_HI") {
+            return PathBuf::from(p);
+        }
+        let out = Command::new(workspace_root().join("scripts/build"))
+            .env("CARGO_TARGET_DIR", workspace_root().join("target/harness"))
+            .output()
+            .expect("running scripts/build");
+        assert!(out.status.success(), "scripts/build failed");
+        workspace_root().join("target/harness/guest-hi/aarch64-unknown-none/release/testguest")
+    })
+}
+
 /// An aarch64 binary of this workspace: `$var` if set, else built now.
 fn built(var: &str, package: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(var) {
@@ -112,6 +130,7 @@ pub struct Guest {
     pcpus: Option<Vec<usize>>,
     test_device: bool,
     pci: bool,
+    ram_base: Option<u64>,
     bootargs: String,
 }
 
@@ -128,6 +147,7 @@ impl Guest {
             pcpus: None,
             test_device: false,
             pci: false,
+            ram_base: None,
             bootargs: format!("vigil.guest={scenario}"),
         }
     }
@@ -179,6 +199,15 @@ impl Guest {
         self
     }
 
+    /// The test guest linked for RAM at 0x6000_0000, with its RAM there.
+    pub fn test_hi(scenario: &str) -> Self {
+        Self {
+            kernel: test_guest_hi().to_path_buf(),
+            ram_base: Some(0x6000_0000),
+            ..Self::test(scenario)
+        }
+    }
+
     /// Give it the host's PCIe bridge (identity-mapped RAM).
     pub fn pci(mut self) -> Self {
         self.pci = true;
@@ -216,6 +245,9 @@ impl Guest {
         }
         if self.pci {
             s += ",pci";
+        }
+        if let Some(b) = self.ram_base {
+            s += &format!(",ram-base={b:#x}");
         }
         s + &format!(",bootargs={}", self.bootargs)
     }

@@ -496,7 +496,13 @@ fn create(
     pcie: Option<PcieHost<'static>>,
 ) -> Result<&'static Vm, VmError> {
     let size = d.memory.next_multiple_of(2 << 20);
-    let pa = mm::alloc_frames(size / 4096, 2 << 20).map_err(VmError::Memory)?;
+    let pa = match d.ram_base {
+        Some(base) => {
+            mm::alloc_frames_at(base, size / 4096).map_err(VmError::Memory)?;
+            base
+        }
+        None => mm::alloc_frames(size / 4096, 2 << 20).map_err(VmError::Memory)?,
+    };
     let ipa = if d.identity_map { pa } else { layout::RAM_BASE };
     let vmid = NEXT_VMID.fetch_add(1, Ordering::Relaxed) as u16;
     let mut s2 = Stage2Tables::new(vmid);

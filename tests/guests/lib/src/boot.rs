@@ -125,7 +125,7 @@ pub fn set_secondary_main(main: fn(u64) -> !) {
 /// The device tree magic, big-endian in memory.
 const FDT_MAGIC: u32 = 0xd00d_feed;
 /// Where QEMU puts the device tree for an ELF kernel on `virt`.
-const FALLBACK_DTB: u64 = 0x4000_0000;
+const FALLBACK_DTB: u64 = 0x4000_0000; // bare QEMU only
 
 fn looks_like_fdt(addr: u64) -> bool {
     if addr < FALLBACK_DTB || !addr.is_multiple_of(8) {
