@@ -116,7 +116,6 @@ fn reclaim(its: &Its) {
 
 /// Free host LPIs now (reclaiming the quarantine first): the count the
 /// leak checks compare.
-#[allow(dead_code)] // used by the passthrough scenarios' report
 pub fn free_host_lpis() -> u32 {
     its::get().map_or(0, |its| {
         reclaim(its);

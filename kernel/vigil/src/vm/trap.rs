@@ -125,6 +125,10 @@ pub mod hypercall {
     /// Returns 0 after letting another vCPU of this physical CPU run, if
     /// one is runnable (for measuring a vCPU switch).
     pub const YIELD: u32 = 0xc600_0003;
+    /// Returns how many host LPIs are free (after reclaiming those no
+    /// handler can see any more): lets a passthrough test prove that
+    /// unmapping gave every one back.
+    pub const HOST_LPIS_FREE: u32 = 0xc600_0004;
 }
 
 /// SMCCC (DEN 0028) functions Vigil answers besides PSCI.
@@ -158,6 +162,7 @@ fn service_call(v: &'static Vcpu, regs: &mut GuestRegs) -> Exit {
         SMCCC_VERSION => 0x1_0001,
         SMCCC_ARCH_FEATURES => SMCCC_NOT_SUPPORTED,
         hypercall::NULL => 0,
+        hypercall::HOST_LPIS_FREE => super::passthrough::free_host_lpis() as u64,
         hypercall::YIELD => {
             regs.x[0] = 0;
             return Exit::Yield;
