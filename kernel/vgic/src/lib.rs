@@ -48,7 +48,11 @@
 
 extern crate alloc;
 
+#[doc(hidden)]
+pub use log as __log;
+
 mod irq;
+pub mod log_limit;
 mod mem;
 mod mmio;
 mod regs;
@@ -304,7 +308,7 @@ impl Vgic {
     /// belongs to vCPU `offset / 128 KiB`).
     pub fn gicr_read(&self, offset: u64, len: u8) -> u64 {
         let Some((v, off)) = self.gicr_frame(offset) else {
-            log::warn!("vgic: GICR +{offset:#x}: beyond the last redistributor, RAZ");
+            crate::guest_warn!("vgic: GICR +{offset:#x}: beyond the last redistributor, RAZ");
             return 0;
         };
         let st = self.state.lock();
@@ -324,7 +328,7 @@ impl Vgic {
     /// the LPI pending table when `GICR_CTLR.EnableLPIs` is set.
     pub fn gicr_write(&self, offset: u64, len: u8, value: u64, mem: &dyn GuestMemory) -> Kick {
         let Some((v, off)) = self.gicr_frame(offset) else {
-            log::warn!("vgic: GICR +{offset:#x}: beyond the last redistributor, WI");
+            crate::guest_warn!("vgic: GICR +{offset:#x}: beyond the last redistributor, WI");
             return Kick::default();
         };
         let mut st = self.state.lock();

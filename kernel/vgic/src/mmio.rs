@@ -267,18 +267,18 @@ fn decode<'a>(
     mem: &'a dyn GuestMemory,
 ) -> Option<(&'static Region, Acc<'a>)> {
     if !matches!(len, 1 | 2 | 4 | 8) || !off.is_multiple_of(u32::from(len)) {
-        log::warn!("vgic: {what} +{off:#x}: bad access width {len}, RAZ/WI");
+        crate::guest_warn!("vgic: {what} +{off:#x}: bad access width {len}, RAZ/WI");
         return None;
     }
     let Some(r) = table
         .iter()
         .find(|r| off >= r.offset && off + u32::from(len) <= r.offset + r.len)
     else {
-        log::warn!("vgic: {what} +{off:#x}: reserved offset, RAZ/WI");
+        crate::guest_warn!("vgic: {what} +{off:#x}: reserved offset, RAZ/WI");
         return None;
     };
     if r.widths & len == 0 {
-        log::warn!(
+        crate::guest_warn!(
             "vgic: {} +{off:#x}: {len}-byte access not permitted, RAZ/WI",
             r.name
         );
@@ -607,7 +607,9 @@ fn gicr_ctlr_w(st: &mut VgicState, a: &Acc, v: u64, k: &mut Kick) {
                     }
                 }
             } else {
-                log::warn!("vgic: vcpu {v_cpu}: pending table {base:#x} outside RAM, not read");
+                crate::guest_warn!(
+                    "vgic: vcpu {v_cpu}: pending table {base:#x} outside RAM, not read"
+                );
             }
         }
     }
@@ -672,7 +674,7 @@ fn propbaser_r(st: &VgicState, a: &Acc) -> u64 {
 /// (UNPREDICTABLE in the architecture, IHI 0069 ch. 12, GICR_PROPBASER).
 fn propbaser_w(st: &mut VgicState, a: &Acc, v: u64, _: &mut Kick) {
     if st.vcpus[a.bank].lpis_enabled {
-        log::warn!("vgic: GICR_PROPBASER write with EnableLPIs set, ignored");
+        crate::guest_warn!("vgic: GICR_PROPBASER write with EnableLPIs set, ignored");
         return;
     }
     st.propbaser = merge_half(st.propbaser, v, a) & PROPBASER_MASK;
@@ -682,7 +684,7 @@ fn pendbaser_r(st: &VgicState, a: &Acc) -> u64 {
 }
 fn pendbaser_w(st: &mut VgicState, a: &Acc, v: u64, _: &mut Kick) {
     if st.vcpus[a.bank].lpis_enabled {
-        log::warn!("vgic: GICR_PENDBASER write with EnableLPIs set, ignored");
+        crate::guest_warn!("vgic: GICR_PENDBASER write with EnableLPIs set, ignored");
         return;
     }
     let c = &mut st.vcpus[a.bank];

@@ -558,7 +558,7 @@ impl VgicState {
     /// interrupt evicted while active; its active state was already folded.
     fn maint_lrenp(&mut self, v: usize) {
         self.vcpus[v].stats.maint_lrenp += 1;
-        log::warn!("vgic: vcpu {v}: deactivation of an interrupt not in a list register");
+        crate::guest_warn!("vgic: vcpu {v}: deactivation of an interrupt not in a list register");
     }
 
     /// Whether vCPU `v` has an interrupt to take (wake from WFI).
@@ -573,7 +573,7 @@ impl VgicState {
 
     pub(crate) fn set_line(&mut self, v: usize, intid: u32, level: bool, kick: &mut Kick) {
         let Some(irq) = self.irq_mut(v, intid) else {
-            log::warn!("vgic: injection of unknown INTID {intid}");
+            crate::guest_warn!("vgic: injection of unknown INTID {intid}");
             return;
         };
         if irq.level {

@@ -12,7 +12,7 @@ static HEAP: LockedHeap<32> = LockedHeap::empty();
 
 /// Heap size. Page tables, VM bookkeeping and ITS state live here; guest
 /// RAM and device tables come from frames directly.
-pub const HEAP_SIZE: u64 = 16 << 20;
+pub const HEAP_SIZE: u64 = 64 << 20;
 
 static FRAMES: Mutex<Option<FrameAllocator<'static>>> = Mutex::new(None);
 

@@ -70,6 +70,12 @@ pub struct VitsConfig {
     /// (a CPU has no requester ID; the architecture leaves it to the
     /// implementation).
     pub cpu_device_id: u32,
+    /// Most mapped devices. The route table lives in hypervisor memory, so
+    /// what a guest can make it hold is bounded (beyond: ignored,
+    /// `TooManyDevices`).
+    pub max_devices: u32,
+    /// Most mapped events over all devices (`TooManyMappings`).
+    pub max_mappings: u32,
 }
 
 impl Default for VitsConfig {
@@ -78,6 +84,8 @@ impl Default for VitsConfig {
             device_id_bits: 16,
             event_id_bits: 16,
             cpu_device_id: 0,
+            max_devices: 1024,
+            max_mappings: 16384,
         }
     }
 }
@@ -112,6 +120,10 @@ pub enum CmdError {
     LpiOutOfRange(u32),
     /// RDbase names no redistributor.
     RdbaseOutOfRange(u64),
+    /// MAPD of a new device beyond `VitsConfig::max_devices`.
+    TooManyDevices(u32),
+    /// MAPTI/MAPI beyond `VitsConfig::max_mappings`.
+    TooManyMappings(u32, u32),
 }
 
 /// Why [`Vits::translate`] raised nothing.
@@ -146,6 +158,8 @@ struct Routes {
     enabled: bool,
     devices: BTreeMap<u32, Device>,
     collections: BTreeMap<u16, usize>,
+    /// Events mapped over all devices (the quota's count).
+    mappings: u32,
 }
 
 /// The command queue and register frame (lock 1).
@@ -167,6 +181,7 @@ impl Routes {
             enabled: false,
             devices: BTreeMap::new(),
             collections: BTreeMap::new(),
+            mappings: 0,
         }
     }
 }
@@ -387,7 +402,7 @@ impl Vits {
             0xffe8 => 0x3b,
             GITS_TRANSLATER => 0,
             _ => {
-                log::warn!("vits: read of reserved offset {offset:#x}, RAZ");
+                vigil_vgic::guest_warn!("vits: read of reserved offset {offset:#x}, RAZ");
                 return 0;
             }
         };
@@ -426,14 +441,16 @@ impl Vits {
             }
             0x0080 => {
                 if q.enabled {
-                    log::warn!("vits: GITS_CBASER write while enabled, ignored");
+                    vigil_vgic::guest_warn!("vits: GITS_CBASER write while enabled, ignored");
                     return Kick::default();
                 }
                 let mut v = merge(q.cbaser) & CBASER_MASK;
                 let base = v & 0x000f_ffff_ffff_f000;
                 let size = ((v & 0xff) + 1) * 4096;
                 if v & VALID != 0 && !mem.is_ram(base, size) {
-                    log::warn!("vits: command queue {base:#x}+{size:#x} outside RAM, left invalid");
+                    vigil_vgic::guest_warn!(
+                        "vits: command queue {base:#x}+{size:#x} outside RAM, left invalid"
+                    );
                     v &= !VALID;
                 }
                 q.cbaser = v;
@@ -445,7 +462,9 @@ impl Vits {
                 let v = merge(q.cwriter);
                 let off = v & QUEUE_OFFSET_MASK;
                 if off >= ((q.cbaser & 0xff) + 1) * 4096 {
-                    log::warn!("vits: GITS_CWRITER {off:#x} beyond the command queue, ignored");
+                    vigil_vgic::guest_warn!(
+                        "vits: GITS_CWRITER {off:#x} beyond the command queue, ignored"
+                    );
                     return Kick::default();
                 }
                 q.cwriter = off;
@@ -457,7 +476,7 @@ impl Vits {
             }
             0x0100 | 0x0108 => {
                 if q.enabled {
-                    log::warn!("vits: GITS_BASER write while enabled, ignored");
+                    vigil_vgic::guest_warn!("vits: GITS_BASER write while enabled, ignored");
                     return Kick::default();
                 }
                 let n = ((reg - 0x100) / 8) as usize;
@@ -468,7 +487,7 @@ impl Vits {
                 }
                 let (base, bytes) = (baser_base(v), baser_bytes(v));
                 if v & VALID != 0 && !mem.is_ram(base, bytes) {
-                    log::warn!(
+                    vigil_vgic::guest_warn!(
                         "vits: GITS_BASER{n} table {base:#x}+{bytes:#x} outside RAM, left invalid"
                     );
                     v &= !VALID;
@@ -476,7 +495,7 @@ impl Vits {
                 q.baser[n] = v;
             }
             0x0004 | 0x0008 | 0x0090 | 0x0110..=0x0138 | 0xffe8 => {}
-            _ => log::warn!("vits: write of reserved offset {offset:#x}, WI"),
+            _ => vigil_vgic::guest_warn!("vits: write of reserved offset {offset:#x}, WI"),
         }
         Kick::default()
     }
@@ -504,7 +523,7 @@ impl Vits {
         if q.cwriter >= size || q.creadr >= size {
             // CBASER shrank under an old CWRITER: CREADR would never meet
             // it. Nothing is processed until CWRITER is rewritten.
-            log::warn!(
+            vigil_vgic::guest_warn!(
                 "vits: CWRITER {:#x} beyond the {size:#x}-byte queue, not processed",
                 q.cwriter
             );
@@ -530,7 +549,7 @@ impl Vits {
             };
             if let Err(e) = res {
                 // The error policy: ignore the command and continue.
-                log::warn!("vits: command at CREADR {:#x} ignored: {e:?}", q.creadr);
+                vigil_vgic::guest_warn!("vits: command at CREADR {:#x} ignored: {e:?}", q.creadr);
                 q.errors += 1;
                 q.last_error = Some(e);
             }
@@ -676,7 +695,14 @@ impl Vits {
             }
         }
         let mut routes = self.routes.lock();
+        if valid
+            && !routes.devices.contains_key(&device)
+            && routes.devices.len() >= self.cfg.max_devices as usize
+        {
+            return Err(CmdError::TooManyDevices(device));
+        }
         if let Some(old) = routes.devices.remove(&device) {
+            routes.mappings -= old.events.len() as u32;
             // vITS invariants 2 and 6: with the route lock held no injection
             // is in flight; each LPI loses this reference and is freed by
             // the vGIC once nothing else (ITE, LR, queue entry) refers to it.
@@ -756,6 +782,9 @@ impl Vits {
         }
         let cfg = self.lpi_config(intid, mem);
         let mut routes = self.routes.lock();
+        if routes.mappings >= self.cfg.max_mappings {
+            return Err(CmdError::TooManyMappings(device, event));
+        }
         let target = routes.collections.get(&icid).copied();
         let dev = routes
             .devices
@@ -778,6 +807,7 @@ impl Vits {
         }
         dev.events.insert(event, Ite { intid, icid, gen });
         drop(st);
+        routes.mappings += 1;
         if let Some(m) = self.mirror_for(device) {
             m.map_event(device, event, target);
         }
@@ -837,7 +867,9 @@ impl Vits {
         let mut routes = self.routes.lock();
         let ite = Self::ite(&routes, device, event)?;
         if let Some(d) = routes.devices.get_mut(&device) {
-            d.events.remove(&event);
+            if d.events.remove(&event).is_some() {
+                routes.mappings -= 1;
+            }
         }
         if let Some(m) = self.mirror_for(device) {
             m.unmap_event(device, event);
@@ -964,12 +996,14 @@ enum Part {
 /// accesses): (register offset, part).
 fn check_access(offset: u64, len: u8) -> Option<(u64, Part)> {
     if offset >= GITS_SIZE || !matches!(len, 4 | 8) || !offset.is_multiple_of(u64::from(len)) {
-        log::warn!("vits: {len}-byte access at {offset:#x} not permitted, RAZ/WI");
+        vigil_vgic::guest_warn!("vits: {len}-byte access at {offset:#x} not permitted, RAZ/WI");
         return None;
     }
     if matches!(offset, 0x0000 | 0x0004 | 0xffe8 | GITS_TRANSLATER) {
         if len != 4 {
-            log::warn!("vits: {len}-byte access to 32-bit register {offset:#x}, RAZ/WI");
+            vigil_vgic::guest_warn!(
+                "vits: {len}-byte access to 32-bit register {offset:#x}, RAZ/WI"
+            );
             return None;
         }
         return Some((offset, Part::Whole));

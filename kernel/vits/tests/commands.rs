@@ -1144,3 +1144,74 @@ fn mirror_sees_every_mapping_change_of_its_devices() {
         ]
     );
 }
+
+/// A guest cannot make the hypervisor allocate without bound (found by
+/// the vITS fuzz work: ~300,000 MAPTIs exhausted the heap and panicked
+/// Vigil): mappings and devices have per-vITS quotas, and commands beyond
+/// them are ignored under the error policy.
+#[test]
+fn quotas_bound_the_state_a_guest_can_create() {
+    let r = Rig::new(1);
+    let cfg = vigil_vits::VitsConfig::default();
+    // 2^15 events: a 256 KiB ITT (the vITS keeps its routes itself; the
+    // ITT only has to be guest RAM).
+    r.cmd(Command::Mapd {
+        device: 1,
+        size: 14,
+        itt_addr: RAM,
+        valid: true,
+    });
+    let n = cfg.max_mappings;
+    let cmds: Vec<Command> = (0..n)
+        .map(|e| Command::Mapti {
+            device: 1,
+            event: e,
+            intid: LPI0 + (e % 4096),
+            icid: 0,
+        })
+        .collect();
+    for chunk in cmds.chunks(1000) {
+        r.cmds(chunk);
+    }
+    assert_eq!(r.its.error_count(), 0);
+    r.mapti(1, n, LPI0, 0);
+    assert_eq!(r.its.last_error(), Some(CmdError::TooManyMappings(1, n)));
+    assert_eq!(r.its.lookup(1, n), None);
+    r.cmd(Command::Discard {
+        device: 1,
+        event: 0,
+    });
+    r.mapti(1, n, LPI0, 0);
+    assert!(r.its.lookup(1, n).is_some(), "room again after a DISCARD");
+    // MAPD(V=0) returns all of a device's mappings.
+    r.cmd(Command::Mapd {
+        device: 1,
+        size: 0,
+        itt_addr: 0,
+        valid: false,
+    });
+    r.mapd(2, 0);
+    r.mapti(2, 0, LPI0, 0);
+    assert!(r.its.lookup(2, 0).is_some());
+    // Devices.
+    let before = r.its.error_count();
+    for d in 3..(3 + cfg.max_devices) {
+        r.mapd(d, 0);
+    }
+    assert_eq!(
+        r.its.error_count(),
+        before + 1,
+        "one over the quota (device 2 was already mapped)"
+    );
+    assert!(matches!(
+        r.its.last_error(),
+        Some(CmdError::TooManyDevices(_))
+    ));
+    // Remapping an already mapped device is always allowed.
+    r.mapd(2, 1);
+    assert!(matches!(
+        r.its.last_error(),
+        Some(CmdError::TooManyDevices(_))
+    ));
+    assert_eq!(r.its.error_count(), before + 1);
+}

@@ -29,6 +29,7 @@ pub fn new_vm_its(gic: &VmGic) -> VmIts {
             device_id_bits: 16,
             event_id_bits: 16,
             cpu_device_id: CPU_DEVICE_ID,
+            ..VitsConfig::default()
         },
     ))
 }

@@ -64,6 +64,7 @@ fn main(boot: &'static BootInfo) -> ! {
         "bench-yield" => bench::run_yield(boot),
         "its" => vits::run(boot),
         "its-fuzz" => vits::fuzz(boot),
+        "its-flood" => vits::flood(boot),
         other => {
             println!("unknown scenario '{other}'");
             exit(1)
