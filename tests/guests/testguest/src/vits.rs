@@ -1062,7 +1062,7 @@ pub fn flood(boot: &'static BootInfo) -> ! {
         for e in 0..8192u32 {
             s.its.push(ItsCommand::mapti(dev, e, 8192 + (e % 4096), 0));
             sent += 1;
-            if sent % 2000 == 0 {
+            if sent.is_multiple_of(2000) {
                 let r = s.its.kick();
                 s.check("flood", r);
             }
