@@ -135,6 +135,13 @@ impl VgicConfig {
 /// One VM's virtual GICv3.
 pub struct Vgic {
     state: Mutex<VgicState>,
+    /// Incremented by every acquisition of `state`, while holding it: an
+    /// unchanged value means nobody touched the state since.
+    changes: core::sync::atomic::AtomicU64,
+    /// Per vCPU: `changes` as of a flush that found nothing to load, or
+    /// u64::MAX. While `changes` still has that value, the next flush
+    /// would find nothing either (the exit fast path).
+    idle_at: Vec<core::sync::atomic::AtomicU64>,
     nr_vcpus: usize,
     /// The shape it was built with, for [`Vgic::reset`].
     cfg: VgicConfig,
@@ -149,6 +156,10 @@ impl Vgic {
         );
         Self {
             state: Mutex::new(Self::reset_state(cfg)),
+            changes: core::sync::atomic::AtomicU64::new(0),
+            idle_at: (0..cfg.mpidrs.len())
+                .map(|_| core::sync::atomic::AtomicU64::new(u64::MAX))
+                .collect(),
             nr_vcpus: cfg.mpidrs.len(),
             cfg: cfg.clone(),
         }
@@ -170,7 +181,7 @@ impl Vgic {
     /// disabled and not pending, registers at their reset values, no LPI
     /// state. Hardware links ([`Vgic::map_hw`]) must be made again.
     pub fn reset(&self) {
-        *self.state.lock() = Self::reset_state(&self.cfg);
+        *self.locked() = Self::reset_state(&self.cfg);
     }
 
     /// Number of vCPUs.
@@ -180,7 +191,15 @@ impl Vgic {
 
     /// Lock the VM's interrupt state (for the vITS and for inspection).
     pub fn lock(&self) -> MutexGuard<'_, VgicState> {
-        self.state.lock()
+        self.locked()
+    }
+
+    /// Take the state lock, counting the acquisition.
+    fn locked(&self) -> MutexGuard<'_, VgicState> {
+        let g = self.state.lock();
+        self.changes
+            .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        g
     }
 
     /// Before entering vCPU `v`: write `lrs` (all N of them; unused ones
@@ -191,14 +210,33 @@ impl Vgic {
     /// twice; if more are waiting than fit, UIE (and NPIE when an LR is
     /// pending) are set so a maintenance interrupt refills.
     pub fn flush(&self, v: usize, lrs: &mut [LrValue]) -> IchHcr {
-        self.state.lock().flush(v, lrs)
+        use core::sync::atomic::Ordering;
+        let idle = &self.idle_at[v];
+        if idle.load(Ordering::Acquire) == self.changes.load(Ordering::Acquire) {
+            // Nothing changed since a flush that loaded nothing.
+            lrs.fill(LrValue::INVALID);
+            return IchHcr::from_bits(IchHcr::EN);
+        }
+        let mut st = self.locked();
+        let hcr = st.flush(v, lrs);
+        let nothing = hcr.bits() == IchHcr::EN && lrs.iter().all(|l| *l == LrValue::INVALID);
+        // Read `changes` while still holding the lock: it includes our own
+        // acquisition and no later one.
+        let now = if nothing {
+            self.changes.load(Ordering::Relaxed)
+        } else {
+            u64::MAX
+        };
+        idle.store(now, Ordering::Release);
+        drop(st);
+        hcr
     }
 
     /// After any exit of vCPU `v`: fold the LR values read back (same
     /// order and count as written by [`Vgic::flush`]) and handle the
     /// maintenance reasons in `misr` (`eisr` = `ICH_EISR_EL2`).
     pub fn fold(&self, v: usize, lrs: &[LrValue], misr: IchMisr, eisr: u32) -> FoldReport {
-        self.state.lock().fold(v, lrs, misr, eisr)
+        self.locked().fold(v, lrs, misr, eisr)
     }
 
     /// Drive the input of interrupt `intid` (SGI/PPI of vCPU `v`, or SPI):
@@ -206,14 +244,14 @@ impl Vgic {
     /// edge-triggered one, `true` is an edge.
     pub fn set_line(&self, v: usize, intid: u32, level: bool) -> Kick {
         let mut k = Kick::default();
-        self.state.lock().set_line(v, intid, level, &mut k);
+        self.locked().set_line(v, intid, level, &mut k);
         k
     }
 
     /// Set the pending latch of `intid` (an edge, whatever its config).
     pub fn pulse(&self, v: usize, intid: u32) -> Kick {
         let mut k = Kick::default();
-        let mut st = self.state.lock();
+        let mut st = self.locked();
         if let Some(irq) = st.irq_mut(v, intid) {
             irq.latch = true;
             st.queue(v, intid, &mut k);
@@ -225,8 +263,7 @@ impl Vgic {
     /// `ICC_SGI0R_EL1` by vCPU `from`.
     pub fn send_sgi(&self, from: usize, value: u64, group1: bool) -> Kick {
         let mut k = Kick::default();
-        self.state
-            .lock()
+        self.locked()
             .sgi(from, &SgiRequest::decode(value), group1, &mut k);
         k
     }
@@ -235,7 +272,7 @@ impl Vgic {
     /// its LRs then carry HW = 1 and the guest's deactivation deactivates
     /// the physical interrupt (the virtual timer, PPI 27).
     pub fn map_hw(&self, v: usize, intid: u32, pintid: Option<u32>) {
-        if let Some(irq) = self.state.lock().irq_mut(v, intid) {
+        if let Some(irq) = self.locked().irq_mut(v, intid) {
             irq.hw = pintid;
         }
     }
@@ -245,25 +282,24 @@ impl Vgic {
     /// the hypervisor left active, `false` means nobody will deactivate
     /// the physical one any more: the hypervisor must.
     pub fn in_flight(&self, v: usize, intid: u32) -> bool {
-        self.state
-            .lock()
+        self.locked()
             .irq(v, intid)
             .is_some_and(|i| i.pending() || i.active || i.loaded)
     }
 
     /// Whether vCPU `v` has an interrupt to take (wake it from WFI).
     pub fn has_deliverable(&self, v: usize) -> bool {
-        self.state.lock().has_deliverable(v)
+        self.locked().has_deliverable(v)
     }
 
     /// Counters of vCPU `v`.
     pub fn stats(&self, v: usize) -> VcpuStats {
-        self.state.lock().vcpus[v].stats
+        self.locked().vcpus[v].stats
     }
 
     /// Read `len` bytes at `offset` of the distributor frame, by vCPU `v`.
     pub fn gicd_read(&self, v: usize, offset: u64, len: u8) -> u64 {
-        let st = self.state.lock();
+        let st = self.locked();
         match u32::try_from(offset) {
             Ok(off) if offset < GICD_SIZE => mmio::read(
                 &st,
@@ -281,7 +317,7 @@ impl Vgic {
 
     /// Write `len` bytes at `offset` of the distributor frame, by vCPU `v`.
     pub fn gicd_write(&self, v: usize, offset: u64, len: u8, value: u64) -> Kick {
-        let mut st = self.state.lock();
+        let mut st = self.locked();
         match u32::try_from(offset) {
             Ok(off) if offset < GICD_SIZE => mmio::write(
                 &mut st,
@@ -311,7 +347,7 @@ impl Vgic {
             crate::guest_warn!("vgic: GICR +{offset:#x}: beyond the last redistributor, RAZ");
             return 0;
         };
-        let st = self.state.lock();
+        let st = self.locked();
         mmio::read(
             &st,
             mmio::GICR_REGIONS,
@@ -331,7 +367,7 @@ impl Vgic {
             crate::guest_warn!("vgic: GICR +{offset:#x}: beyond the last redistributor, WI");
             return Kick::default();
         };
-        let mut st = self.state.lock();
+        let mut st = self.locked();
         mmio::write(
             &mut st,
             mmio::GICR_REGIONS,

@@ -79,6 +79,10 @@ pub(crate) struct VcpuState {
     pub private: Vec<Irq>,
     pub ap: Vec<ApEntry>,
     pub lr_meta: Vec<LrMeta>,
+    /// Buffers reused by every flush/fold (no allocation on the entry and
+    /// exit paths once they have grown).
+    pub spare_meta: Vec<LrMeta>,
+    pub spare_cand: Vec<(u8, u8, u32, usize)>,
     pub lpis_enabled: bool,
     pub pendbaser: u64,
     pub sleep: bool,
@@ -146,6 +150,8 @@ impl VgicState {
                 private: (0..SPI_BASE).map(|i| Irq::new(i, Some(v))).collect(),
                 ap: Vec::new(),
                 lr_meta: Vec::new(),
+                spare_meta: Vec::new(),
+                spare_cand: Vec::new(),
                 lpis_enabled: false,
                 pendbaser: 0,
                 sleep: true,
@@ -337,9 +343,16 @@ impl VgicState {
         }
         let mut kick = Kick::default();
         self.prune(v, &mut kick);
+        if self.vcpus[v].ap.is_empty() {
+            // Nothing pending or active for this vCPU: the common case on
+            // an exit path (a hypercall, an MMIO access).
+            lrs.fill(LrValue::INVALID);
+            return IchHcr::from_bits(IchHcr::EN);
+        }
 
         // (class, priority, intid, index): active first, then by priority.
-        let mut cand: Vec<(u8, u8, u32, usize)> = Vec::with_capacity(self.vcpus[v].ap.len());
+        let mut cand = core::mem::take(&mut self.vcpus[v].spare_cand);
+        cand.clear();
         for (idx, e) in self.vcpus[v].ap.iter().enumerate() {
             if let Some(z) = e.zombie {
                 cand.push((0, z.priority, e.intid, idx));
@@ -350,7 +363,8 @@ impl VgicState {
         cand.sort_unstable();
 
         let n = lrs.len();
-        let mut metas: Vec<LrMeta> = Vec::with_capacity(n);
+        let mut metas = core::mem::take(&mut self.vcpus[v].spare_meta);
+        metas.clear();
         let mut leftover = false;
         for &(_, _, intid, idx) in &cand {
             // vITS invariant 4: never the same vINTID in two LRs.
@@ -423,6 +437,7 @@ impl VgicState {
             hcr |= IchHcr::UIE;
         }
         self.vcpus[v].lr_meta = metas;
+        self.vcpus[v].spare_cand = cand;
         IchHcr::from_bits(hcr)
     }
 
@@ -463,6 +478,9 @@ impl VgicState {
             self.maint_lrenp(v);
         }
         self.prune(v, &mut rep.kick);
+        let mut metas = metas;
+        metas.clear();
+        self.vcpus[v].spare_meta = metas;
         rep
     }
 

@@ -11,7 +11,7 @@
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use vigil_platform::MAX_CPUS;
-use vigil_vgic::{CpuIfContext, IchMisr, IchVtr, Kick, LrValue, Vgic, VgicConfig};
+use vigil_vgic::{CpuIfContext, IchHcr, IchMisr, IchVtr, Kick, LrValue, Vgic, VgicConfig};
 
 use crate::gic;
 use crate::vm::mmio::{MmioCtx, MmioDevice};
@@ -87,6 +87,13 @@ ich_reg!(ich_ap1r0, set_ich_ap1r0, "S3_4_C12_C9_0");
 /// Per physical CPU: whether the physical virtual-timer interrupt was left
 /// active for the guest to deactivate through its hardware-linked LR.
 static PTIMER_HELD: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
+/// Per physical CPU: whether the last entry wrote any list register or
+/// maintenance request. If not, the exit has nothing to fold.
+static WROTE_LRS: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(1) }; MAX_CPUS];
+/// Per physical CPU: the virtual timer line last given to the vGIC for
+/// the vCPU loaded here (0 unknown, 1 low, 2 high), so an unchanged line
+/// costs no vGIC lock on entry.
+static VTIMER_LINE: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
 
 /// Virtual priority bits and list registers, from ICH_VTR_EL2. Every CPU.
 pub fn init_cpu() {
@@ -136,7 +143,10 @@ fn vtimer_asserted() -> bool {
 /// list registers and ICH_HCR_EL2 from the software state.
 pub fn enter(g: &Vgic, v: usize) {
     let cpu = crate::arch::cpu_index();
-    g.set_line(v, VTIMER_INTID, vtimer_asserted());
+    let line = if vtimer_asserted() { 2 } else { 1 };
+    if VTIMER_LINE[cpu].swap(line, Ordering::Relaxed) != line {
+        g.set_line(v, VTIMER_INTID, line == 2);
+    }
     if PTIMER_HELD[cpu].load(Ordering::Relaxed) != 0 && !g.in_flight(v, VTIMER_INTID) {
         // The guest will never deactivate it now (the line dropped before
         // it took it): release the physical interrupt ourselves.
@@ -146,15 +156,38 @@ pub fn enter(g: &Vgic, v: usize) {
     let n = list_regs();
     let mut lrs = [LrValue::default(); MAX_LRS];
     let hcr = g.flush(v, &mut lrs[..n]);
+    let mut any = hcr.bits() != IchHcr::EN;
     for (i, lr) in lrs[..n].iter().enumerate() {
         write_lr(i, lr.bits());
+        any |= lr.bits() != 0;
     }
     set_ich_hcr(hcr.bits());
+    WROTE_LRS[cpu].store(any as usize, Ordering::Relaxed);
+}
+
+/// The vCPU loaded on this CPU changes: forget what was known of the
+/// previous one's timer line.
+pub fn forget_loaded() {
+    let cpu = crate::arch::cpu_index();
+    VTIMER_LINE[cpu].store(0, Ordering::Relaxed);
+    WROTE_LRS[cpu].store(1, Ordering::Relaxed);
+}
+
+/// The virtual timer line of the vCPU loaded here is high (its physical
+/// interrupt fired).
+pub fn vtimer_line_high(g: &Vgic, v: usize) {
+    VTIMER_LINE[crate::arch::cpu_index()].store(2, Ordering::Relaxed);
+    let _ = g.set_line(v, VTIMER_INTID, true);
 }
 
 /// After an exit of vCPU `v`: read the list registers back and fold them
 /// into the software state. Returns the vCPUs to kick.
 pub fn exit(g: &Vgic, v: usize) -> Kick {
+    if WROTE_LRS[crate::arch::cpu_index()].load(Ordering::Relaxed) == 0 {
+        // Every LR was empty and no maintenance was asked for: the guest
+        // cannot have changed anything (the fast path of most exits).
+        return Kick::default();
+    }
     let n = list_regs();
     let mut lrs = [LrValue::default(); MAX_LRS];
     for (i, lr) in lrs[..n].iter_mut().enumerate() {

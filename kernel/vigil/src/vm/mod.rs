@@ -309,7 +309,7 @@ pub fn vtimer_fired() -> bool {
     if v.vm.is_stopped() {
         return false;
     }
-    let _ = v.vm.gic.set_line(v.index, vgic_glue::VTIMER_INTID, true);
+    vgic_glue::vtimer_line_high(&v.vm.gic, v.index);
     true
 }
 
@@ -715,6 +715,7 @@ fn load(v: &'static Vcpu, st: &mut VcpuState) {
         st.pauth.restore();
     }
     vgic_glue::restore_cpuif(&st.cpuif);
+    vgic_glue::forget_loaded();
     sysreg::set_vmpidr_el2((1 << 31) | v.mpidr);
     sysreg::set_vttbr_el2(v.vm.vttbr);
     sysreg::set_hcr_el2(trap::HCR_GUEST);
