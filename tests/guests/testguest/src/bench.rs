@@ -725,6 +725,13 @@ fn bench_its_cmd(its: &mut Its, empty: u64) {
     );
 }
 
+/// Whether row `name` runs: all of them, or those named in
+/// `vigil.bench=row,row,...` (for profiling one path).
+fn want(boot: &BootInfo, name: &str) -> bool {
+    boot.bootarg("vigil.bench")
+        .is_none_or(|rows| rows.split(',').any(|r| r == name))
+}
+
 pub fn run(boot: &'static BootInfo) -> ! {
     let freq = cpu::counter_frequency();
     println!(
@@ -742,23 +749,38 @@ pub fn run(boot: &'static BootInfo) -> ! {
         per_op(empty_loop, 0, ITERS),
         per_op(empty, 0, ITERS)
     );
-    bench_hyp_call(empty_loop);
-    bench_mmio();
-    bench_eoi(empty);
-    bench_timer(empty);
-    match Its::init(boot) {
-        Some(mut its) => {
-            bench_lpi(&mut its, empty);
-            bench_translater(empty);
-            bench_its_cmd(&mut its, empty);
-        }
-        None => {
-            na("lpi", "no ITS");
-            na("translater", "no ITS");
-            na("its_cmd", "no ITS");
+    if want(boot, "hyp_call") {
+        bench_hyp_call(empty_loop);
+    }
+    if want(boot, "mmio_read_vgic") {
+        bench_mmio();
+    }
+    if want(boot, "eoi") {
+        bench_eoi(empty);
+    }
+    if want(boot, "timer") {
+        bench_timer(empty);
+    }
+    let its_rows = ["lpi", "translater", "its_cmd"];
+    if its_rows.iter().any(|r| want(boot, r)) {
+        match Its::init(boot) {
+            Some(mut its) => {
+                if want(boot, "lpi") {
+                    bench_lpi(&mut its, empty);
+                }
+                if want(boot, "translater") {
+                    bench_translater(empty);
+                }
+                if want(boot, "its_cmd") {
+                    bench_its_cmd(&mut its, empty);
+                }
+            }
+            None => its_rows.iter().for_each(|r| na(r, "no ITS")),
         }
     }
-    bench_ipi(boot, empty);
+    if want(boot, "ipi") {
+        bench_ipi(boot, empty);
+    }
     report::pass(BENCH)
 }
 
