@@ -98,9 +98,17 @@ impl Kick {
     pub fn merge(&mut self, other: Kick) {
         self.0 |= other.0;
     }
-    /// The vCPU indices in the set.
+    /// The vCPU indices in the set, lowest first.
     pub fn iter(self) -> impl Iterator<Item = usize> {
-        (0..64).filter(move |v| self.0 & (1 << v) != 0)
+        let mut bits = self.0;
+        core::iter::from_fn(move || {
+            if bits == 0 {
+                return None;
+            }
+            let v = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            Some(v)
+        })
     }
 }
 
@@ -194,6 +202,12 @@ impl Vgic {
         self.locked()
     }
 
+    /// Take the state lock for a read that changes nothing: not counted,
+    /// so it does not defeat the flush fast path.
+    fn read_locked(&self) -> MutexGuard<'_, VgicState> {
+        self.state.lock()
+    }
+
     /// Take the state lock, counting the acquisition.
     fn locked(&self) -> MutexGuard<'_, VgicState> {
         let g = self.state.lock();
@@ -209,6 +223,14 @@ impl Vgic {
     /// pending ones, then by priority, then by INTID); no vINTID appears
     /// twice; if more are waiting than fit, UIE (and NPIE when an LR is
     /// pending) are set so a maintenance interrupt refills.
+    /// Whether a flush for vCPU `v` would load nothing, as the last one did
+    /// (no state changed since): then the list registers can stay as they
+    /// are. A lock-free check for the exit fast path.
+    pub fn is_idle(&self, v: usize) -> bool {
+        use core::sync::atomic::Ordering;
+        self.idle_at[v].load(Ordering::Acquire) == self.changes.load(Ordering::Acquire)
+    }
+
     pub fn flush(&self, v: usize, lrs: &mut [LrValue]) -> IchHcr {
         use core::sync::atomic::Ordering;
         let idle = &self.idle_at[v];
@@ -282,24 +304,26 @@ impl Vgic {
     /// the hypervisor left active, `false` means nobody will deactivate
     /// the physical one any more: the hypervisor must.
     pub fn in_flight(&self, v: usize, intid: u32) -> bool {
-        self.locked()
+        self.read_locked()
             .irq(v, intid)
             .is_some_and(|i| i.pending() || i.active || i.loaded)
     }
 
     /// Whether vCPU `v` has an interrupt to take (wake it from WFI).
     pub fn has_deliverable(&self, v: usize) -> bool {
-        self.locked().has_deliverable(v)
+        self.read_locked().has_deliverable(v)
     }
 
     /// Counters of vCPU `v`.
     pub fn stats(&self, v: usize) -> VcpuStats {
-        self.locked().vcpus[v].stats
+        self.read_locked().vcpus[v].stats
     }
 
     /// Read `len` bytes at `offset` of the distributor frame, by vCPU `v`.
     pub fn gicd_read(&self, v: usize, offset: u64, len: u8) -> u64 {
-        let st = self.locked();
+        // Distributor reads have no side effects (IHI 0069 §12.9: no
+        // acknowledge register in the distributor).
+        let st = self.read_locked();
         match u32::try_from(offset) {
             Ok(off) if offset < GICD_SIZE => mmio::read(
                 &st,
@@ -347,7 +371,7 @@ impl Vgic {
             crate::guest_warn!("vgic: GICR +{offset:#x}: beyond the last redistributor, RAZ");
             return 0;
         };
-        let st = self.locked();
+        let st = self.read_locked();
         mmio::read(
             &st,
             mmio::GICR_REGIONS,

@@ -619,3 +619,42 @@ proptest! {
         run_ops(&ops);
     }
 }
+
+/// The exit fast path: after a flush that loaded nothing, `is_idle` holds
+/// until anything changes the state — an SGI the vCPU sends itself, a
+/// line, a register write — and a read changes nothing. (A first version
+/// missed SGIs sent through one code path and the guest never saw them.)
+#[test]
+fn idle_fast_path_sees_every_change() {
+    let g = vgic(2);
+    enable_private(&g, 0, 1);
+    enable_spi(&g, 40);
+    let mut lrs = [LrValue::default(); 4];
+    let idle_flush = |lrs: &mut [LrValue; 4]| {
+        let hcr = g.flush(0, lrs);
+        assert_eq!(hcr.bits(), IchHcr::EN);
+        assert!(lrs.iter().all(|l| *l == LrValue::INVALID), "{lrs:?}");
+        // Nothing was written, so (as the kernel does) nothing to fold.
+    };
+    idle_flush(&mut lrs);
+    assert!(g.is_idle(0));
+    let _ = g.gicd_read(0, 0x4, 4);
+    let _ = g.gicr_read(sgi_frame(0, 0x100), 4);
+    let _ = g.has_deliverable(0);
+    assert!(g.is_idle(0), "reads keep it idle");
+    // An SGI to itself (Aff0 target list bit 0, INTID 1).
+    let _ = g.send_sgi(0, (1 << 24) | 1, true);
+    assert!(!g.is_idle(0));
+    g.flush(0, &mut lrs);
+    assert_eq!(lrs[0].vintid(), 1, "the SGI is loaded");
+    // The guest takes it and EOIs it: the LR comes back invalid.
+    lrs[0] = lrs[0].with_state(LrState::Invalid);
+    g.fold(0, &lrs[..], IchMisr::default(), 0);
+    idle_flush(&mut lrs);
+    assert!(g.is_idle(0));
+    g.pulse(1, 40);
+    assert!(
+        !g.is_idle(0),
+        "any change, even for another vCPU, re-checks"
+    );
+}

@@ -153,6 +153,11 @@ pub fn enter(g: &Vgic, v: usize) {
         gic::deactivate(VTIMER_INTID);
         PTIMER_HELD[cpu].store(0, Ordering::Relaxed);
     }
+    if WROTE_LRS[cpu].load(Ordering::Relaxed) == 0 && g.is_idle(v) {
+        // The LRs are all invalid and ICH_HCR_EL2 is just En since the
+        // last entry, and nothing new is to be loaded: leave them.
+        return;
+    }
     let n = list_regs();
     let mut lrs = [LrValue::default(); MAX_LRS];
     let hcr = g.flush(v, &mut lrs[..n]);

@@ -155,8 +155,12 @@ fn smc(v: &'static Vcpu, regs: &mut GuestRegs, _esr: Esr) -> Exit {
 /// An SMCCC call (function ID in w0).
 fn service_call(v: &'static Vcpu, regs: &mut GuestRegs) -> Exit {
     let fid = regs.x[0] as u32;
-    if let Some(outcome) = psci::call(v.vm, v.index, fid, regs.x[1], regs.x[2], regs.x[3]) {
-        return psci_outcome(v, regs, outcome);
+    // PSCI owns function numbers 0x00-0x1f of the standard service, in
+    // both calling conventions (SMCCC table 6-4).
+    if fid & 0xbfff_ffe0 == 0x8400_0000 {
+        if let Some(outcome) = psci::call(v.vm, v.index, fid, regs.x[1], regs.x[2], regs.x[3]) {
+            return psci_outcome(v, regs, outcome);
+        }
     }
     regs.x[0] = match fid {
         SMCCC_VERSION => 0x1_0001,
