@@ -78,3 +78,33 @@ fn only_one_vm_gets_the_bridge() {
         run.log
     );
 }
+
+/// Issue 8's stress scenario: QEMU's `edu` device raises MSIs from vCPU 1,
+/// one at a time, while vCPU 0 runs 10,000 MAPTI / DISCARD lives of its
+/// event over a cycle of 8 vLPIs on both collections, every 50th ending in
+/// MAPD(V=0) and MAPD(V=1). Every delivery is attributed to the MSI and
+/// the mapping it came through: none after the mapping's removal returned
+/// and the taking vCPU passed a sync point (vITS invariant 8 allows those
+/// before it), none twice, every MSI raised while a mapping is stable
+/// delivered; the free host LPIs are back at their start value after each
+/// MAPD(V=0) and at the end.
+#[test]
+fn msi_stress_discard_mapti_mapd_while_a_device_raises_msis() {
+    let run = Qemu::with_guests(&[Guest::test_hi("msi-stress").cpus(2).pcpus(&[0, 1]).pci()])
+        .qemu_arg("-device")
+        .qemu_arg("edu")
+        .timeout(Duration::from_secs(300))
+        .run();
+    run.check(&[
+        "guest: msi-stress: ECAM 0x4010000000",
+        "guest: msi-stress: 10000 lives (200 ending in MAPD(V=0))",
+        "guest: msi-stress: no delivery after a removal and its sync point, none twice",
+        "host LPIs free at the end as at the start",
+        "guest: msi-stress: PASS",
+        "vm msi-stress: powered off (PSCI SYSTEM_OFF), status 0",
+    ])
+    .unwrap();
+    assert_eq!(run.lines_with("FAIL").count(), 0, "{}", run.log);
+    assert_eq!(run.lines_with(" ERROR]").count(), 0, "{}", run.log);
+    assert_eq!(run.lines_with(" WARN ]").count(), 0, "{}", run.log);
+}

@@ -73,3 +73,12 @@ pub fn vigil_null() -> Result<u64, Exception> {
 pub fn vigil_exit_status(status: u64) -> Result<u64, Exception> {
     hvc(VIGIL_EXIT_STATUS, [status, 0, 0])
 }
+
+/// Vigil: returns how many host LPIs are free on the physical ITS (0
+/// without one), after giving back those no handler can still use.
+pub const VIGIL_HOST_LPIS_FREE: u32 = 0xC600_0004;
+
+/// VIGIL_HOST_LPIS_FREE: the free host LPIs on the physical ITS.
+pub fn vigil_host_lpis_free() -> Result<u64, Exception> {
+    hvc(VIGIL_HOST_LPIS_FREE, [0; 3])
+}

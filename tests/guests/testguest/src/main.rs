@@ -9,6 +9,7 @@
 mod bench;
 mod isolation;
 mod mmio;
+mod passthrough;
 mod psci;
 mod regs;
 mod reset;
@@ -64,6 +65,7 @@ fn main(boot: &'static BootInfo) -> ! {
         "bench-yield" => bench::run_yield(boot),
         "its" => vits::run(boot),
         "its-fuzz" => vits::fuzz(boot),
+        "msi-stress" => passthrough::run(boot),
         "its-flood" => vits::flood(boot),
         other => {
             println!("unknown scenario '{other}'");
