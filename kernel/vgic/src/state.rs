@@ -125,7 +125,9 @@ pub struct VgicState {
     pub(crate) grp1_en: bool,
     pub(crate) spis: Vec<Irq>,
     pub(crate) vcpus: Vec<VcpuState>,
-    pub(crate) lpis: BTreeMap<u32, Irq>,
+    /// Per-LPI state, boxed: ordered-map insertions and removals then move
+    /// pointers, not whole records (the ITS command path's main cost).
+    pub(crate) lpis: BTreeMap<u32, alloc::boxed::Box<Irq>>,
     pub(crate) next_gen: u64,
     pub(crate) propbaser: u64,
     pub(crate) pri_mask: u8,
@@ -198,7 +200,7 @@ impl VgicState {
         } else if intid < LPI_BASE {
             self.spis.get((intid - SPI_BASE) as usize)
         } else {
-            self.lpis.get(&intid)
+            self.lpis.get(&intid).map(|b| &**b)
         }
     }
 
@@ -208,7 +210,7 @@ impl VgicState {
         } else if intid < LPI_BASE {
             self.spis.get_mut((intid - SPI_BASE) as usize)
         } else {
-            self.lpis.get_mut(&intid)
+            self.lpis.get_mut(&intid).map(|b| &mut **b)
         }
     }
 
@@ -654,7 +656,7 @@ impl VgicState {
         irq.map_refs = 1;
         irq.priority = cfg.priority & self.pri_mask;
         irq.enabled = cfg.enabled;
-        self.lpis.insert(intid, irq);
+        self.lpis.insert(intid, alloc::boxed::Box::new(irq));
         gen
     }
 
