@@ -115,6 +115,9 @@ static DELIV: [[AtomicU64; NSET as usize]; 2] =
 /// the MAPTI was issued; 2 mapped; 3 while the removal was issued).
 static BY_PHASE: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 static RAISED: AtomicU64 = AtomicU64::new(0);
+/// MSIs after which vCPU 1 held IRQs masked; lives whose removal vCPU 0
+/// issued with IRQs masked.
+static HELD: AtomicU64 = AtomicU64::new(0);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static CONSUMED: AtomicU64 = AtomicU64::new(0);
 static BAD_STATUS: AtomicU64 = AtomicU64::new(0);
@@ -222,7 +225,18 @@ fn lpi_handler(intid: u32) {
     let seq = OUTSTANDING.swap(0, SeqCst);
     DELIV[me][v].fetch_add(1, SeqCst);
     BY_PHASE[(phase_now % 4) as usize].fetch_add(1, SeqCst);
-    let mut info = [u64::from(intid), me as u64, life, seq, 0, 0, phase_now];
+    // The MSI's record: vCPU 1 writes it with IRQs masked, so only vCPU 0
+    // can get here before it is complete.
+    let slot = seq as usize % RING;
+    let recorded = seq != 0
+        && cpu::wait_until(TIMEOUT_US, || RECORDED.load(SeqCst) >= seq)
+        && REC_SEQ[slot].load(SeqCst) == seq;
+    let (pre, post) = if recorded {
+        (REC_PRE[slot].load(SeqCst), REC_POST[slot].load(SeqCst))
+    } else {
+        (0, 0)
+    };
+    let info = [u64::from(intid), me as u64, life, seq, pre, post, phase_now];
     if dead {
         violation(Violation::Dead, info);
     }
@@ -237,17 +251,10 @@ fn lpi_handler(intid: u32) {
         return;
     }
     CONSUMED.fetch_add(1, SeqCst);
-    // vCPU 1 records with IRQs masked: only vCPU 0 can get here first.
-    let slot = seq as usize % RING;
-    if !cpu::wait_until(TIMEOUT_US, || RECORDED.load(SeqCst) >= seq)
-        || REC_SEQ[slot].load(SeqCst) != seq
-    {
+    if !recorded {
         violation(Violation::Record, info);
         return;
     }
-    let (pre, post) = (REC_PRE[slot].load(SeqCst), REC_POST[slot].load(SeqCst));
-    info[4] = pre;
-    info[5] = post;
     if life > 0 && post < 4 * life - 3 {
         violation(Violation::Early, info);
     }
@@ -263,23 +270,30 @@ fn sync_point() {
     }
 }
 
-/// vCPU 1: pass the sync point for every life removed since the last.
+/// vCPU 1: pass the sync point for every life removed since the last
+/// (IRQs masked meanwhile, and left as they were).
 fn service_sync() {
     let req = SYNC_REQ.load(SeqCst);
     let ack = SYNC_ACK.load(SeqCst);
     if req > ack {
+        let masked = gic::irqs_masked();
         gic::irq_disable();
         sync_point();
         for life in ack + 1..=req {
             DEAD[1][vlpi(life)].store(true, SeqCst);
         }
         SYNC_ACK.store(req, SeqCst);
-        gic::irq_enable();
+        if !masked {
+            gic::irq_enable();
+        }
     }
 }
 
-/// vCPU 1: one MSI, recorded; false if vCPU 0 paused the raising.
-fn raise(seq: u64) -> bool {
+/// vCPU 1: one MSI, recorded; false if vCPU 0 paused the raising. With
+/// `hold_us`, IRQs stay masked that long after it (the "hold": its LPI
+/// waits in a list register, maybe across a DISCARD and this vCPU's sync
+/// point, which must then drop it).
+fn raise(seq: u64, hold_us: u64) -> bool {
     let edu = EDU_BASE.load(SeqCst);
     let slot = seq as usize % RING;
     gic::irq_disable();
@@ -308,6 +322,13 @@ fn raise(seq: u64) -> bool {
     }
     mmio_write32(edu + EDU_IRQ_ACK, status);
     RAISED.fetch_add(1, SeqCst);
+    if hold_us > 0 {
+        HELD.fetch_add(1, SeqCst);
+        cpu::wait_until(hold_us, || {
+            service_sync();
+            false
+        });
+    }
     gic::irq_enable();
     true
 }
@@ -325,6 +346,7 @@ fn raiser(_context: u64) -> ! {
     READY.store(true, SeqCst);
     gic::irq_enable();
     let mut seq = 0;
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     loop {
         service_sync();
         let out = OUTSTANDING.load(SeqCst);
@@ -336,7 +358,9 @@ fn raiser(_context: u64) -> ! {
                 // Not started yet.
                 continue;
             }
-            if raise(seq + 1) {
+            let r = rng.next();
+            let hold_us = if r & 3 == 0 { (r >> 8) % 50 } else { 0 };
+            if raise(seq + 1, hold_us) {
                 seq += 1;
             }
             continue;
@@ -561,7 +585,7 @@ pub fn run(boot: &'static BootInfo) -> ! {
     );
     EDU_BASE.store(bar0, SeqCst);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let (mut waited, mut waited_delivered, mut mapd_cycles) = (0u64, 0u64, 0);
+    let (mut waited, mut waited_delivered, mut mapd_cycles, mut held0) = (0u64, 0u64, 0, 0);
     let mut per_life_max = 0;
     let mut t_cmd = 0u64;
     let mut t_dwell = 0u64;
@@ -632,6 +656,14 @@ pub fn run(boot: &'static BootInfo) -> ! {
         } else {
             let spin = (r >> 8) % 40;
             cpu::wait_until(spin, || false);
+        }
+        // Half the removals are issued with IRQs masked (a pending
+        // instance must then vanish with the mapping).
+        let masked_removal = r & 0x40 == 0;
+        if masked_removal {
+            gic::irq_disable();
+            held0 += 1;
+            cpu::wait_until((r >> 16) % 20, || false);
         }
         PHASE.store(4 * life - 1, SeqCst);
         fence();
@@ -708,13 +740,14 @@ pub fn run(boot: &'static BootInfo) -> ! {
         core::array::from_fn(|c| DELIV[c].iter().map(|d| d.load(SeqCst)).sum());
     let by_phase: [u64; 4] = core::array::from_fn(|p| BY_PHASE[p].load(SeqCst));
     println!(
-        "{NAME}: {life} lives ({mapd_cycles} ending in MAPD(V=0)) in {elapsed_ms} ms: {raised} MSIs raised, {total} LPIs delivered (vCPU 0 {}, vCPU 1 {}), {dropped} dropped; per phase: {} while MAPTI was issued, {} mapped, {} while DISCARD/MAPD(V=0) was issued, {} after it returned before the sync point; at most {per_life_max} in one life; {waited_delivered} of {waited} waiting lives got theirs",
+        "{NAME}: {life} lives ({mapd_cycles} ending in MAPD(V=0)) in {elapsed_ms} ms: {raised} MSIs raised, {total} LPIs delivered (vCPU 0 {}, vCPU 1 {}), {dropped} dropped; per phase: {} while MAPTI was issued, {} mapped, {} while DISCARD/MAPD(V=0) was issued, {} after it returned before the sync point; at most {per_life_max} in one life; {waited_delivered} of {waited} waiting lives got theirs; IRQs held masked by vCPU 1 after {} MSIs, by vCPU 0 across {held0} removals",
         per_vcpu[0],
         per_vcpu[1],
         by_phase[1],
         by_phase[2],
         by_phase[3],
-        by_phase[0]
+        by_phase[0],
+        HELD.load(SeqCst)
     );
     if violations() > 0 {
         let info: [u64; 8] = core::array::from_fn(|i| FIRST_INFO[i].load(SeqCst));
