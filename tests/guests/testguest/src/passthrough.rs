@@ -92,8 +92,9 @@ const EDU_IRQ_ACK: u64 = 0x64;
 const DOORBELL: u64 = its::GITS_BASE + its::GITS_TRANSLATER;
 
 /// Waits for the other vCPU, and for the delivery of an MSI raised while
-/// its mapping is stable.
-const TIMEOUT_US: u64 = 2_000_000;
+/// its mapping is stable (generous: wall-clock time under TCG, with other
+/// QEMUs sharing the host's cores; a lost MSI still fails).
+const TIMEOUT_US: u64 = 10_000_000;
 /// Records of raised MSIs kept for the handlers (by seq % RING).
 const RING: usize = 64;
 
