@@ -335,9 +335,15 @@ impl Qemu {
     }
 
     /// Type `text` on the console once the output contains `after`.
-    pub fn type_after(mut self, after: &str, text: &str) -> Self {
+    pub fn type_after(self, after: &str, text: &str) -> Self {
+        self.type_after_nth(after, 1, text)
+    }
+
+    /// Type `text` once `after` has appeared `nth` times.
+    pub fn type_after_nth(mut self, after: &str, nth: usize, text: &str) -> Self {
         self.inputs.push(Input {
             after: after.into(),
+            nth,
             bytes: text.as_bytes().to_vec(),
         });
         self
@@ -398,6 +404,8 @@ pub fn run_with_timeout(cmd: Command, timeout: Duration) -> Run {
 #[derive(Clone, Debug)]
 pub struct Input {
     pub after: String,
+    /// Type once `after` has appeared this many times (1: first time).
+    pub nth: usize,
     pub bytes: Vec<u8>,
 }
 
@@ -443,7 +451,7 @@ pub fn run_with_input(mut cmd: Command, timeout: Duration, inputs: &[Input]) -> 
         }
         if let (Some(inp), Some(w)) = (next, stdin.as_mut()) {
             let out = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
-            if out.contains(&inp.after) {
+            if out.matches(inp.after.as_str()).count() >= inp.nth.max(1) {
                 use std::io::Write;
                 let _ = w.write_all(&inp.bytes);
                 let _ = w.flush();
@@ -528,10 +536,12 @@ mod tests {
         let inputs = [
             Input {
                 after: "ready".into(),
+                nth: 1,
                 bytes: b"one\n".to_vec(),
             },
             Input {
                 after: "got one".into(),
+                nth: 1,
                 bytes: b"two\n".to_vec(),
             },
         ];

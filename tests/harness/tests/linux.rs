@@ -170,18 +170,36 @@ fn linux_with_four_vcpus_ticks_and_sleeps_right() {
 }
 
 /// Typing on the console reaches the guest's shell (through the physical
-/// UART, Vigil's input path and the virtual PL011's interrupt).
+/// UART, Vigil's input path and the virtual PL011's interrupt); `reboot`
+/// restarts the VM (PSCI SYSTEM_RESET: Linux boots again) and `poweroff`
+/// ends the run with status 0.
 #[test]
-fn typing_reaches_the_guest_shell() {
+fn typing_reaches_the_guest_shell_and_reboot_and_poweroff_work() {
     let run = Qemu::with_guests(&[Guest::linux(2, "shell")])
-        .timeout(TIMEOUT)
+        .timeout(Duration::from_secs(240))
         .type_after("VIGIL-INIT: shell", "echo typed-$((6 * 7))\n")
-        .type_after("typed-42", "poweroff -f\n")
+        .type_after("typed-42", "reboot\n")
+        .type_after_nth("VIGIL-INIT: shell", 2, "echo again-$((6 * 7))\n")
+        .type_after("again-42", "poweroff\n")
         .run();
     assert_eq!(run.ending, Ending::Exited(0), "{}", run.log);
-    assert!(
-        run.lines_with("typed-42").any(|l| !l.contains("$((")),
+    for typed in ["typed-42", "again-42"] {
+        assert!(
+            run.lines_with(typed).any(|l| !l.contains("$((")),
+            "{typed}:\n{}",
+            run.log
+        );
+    }
+    assert_eq!(
+        run.lines_with("vm linux: reset: images reloaded").count(),
+        1,
         "{}",
+        run.log
+    );
+    assert_eq!(
+        run.lines_with("Linux version").count(),
+        2,
+        "booted twice:\n{}",
         run.log
     );
     assert_eq!(
