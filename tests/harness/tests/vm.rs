@@ -174,3 +174,40 @@ fn system_reset_restarts_the_vm() {
     ])
     .unwrap();
 }
+
+/// Console input goes to the VM with the focus; Ctrl-A n moves the focus
+/// to the next VM.
+#[test]
+fn console_focus_moves_between_vms() {
+    let run = Qemu::with_guests(&[
+        Guest::test("echo").named("first").pcpus(&[0]),
+        Guest::test("echo").named("second").pcpus(&[1]),
+    ])
+    .type_after_nth("guest: echo: ready", 2, "hello\n")
+    .type_after("[first] guest: echo: hello", "\x01n")
+    .type_after("console input now goes to vm second", "world\nquit\n")
+    .type_after("[second] guest: echo: PASS", "\x01nquit\n")
+    .run();
+    run.check(&[
+        "[first] guest: echo: hello",
+        "console input now goes to vm second",
+        "[second] guest: echo: world",
+        "[second] guest: echo: PASS",
+        "console input now goes to vm first",
+        "[first] guest: echo: quit",
+        "[first] guest: echo: PASS",
+    ])
+    .unwrap();
+    assert_eq!(
+        run.lines_with("[second] guest: echo: hello").count(),
+        0,
+        "{}",
+        run.log
+    );
+    assert_eq!(
+        run.lines_with("[first] guest: echo: world").count(),
+        0,
+        "{}",
+        run.log
+    );
+}

@@ -671,13 +671,58 @@ pub fn console_input_pump() {
         return;
     };
     while vm.uart.has_room() {
-        match crate::console::try_read() {
-            Some(b) => vm.uart.receive(b),
-            None => return,
+        let Some(b) = crate::console::try_read() else {
+            return;
+        };
+        // Ctrl-A is the escape: Ctrl-A n moves the focus to the next VM,
+        // Ctrl-A Ctrl-A types one Ctrl-A (QEMU's own escape is not used:
+        // its monitor is off).
+        if ESCAPED.swap(false, Ordering::Relaxed) {
+            match b {
+                b'n' => {
+                    next_focus();
+                    // The loop goes on with the new VM's FIFO.
+                    return console_input_pump();
+                }
+                CTRL_A => vm.uart.receive(CTRL_A),
+                other => {
+                    vm.uart.receive(CTRL_A);
+                    if vm.uart.has_room() {
+                        vm.uart.receive(other);
+                    }
+                }
+            }
+        } else if b == CTRL_A {
+            ESCAPED.store(true, Ordering::Relaxed);
+        } else {
+            vm.uart.receive(b);
         }
     }
     crate::console::set_rx_interrupt(false);
     INPUT_PAUSED.store(true, Ordering::Release);
+}
+
+const CTRL_A: u8 = 0x01;
+/// A Ctrl-A was typed and the next byte says what it means.
+static ESCAPED: AtomicBool = AtomicBool::new(false);
+
+/// Give the console's input to the next running VM.
+fn next_focus() {
+    let n = count();
+    let from = FOCUS.load(Ordering::Relaxed);
+    for step in 1..=n {
+        let id = (from + step) % n;
+        if vm_by_id(id).is_some_and(|v| !v.is_stopped()) {
+            FOCUS.store(id, Ordering::Relaxed);
+            log::info!(
+                "console input now goes to vm {} (Ctrl-A n for the next)",
+                name(id)
+            );
+            INPUT_PAUSED.store(false, Ordering::Release);
+            crate::console::set_rx_interrupt(true);
+            return;
+        }
+    }
 }
 
 /// The console's receive interrupt is masked until the focused VM reads.

@@ -87,3 +87,16 @@ macro_rules! println {
         $crate::console::print_line(format_args!($($arg)*))
     };
 }
+
+/// One byte received on the UART, if any (polling FR.RXFE).
+pub fn try_getc() -> Option<u8> {
+    const FR_RXFE: u32 = 1 << 4;
+    // SAFETY: PL011_BASE is the UART's MMIO frame in every VM; FR and DR
+    // are 32-bit registers read with single plain loads.
+    unsafe {
+        if core::ptr::read_volatile((PL011_BASE + UARTFR) as *const u32) & FR_RXFE != 0 {
+            return None;
+        }
+        Some(core::ptr::read_volatile((PL011_BASE + UARTDR) as *const u32) as u8)
+    }
+}

@@ -7,6 +7,7 @@
 #![no_main]
 
 mod bench;
+mod echo;
 mod isolation;
 mod mmio;
 mod passthrough;
@@ -46,6 +47,7 @@ fn main(boot: &'static BootInfo) -> ! {
     );
     match scenario {
         "hello" => hello(),
+        "echo" => echo::run(boot),
         "psci" => psci::run(boot),
         "mmio" => mmio::run(boot),
         "mmio-ram" => mmio::run_on_ram(boot),
