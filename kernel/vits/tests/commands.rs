@@ -335,10 +335,7 @@ fn discard_removes_route_and_pending_and_frees() {
     assert_eq!(r.vgic.lock().lpi_count(), 0, "vITS invariant 6");
     assert!(r.drain(0).is_empty());
     assert_eq!(r.its.translate(1, 0), Err(TranslateError::EventUnmapped));
-    r.cmd(Command::Int {
-        device: 1,
-        event: 0,
-    });
+    r.int(1, 0);
     assert_eq!(r.its.last_error(), Some(CmdError::EventUnmapped(1, 0)));
 }
 
@@ -390,10 +387,7 @@ fn movi_while_in_lr_delivers_once() {
     let r = Rig::new(2);
     r.mapd(1, 4);
     r.mapti(1, 0, LPI0, 0);
-    r.cmd(Command::Int {
-        device: 1,
-        event: 0,
-    });
+    r.int(1, 0);
     let mut c0 = SimCpu::new(0, 4);
     c0.enter(&r.vgic);
     r.cmd(Command::Movi {
@@ -413,10 +407,7 @@ fn inv_and_invall_reload_configuration() {
     r.set_prop(LPI0, 0xa0); // disabled
     r.mapd(1, 4);
     r.mapti(1, 0, LPI0, 0);
-    r.cmd(Command::Int {
-        device: 1,
-        event: 0,
-    });
+    r.int(1, 0);
     assert!(r.drain(0).is_empty(), "disabled in the property table");
     r.set_prop(LPI0, 0xa1);
     r.cmd(Command::Inv {
@@ -464,10 +455,7 @@ fn mapd_v0_unmaps_everything_and_remap_starts_empty() {
     r.mapd(1, 4);
     for e in 0..4 {
         r.mapti(1, e, LPI0 + e, 0);
-        r.cmd(Command::Int {
-            device: 1,
-            event: e,
-        });
+        r.int(1, e);
     }
     r.cmd(Command::Mapd {
         device: 1,
@@ -513,10 +501,7 @@ fn mapc_remap_retargets() {
         r.its.translate(1, 0),
         Err(TranslateError::CollectionUnmapped)
     );
-    r.cmd(Command::Int {
-        device: 1,
-        event: 0,
-    });
+    r.int(1, 0);
     assert_eq!(r.its.last_error(), Some(CmdError::CollectionUnmapped(0)));
 }
 
@@ -526,15 +511,9 @@ fn shared_vintid_between_two_events() {
     r.mapd(1, 4);
     r.mapti(1, 0, LPI0, 0);
     r.mapti(1, 1, LPI0, 0);
-    r.cmd(Command::Discard {
-        device: 1,
-        event: 0,
-    });
+    r.discard(1, 0);
     assert_eq!(r.vgic.lock().lpi_count(), 1, "still mapped by event 1");
-    r.cmd(Command::Int {
-        device: 1,
-        event: 1,
-    });
+    r.int(1, 1);
     assert_eq!(r.drain(0), vec![LPI0]);
 }
 
@@ -600,10 +579,7 @@ fn pending_table_honoured_when_lpis_enabled() {
     });
     r2.mapd(1, 4);
     r2.mapti(1, 0, LPI0, 0);
-    r2.cmd(Command::Int {
-        device: 1,
-        event: 0,
-    });
+    r2.int(1, 0);
     assert!(r2.drain(0).is_empty());
     r2.vgic
         .gicr_write(0x78, 8, PEND_TABLE + 0x1_0000 * 3, &*r2.mem);
@@ -848,10 +824,7 @@ fn two_level_device_table() {
     });
     r.enable_lpis();
     r.mapti(8192 + 5, 1, LPI0, 0);
-    r.cmd(Command::Int {
-        device: 8192 + 5,
-        event: 1,
-    });
+    r.int(8192 + 5, 1);
     assert_eq!(r.drain(0), vec![LPI0]);
     // Flat table of one 64 KiB page: 8192 DeviceIDs.
     let f = Rig::new(1);
@@ -870,10 +843,7 @@ fn more_lpis_than_lrs_then_discard_queued() {
     for e in 0..8 {
         r.set_prop(LPI0 + e, (0x10 * e as u8) | 1);
         r.mapti(1, e, LPI0 + e, 0);
-        r.cmd(Command::Int {
-            device: 1,
-            event: e,
-        });
+        r.int(1, e);
     }
     let mut c = SimCpu::new(0, 4);
     c.enter(&r.vgic);
@@ -882,10 +852,7 @@ fn more_lpis_than_lrs_then_discard_queued() {
         vec![LPI0, LPI0 + 1, LPI0 + 2, LPI0 + 3]
     );
     assert!(c.hcr.uie() && c.hcr.npie());
-    r.cmd(Command::Discard {
-        device: 1,
-        event: 6,
-    });
+    r.discard(1, 6);
     let mut got = Vec::new();
     while let Some(i) = c.ack() {
         got.push(i);
@@ -915,10 +882,7 @@ fn discard_mapti_reuse_while_in_lr() {
         let r = Rig::new(1);
         r.mapd(1, 4);
         r.mapti(1, 0, LPI0, 0);
-        r.cmd(Command::Int {
-            device: 1,
-            event: 0,
-        });
+        r.int(1, 0);
         let mut c = SimCpu::new(0, 4);
         c.enter(&r.vgic);
         if acked {
@@ -961,10 +925,7 @@ fn discard_of_active_lpi_keeps_it_deactivatable() {
     let r = Rig::new(1);
     r.mapd(1, 4);
     r.mapti(1, 0, LPI0, 0);
-    r.cmd(Command::Int {
-        device: 1,
-        event: 0,
-    });
+    r.int(1, 0);
     let mut c = SimCpu::new(0, 4);
     c.enter(&r.vgic);
     assert_eq!(c.ack(), Some(LPI0));
@@ -1011,10 +972,7 @@ fn reset_returns_to_power_on_state() {
     let r = Rig::new(2);
     r.mapd(1, 4);
     r.mapti(1, 3, LPI0 + 5, 1);
-    r.cmd(Command::Int {
-        device: 1,
-        event: 3,
-    });
+    r.int(1, 3);
     r.vgic.reset();
     r.its.reset();
     assert_eq!(r.its.lookup(1, 3), None);
@@ -1177,10 +1135,7 @@ fn quotas_bound_the_state_a_guest_can_create() {
     r.mapti(1, n, LPI0, 0);
     assert_eq!(r.its.last_error(), Some(CmdError::TooManyMappings(1, n)));
     assert_eq!(r.its.lookup(1, n), None);
-    r.cmd(Command::Discard {
-        device: 1,
-        event: 0,
-    });
+    r.discard(1, 0);
     r.mapti(1, n, LPI0, 0);
     assert!(r.its.lookup(1, n).is_some(), "room again after a DISCARD");
     // MAPD(V=0) returns all of a device's mappings.

@@ -405,10 +405,7 @@ fn hundred_thousand_random_commands_next_to_a_good_vm() {
         }
         if i % 1000 == 0 {
             let e = (i / 1000) % 8;
-            good.cmd(Command::Int {
-                device: 7,
-                event: e,
-            });
+            good.int(7, e);
             let v = (e % 2) as usize;
             assert_eq!(good.drain(v), vec![LPI0 + e], "good VM LPI {e}");
         }

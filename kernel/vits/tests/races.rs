@@ -82,10 +82,7 @@ fn inject_vs_mapti_discard_loop() {
                 p2.store(3 * round + 1, Ordering::SeqCst);
                 r2.mapti(1, 0, LPI0, 0);
                 p2.store(3 * round + 2, Ordering::SeqCst);
-                r2.cmd(Command::Discard {
-                    device: 1,
-                    event: 0,
-                });
+                r2.discard(1, 0);
                 p2.store(3 * round + 3, Ordering::SeqCst);
             }
         });
@@ -139,19 +136,13 @@ fn inject_vs_discard_mapti_reuse_loop() {
         });
         for _ in 0..2 {
             r.mapti(1, 0, LPI0, 0);
-            r.cmd(Command::Discard {
-                device: 1,
-                event: 0,
-            });
+            r.discard(1, 0);
             r.mapti(1, 1, LPI0, 0);
             // Only event 0 is ever injected, and it is unmapped now.
             assert!(!r.vgic.lock().lpi_pending(LPI0), "new mapping born pending");
             thread::yield_now();
             assert!(!r.vgic.lock().lpi_pending(LPI0), "stale route injected");
-            r.cmd(Command::Discard {
-                device: 1,
-                event: 1,
-            });
+            r.discard(1, 1);
         }
         inj.join().unwrap();
         assert_eq!(r.vgic.lock().lpi_count(), 0);
@@ -167,19 +158,13 @@ fn discard_while_in_lr_then_ack_eoi() {
         let r = Arc::new(Rig::new(1));
         r.mapd(1, 3);
         r.mapti(1, 0, LPI0, 0);
-        r.cmd(Command::Int {
-            device: 1,
-            event: 0,
-        });
+        r.int(1, 0);
         let mut c = SimCpu::new(0, 4);
         c.enter(&r.vgic);
         let done = Arc::new(AtomicBool::new(false));
         let (r2, d2) = (r.clone(), done.clone());
         let cmd = thread::spawn(move || {
-            r2.cmd(Command::Discard {
-                device: 1,
-                event: 0,
-            });
+            r2.discard(1, 0);
             d2.store(true, Ordering::SeqCst);
         });
         thread::yield_now();
@@ -210,24 +195,15 @@ fn discard_mapti_reuse_then_int() {
             let r = Arc::new(Rig::new(1));
             r.mapd(1, 3);
             r.mapti(1, 0, LPI0, 0);
-            r.cmd(Command::Int {
-                device: 1,
-                event: 0,
-            });
+            r.int(1, 0);
             let mut c = SimCpu::new(0, 4);
             c.enter(&r.vgic);
             let done = Arc::new(AtomicBool::new(false));
             let (r2, d2) = (r.clone(), done.clone());
             let cmd = thread::spawn(move || {
-                r2.cmd(Command::Discard {
-                    device: 1,
-                    event: 0,
-                });
+                r2.discard(1, 0);
                 r2.mapti(1, 1, LPI0, 0);
-                r2.cmd(Command::Int {
-                    device: 1,
-                    event: 1,
-                });
+                r2.int(1, 1);
                 d2.store(true, Ordering::SeqCst);
             });
             let mut got = Vec::new();
@@ -261,10 +237,7 @@ fn mapd_unmap_with_lrs_and_injections_then_remap() {
         r.mapd(1, 3);
         for e in 0..4 {
             r.mapti(1, e, LPI0 + e, (e % 2) as u16);
-            r.cmd(Command::Int {
-                device: 1,
-                event: e,
-            });
+            r.int(1, e);
         }
         let mut cpus: Vec<SimCpu> = (0..2).map(|v| SimCpu::new(v, 4)).collect();
         for c in cpus.iter_mut() {
@@ -354,10 +327,7 @@ fn int_racing_movi() {
             let r2 = r.clone();
             let int = thread::spawn(move || {
                 if via_command {
-                    r2.cmd(Command::Int {
-                        device: 1,
-                        event: 0,
-                    });
+                    r2.int(1, 0);
                 } else {
                     r2.its.translate(1, 0).unwrap();
                 }
@@ -403,20 +373,14 @@ fn discard_of_queued_lpi_with_full_lrs() {
         for e in 0..8u32 {
             r.set_prop(LPI0 + e, ((e as u8) << 4) | 1);
             r.mapti(1, e, LPI0 + e, 0);
-            r.cmd(Command::Int {
-                device: 1,
-                event: e,
-            });
+            r.int(1, e);
         }
         let mut c = SimCpu::new(0, 4);
         c.enter(&r.vgic);
         let done = Arc::new(AtomicBool::new(false));
         let (r2, d2) = (r.clone(), done.clone());
         let cmd = thread::spawn(move || {
-            r2.cmd(Command::Discard {
-                device: 1,
-                event: 6,
-            });
+            r2.discard(1, 6);
             d2.store(true, Ordering::SeqCst);
         });
         let mut got = Vec::new();

@@ -191,6 +191,14 @@ impl Rig {
         });
     }
 
+    pub fn int(&self, device: u32, event: u32) {
+        self.cmd(Command::Int { device, event });
+    }
+
+    pub fn discard(&self, device: u32, event: u32) {
+        self.cmd(Command::Discard { device, event });
+    }
+
     pub fn creadr(&self) -> u64 {
         self.its.mmio_read(0x90, 8)
     }
