@@ -22,6 +22,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::boot::MAX_CPUS;
 use crate::cpu;
+use crate::mmio;
 
 /// The distributor (GICD) frame.
 pub const GICD_BASE: u64 = 0x0800_0000;
@@ -87,50 +88,39 @@ const GICR_ICFGR0: u64 = 0x0C00;
 /// How long register-write-pending and wake polls may take.
 const POLL_TIMEOUT_US: u64 = 1_000_000;
 
-// The accessors are single `ldr`/`str` instructions without writeback, so
-// a trapped access always has a valid syndrome (ESR_EL2.ISV) for the
-// hypervisor to emulate; the compiler could otherwise pick `stp` or a
-// post-indexed form.
+// Every address below is an aligned register in the VM's GIC frames
+// (callers pass GICD_BASE or redistributor offsets): accessing it changes
+// interrupt state only, never guest memory, as `mmio` requires.
+// IPRIORITYR is byte-accessible.
 
 fn read32(addr: u64) -> u32 {
-    let v: u32;
-    // SAFETY: `addr` is a 4-byte aligned GIC register in the VM's GIC
-    // frames (callers only pass GICD_BASE/redistributor offsets); reading
-    // it has no memory-safety effect on the guest.
-    unsafe { asm!("ldr {:w}, [{}]", out(reg) v, in(reg) addr, options(nostack, preserves_flags)) };
-    v
+    // SAFETY: a GIC register (above).
+    unsafe { mmio::read32(addr) }
 }
 
 fn write32(addr: u64, v: u32) {
-    // SAFETY: as in `read32`; writes to GIC registers only change
-    // interrupt state, never guest memory.
-    unsafe { asm!("str {:w}, [{}]", in(reg) v, in(reg) addr, options(nostack, preserves_flags)) };
+    // SAFETY: a GIC register (above).
+    unsafe { mmio::write32(addr, v) }
 }
 
 fn read64(addr: u64) -> u64 {
-    let v: u64;
-    // SAFETY: as in `read32`, for an 8-byte aligned 64-bit GIC register.
-    unsafe { asm!("ldr {}, [{}]", out(reg) v, in(reg) addr, options(nostack, preserves_flags)) };
-    v
+    // SAFETY: a GIC register (above).
+    unsafe { mmio::read64(addr) }
 }
 
 fn write64(addr: u64, v: u64) {
-    // SAFETY: as in `write32`, for an 8-byte aligned 64-bit GIC register.
-    unsafe { asm!("str {}, [{}]", in(reg) v, in(reg) addr, options(nostack, preserves_flags)) };
+    // SAFETY: a GIC register (above).
+    unsafe { mmio::write64(addr, v) }
 }
 
 fn write8(addr: u64, v: u8) {
-    // SAFETY: as in `write32`; IPRIORITYR is byte-accessible.
-    unsafe {
-        asm!("strb {:w}, [{}]", in(reg) u32::from(v), in(reg) addr, options(nostack, preserves_flags))
-    };
+    // SAFETY: a GIC register (above).
+    unsafe { mmio::write8(addr, v) }
 }
 
 fn read8(addr: u64) -> u8 {
-    let v: u32;
-    // SAFETY: as in `read32`; IPRIORITYR is byte-accessible.
-    unsafe { asm!("ldrb {:w}, [{}]", out(reg) v, in(reg) addr, options(nostack, preserves_flags)) };
-    v as u8
+    // SAFETY: a GIC register (above).
+    unsafe { mmio::read8(addr) }
 }
 
 macro_rules! sysreg_write {

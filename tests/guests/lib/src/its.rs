@@ -19,6 +19,7 @@ use vigil_gic::regs::{self, baser, GitsTyper, Shareability};
 
 use crate::cpu;
 use crate::gic;
+use crate::mmio;
 
 /// The ITS control frame.
 pub const GITS_BASE: u64 = 0x0808_0000;
@@ -53,39 +54,27 @@ pub const CMD_TIMEOUT_US: u64 = 1_000_000;
 
 /// Reads a 32-bit ITS register (offset from [`GITS_BASE`]).
 pub fn read32(off: u64) -> u32 {
-    let v: u32;
-    // SAFETY: a 4-byte aligned register in the VM's ITS frames; a single
-    // `ldr` so the trapped access has a valid syndrome.
-    unsafe {
-        asm!("ldr {:w}, [{}]", out(reg) v, in(reg) GITS_BASE + off, options(nostack, preserves_flags))
-    };
-    v
+    // SAFETY: an aligned register in the VM's ITS frames; ITS register
+    // accesses change ITS state only.
+    unsafe { mmio::read32(GITS_BASE + off) }
 }
 
 /// Writes a 32-bit ITS register.
 pub fn write32(off: u64, v: u32) {
-    // SAFETY: as in `read32`; ITS register writes change ITS state only.
-    unsafe {
-        asm!("str {:w}, [{}]", in(reg) v, in(reg) GITS_BASE + off, options(nostack, preserves_flags))
-    };
+    // SAFETY: as in `read32`.
+    unsafe { mmio::write32(GITS_BASE + off, v) }
 }
 
 /// Reads a 64-bit ITS register.
 pub fn read64(off: u64) -> u64 {
-    let v: u64;
-    // SAFETY: as in `read32`, 8-byte aligned.
-    unsafe {
-        asm!("ldr {}, [{}]", out(reg) v, in(reg) GITS_BASE + off, options(nostack, preserves_flags))
-    };
-    v
+    // SAFETY: as in `read32`.
+    unsafe { mmio::read64(GITS_BASE + off) }
 }
 
 /// Writes a 64-bit ITS register.
 pub fn write64(off: u64, v: u64) {
-    // SAFETY: as in `write32`, 8-byte aligned.
-    unsafe {
-        asm!("str {}, [{}]", in(reg) v, in(reg) GITS_BASE + off, options(nostack, preserves_flags))
-    };
+    // SAFETY: as in `read32`.
+    unsafe { mmio::write64(GITS_BASE + off, v) }
 }
 
 /// `GITS_TYPER`.

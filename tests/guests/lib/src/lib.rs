@@ -29,6 +29,7 @@ pub mod cpu;
 pub mod exceptions;
 pub mod gic;
 pub mod its;
+pub mod mmio;
 pub mod pci;
 pub mod psci;
 pub mod report;

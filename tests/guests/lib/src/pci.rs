@@ -10,8 +10,9 @@
 //! 32-bit load or store (the guest runs with the MMU off, so these are
 //! Device accesses); narrower fields are read-modify-written.
 
-use core::arch::asm;
 use core::ops::Range;
+
+use crate::mmio;
 
 /// `PCI_COMMAND` bits.
 pub const COMMAND_MEMORY: u16 = 1 << 1;
@@ -137,15 +138,10 @@ impl HostBridge {
 
     /// The 32-bit configuration register at `off` (rounded down to 4).
     pub fn read32(&self, bdf: Bdf, off: u16) -> u32 {
-        let v: u32;
         // SAFETY: an aligned 32-bit load from the ECAM the device tree
         // gives this VM; configuration reads have no memory effect on the
         // guest.
-        unsafe {
-            asm!("ldr {:w}, [{}]", out(reg) v, in(reg) self.cfg_addr(bdf, off),
-                 options(nostack, preserves_flags))
-        };
-        v
+        unsafe { mmio::read32(self.cfg_addr(bdf, off)) }
     }
 
     /// Writes the 32-bit configuration register at `off`.
@@ -153,10 +149,7 @@ impl HostBridge {
         // SAFETY: an aligned 32-bit store to the ECAM; it changes the
         // function's configuration, never guest memory directly (bus
         // mastering is the caller's decision).
-        unsafe {
-            asm!("str {:w}, [{}]", in(reg) v, in(reg) self.cfg_addr(bdf, off),
-                 options(nostack, preserves_flags))
-        };
+        unsafe { mmio::write32(self.cfg_addr(bdf, off), v) }
     }
 
     /// The 16-bit register at `off` (2-byte aligned).

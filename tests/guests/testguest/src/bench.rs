@@ -26,7 +26,7 @@ use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use vigil_guest::gic;
-use vigil_guest::{cpu, fail, println, psci, report, smccc, BootInfo, MAX_CPUS};
+use vigil_guest::{cpu, fail, mmio, println, psci, report, smccc, BootInfo, MAX_CPUS};
 
 const BENCH: &str = "bench";
 const YIELD: &str = "bench-yield";
@@ -340,38 +340,33 @@ const QUEUE_BYTES: u64 = 0x1_0000;
 /// LPI INTID bits in GICR_PROPBASER (IDbits + 1): INTIDs below 16384.
 const LPI_ID_BITS: u64 = 14;
 
+// GIC and ITS registers change interrupt state only; this guest's ITS
+// tables, queue and property table are RAM it reserved for them (beyond its
+// image and stacks), as `mmio` requires.
+
 fn mmio_read32(addr: u64) -> u32 {
-    let v: u32;
-    // SAFETY: a 4-byte aligned GIC/ITS register; one plain `ldr`.
-    unsafe { asm!("ldr {:w}, [{}]", out(reg) v, in(reg) addr, options(nostack, preserves_flags)) };
-    v
+    // SAFETY: a GIC/ITS register (above).
+    unsafe { mmio::read32(addr) }
 }
 
 fn mmio_write32(addr: u64, v: u32) {
-    // SAFETY: a 4-byte aligned GIC/ITS register; one plain `str`. GIC
-    // registers change interrupt state only.
-    unsafe { asm!("str {:w}, [{}]", in(reg) v, in(reg) addr, options(nostack, preserves_flags)) };
+    // SAFETY: a GIC/ITS register (above).
+    unsafe { mmio::write32(addr, v) }
 }
 
 fn mmio_read64(addr: u64) -> u64 {
-    let v: u64;
-    // SAFETY: as in `mmio_read32`, 8-byte aligned.
-    unsafe { asm!("ldr {}, [{}]", out(reg) v, in(reg) addr, options(nostack, preserves_flags)) };
-    v
+    // SAFETY: a GIC/ITS register (above).
+    unsafe { mmio::read64(addr) }
 }
 
 fn mmio_write64(addr: u64, v: u64) {
-    // SAFETY: as in `mmio_write32`, 8-byte aligned. Also used for this
-    // guest's own ITS tables and queue in RAM it reserved for them.
-    unsafe { asm!("str {}, [{}]", in(reg) v, in(reg) addr, options(nostack, preserves_flags)) };
+    // SAFETY: a GIC/ITS register or this guest's ITS memory (above).
+    unsafe { mmio::write64(addr, v) }
 }
 
 fn mem_write8(addr: u64, v: u8) {
-    // SAFETY: a byte of the LPI property table, in RAM this guest reserved
-    // for it (beyond its image and stacks).
-    unsafe {
-        asm!("strb {:w}, [{}]", in(reg) u32::from(v), in(reg) addr, options(nostack, preserves_flags))
-    };
+    // SAFETY: a byte of the LPI property table (above).
+    unsafe { mmio::write8(addr, v) }
 }
 
 fn zero(addr: u64, bytes: u64) {

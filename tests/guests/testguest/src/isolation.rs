@@ -1,9 +1,7 @@
 //! `isolation`: the VM's own RAM holds what it writes, and every access
 //! outside its RAM and devices takes a synchronous external abort.
 
-use core::arch::asm;
-
-use vigil_guest::{ensure, expect_exception, println, report, BootInfo};
+use vigil_guest::{ensure, expect_exception, mmio, println, report, BootInfo};
 
 const NAME: &str = "isolation";
 const MIB: u64 = 1 << 20;
@@ -18,22 +16,16 @@ fn pattern(addr: u64) -> u64 {
 }
 
 fn read(addr: u64) -> u64 {
-    let v: u64;
     // SAFETY: a load from `addr`, which is outside this VM's RAM: it aborts
     // (caught by `expect_exception`) or reads a device, never memory Rust
     // uses.
-    unsafe {
-        asm!("ldr {v}, [{a}]", v = out(reg) v, a = in(reg) addr, options(nostack, preserves_flags))
-    };
-    v
+    unsafe { mmio::read64(addr) }
 }
 
 fn write(addr: u64, v: u64) {
     // SAFETY: a store to `addr`, which is outside this VM's RAM: it aborts
     // (caught by `expect_exception`), never touching memory Rust uses.
-    unsafe {
-        asm!("str {v}, [{a}]", v = in(reg) v, a = in(reg) addr, options(nostack, preserves_flags))
-    };
+    unsafe { mmio::write64(addr, v) }
 }
 
 /// Reads and writes `addr`; both must abort with FAR = `addr`.

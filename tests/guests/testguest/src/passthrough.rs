@@ -67,7 +67,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use vigil_guest::gic;
 use vigil_guest::its::{self, Bump, Its, ItsCommand, PropTable, RdBase};
 use vigil_guest::pci::{self, Bdf, HostBridge};
-use vigil_guest::{cpu, ensure, fail, println, psci, report, smccc, BootInfo};
+use vigil_guest::{cpu, ensure, fail, mmio, println, psci, report, smccc, BootInfo};
 
 const NAME: &str = "msi-stress";
 /// Lives (MAPTI ... DISCARD or MAPD(V=0)) run by vCPU 0.
@@ -201,17 +201,15 @@ fn fence() {
 }
 
 fn mmio_read32(addr: u64) -> u32 {
-    let v: u32;
     // SAFETY: an aligned 32-bit load from edu's BAR0, which this guest
     // placed in the bridge's memory window; edu registers have no effect
     // on guest memory.
-    unsafe { asm!("ldr {:w}, [{}]", out(reg) v, in(reg) addr, options(nostack, preserves_flags)) };
-    v
+    unsafe { mmio::read32(addr) }
 }
 
 fn mmio_write32(addr: u64, v: u32) {
     // SAFETY: as in `mmio_read32`; edu does no DMA unless told to.
-    unsafe { asm!("str {:w}, [{}]", in(reg) v, in(reg) addr, options(nostack, preserves_flags)) };
+    unsafe { mmio::write32(addr, v) }
 }
 
 fn vlpi(life: u64) -> usize {

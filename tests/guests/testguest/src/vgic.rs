@@ -7,7 +7,9 @@ use core::arch::asm;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use vigil_guest::gic::{self, Trigger};
-use vigil_guest::{cpu, ensure, fail, println, psci, report, BootInfo, SpinBarrier, MAX_CPUS};
+use vigil_guest::{
+    cpu, ensure, fail, mmio, println, psci, report, BootInfo, SpinBarrier, MAX_CPUS,
+};
 
 /// How long any wait for another vCPU or an interrupt may take.
 const TIMEOUT_US: u64 = 5_000_000;
@@ -787,17 +789,15 @@ static UART_TAKEN: AtomicU32 = AtomicU32::new(0);
 static UART_MIS_SEEN: AtomicU32 = AtomicU32::new(0);
 
 fn uart_read(addr: u64) -> u32 {
-    let v: u32;
-    // SAFETY: a 32-bit PL011 register of the VM's UART, read with one
-    // plain `ldr` (a valid syndrome for the hypervisor).
-    unsafe { asm!("ldr {:w}, [{}]", out(reg) v, in(reg) addr, options(nostack, preserves_flags)) };
-    v
+    // SAFETY: a 32-bit PL011 register of the VM's UART; reading it has no
+    // memory effect.
+    unsafe { mmio::read32(addr) }
 }
 
 fn uart_write(addr: u64, v: u32) {
-    // SAFETY: a 32-bit PL011 register of the VM's UART, written with one
-    // plain `str`; IMSC only changes which interrupts the UART signals.
-    unsafe { asm!("str {:w}, [{}]", in(reg) v, in(reg) addr, options(nostack, preserves_flags)) };
+    // SAFETY: a 32-bit PL011 register of the VM's UART; IMSC only changes
+    // which interrupts the UART signals.
+    unsafe { mmio::write32(addr, v) }
 }
 
 fn uart_handler(_intid: u32) {
