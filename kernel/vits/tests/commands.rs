@@ -517,6 +517,30 @@ fn shared_vintid_between_two_events() {
     assert_eq!(r.drain(0), vec![LPI0]);
 }
 
+/// A second MAPTI of a vINTID already mapped shares its state: it rereads
+/// the property table and retargets the LPI to its own collection, and a
+/// pending instance follows (IHI 0069 §5.3, MAPTI; vITS invariant 9).
+#[test]
+fn second_mapti_of_a_vintid_rereads_config_and_retargets() {
+    let r = Rig::new(2);
+    r.mapd(1, 4);
+    r.set_prop(LPI0, 0xa0); // disabled
+    r.mapti(1, 0, LPI0, 0);
+    r.int(1, 0);
+    assert!(r.drain(0).is_empty(), "disabled LPI delivered");
+    r.set_prop(LPI0, 0xa1);
+    r.mapti(1, 1, LPI0, 1);
+    assert_eq!(r.vgic.lock().lpi_count(), 1, "one state for both events");
+    assert_eq!(r.vgic.lock().lpi_target(LPI0), Some(1));
+    assert!(r.drain(0).is_empty(), "pending instance left on vCPU 0");
+    assert_eq!(r.drain(1), vec![LPI0], "pending instance moved to vCPU 1");
+    // Each event keeps its own collection: INT goes where its ITE says.
+    r.int(1, 0);
+    assert_eq!(r.drain(0), vec![LPI0]);
+    r.int(1, 1);
+    assert_eq!(r.drain(1), vec![LPI0]);
+}
+
 #[test]
 fn translater_write_from_guest() {
     let r = Rig::new(1);
