@@ -641,21 +641,39 @@ impl VgicState {
         intid >= LPI_BASE && u64::from(intid) < (1u64 << self.lpi_id_bits)
     }
 
-    /// One more ITE maps to `intid`. The first mapping creates pristine
-    /// per-LPI state with a fresh generation (vITS invariant 5); further ITEs
-    /// share it. Returns the generation.
-    pub fn lpi_map(&mut self, intid: u32, target: Option<usize>, cfg: LpiConfig) -> u64 {
+    /// One more ITE maps to `intid` (MAPTI, MAPI). The first mapping creates
+    /// pristine per-LPI state with a fresh generation (vITS invariant 5).
+    /// Further ITEs share it: it takes the configuration just read from the
+    /// property table and, when the new ITE's collection is mapped, its
+    /// target, and a pending instance follows (vITS invariant 9). Returns
+    /// the generation.
+    pub fn lpi_map(
+        &mut self,
+        intid: u32,
+        target: Option<usize>,
+        cfg: LpiConfig,
+        kick: &mut Kick,
+    ) -> u64 {
+        let priority = cfg.priority & self.pri_mask;
         if let Some(irq) = self.lpis.get_mut(&intid) {
             irq.map_refs += 1;
-            return irq.gen;
+            irq.priority = priority;
+            irq.enabled = cfg.enabled;
+            if target.is_some() {
+                irq.target = target;
+            }
+            let gen = irq.gen;
+            self.queue(0, intid, kick);
+            return gen;
         }
         let gen = self.next_gen;
         self.next_gen += 1;
         let mut irq = Irq::new(intid, target);
         irq.gen = gen;
         irq.map_refs = 1;
-        irq.priority = cfg.priority & self.pri_mask;
+        irq.priority = priority;
         irq.enabled = cfg.enabled;
+        // Not pending: nothing to queue.
         self.lpis.insert(intid, alloc::boxed::Box::new(irq));
         gen
     }

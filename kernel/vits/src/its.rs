@@ -226,6 +226,15 @@ fn baser_bytes(v: u64) -> u64 {
     ((v & 0xff) + 1) * TABLE_PAGE
 }
 
+/// Priority and enable of `intid` from the property table at `propbaser`;
+/// an entry PROPBASER does not cover, or outside RAM, reads as disabled.
+fn lpi_config(propbaser: u64, intid: u32, mem: &dyn GuestMemory) -> LpiConfig {
+    read_lpi_config(propbaser, intid, mem).unwrap_or(LpiConfig {
+        priority: 0xfc,
+        enabled: false,
+    })
+}
+
 /// A physical ITS behind this virtual one, for passed-through devices
 /// whose MSIs arrive as host LPIs (the hypervisor mirrors the guest's
 /// mappings onto it, as Xen does for its hardware domain).
@@ -662,14 +671,6 @@ impl Vits {
             .ok_or(CmdError::RdbaseOutOfRange(rdbase))
     }
 
-    fn lpi_config(&self, intid: u32, mem: &dyn GuestMemory) -> LpiConfig {
-        let propbaser = self.vgic.lock().propbaser();
-        read_lpi_config(propbaser, intid, mem).unwrap_or(LpiConfig {
-            priority: 0xfc,
-            enabled: false,
-        })
-    }
-
     /// MAPD (IHI 0069 §5.3, MAPD). V=1 on a mapped device replaces its ITT:
     /// the old mappings go first, as with V=0.
     #[allow(clippy::too_many_arguments)]
@@ -777,10 +778,14 @@ impl Vits {
             return Err(CmdError::DeviceOutOfRange(device));
         }
         self.check_icid(q, icid)?;
-        if !self.vgic.lock().lpi_in_range(intid) {
-            return Err(CmdError::LpiOutOfRange(intid));
-        }
-        let cfg = self.lpi_config(intid, mem);
+        let propbaser = {
+            let st = self.vgic.lock();
+            if !st.lpi_in_range(intid) {
+                return Err(CmdError::LpiOutOfRange(intid));
+            }
+            st.propbaser()
+        };
+        let cfg = lpi_config(propbaser, intid, mem);
         let mut routes = self.routes.lock();
         if routes.mappings >= self.cfg.max_mappings {
             return Err(CmdError::TooManyMappings(device, event));
@@ -800,11 +805,7 @@ impl Vits {
         let mut st = self.vgic.lock();
         // vITS invariant 5: a vINTID nothing maps any more starts pristine
         // with a new generation, whatever an LR still holds of the old one.
-        let gen = st.lpi_map(intid, target, cfg);
-        st.lpi_set_config(intid, cfg, kick);
-        if target.is_some() {
-            st.lpi_set_target(intid, target, kick);
-        }
+        let gen = st.lpi_map(intid, target, cfg, kick);
         dev.events.insert(event, Ite { intid, icid, gen });
         drop(st);
         routes.mappings += 1;
@@ -887,7 +888,7 @@ impl Vits {
         kick: &mut Kick,
     ) -> Result<(), CmdError> {
         let ite = Self::ite(&self.routes.lock(), device, event)?;
-        let cfg = self.lpi_config(ite.intid, mem);
+        let cfg = lpi_config(self.vgic.lock().propbaser(), ite.intid, mem);
         let _routes = self.routes.lock();
         let mut st = self.vgic.lock();
         // vITS invariant 3: apply only to the mapping we looked up.
@@ -921,7 +922,11 @@ impl Vits {
                 .copied()
                 .collect()
         };
-        let cfgs: Vec<LpiConfig> = ites.iter().map(|i| self.lpi_config(i.intid, mem)).collect();
+        let propbaser = self.vgic.lock().propbaser();
+        let cfgs: Vec<LpiConfig> = ites
+            .iter()
+            .map(|i| lpi_config(propbaser, i.intid, mem))
+            .collect();
         let _routes = self.routes.lock();
         let mut st = self.vgic.lock();
         for (ite, cfg) in ites.iter().zip(cfgs) {
