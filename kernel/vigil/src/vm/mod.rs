@@ -66,7 +66,6 @@ struct VcpuState {
 
 /// A virtual machine.
 pub struct Vm {
-    pub id: usize,
     pub name: &'static str,
     /// Guest RAM: IPA and the host-physical address backing it.
     pub ram_ipa: u64,
@@ -98,6 +97,19 @@ const NO_RESET: usize = usize::MAX;
 impl Vm {
     pub fn vcpus(&self) -> &[&'static Vcpu] {
         self.vcpus.get().map_or(&[], |v| v.as_slice())
+    }
+
+    /// Make the vCPUs in `vcpus` look at their interrupts: their CPUs
+    /// leave the guest, or wake from WFI.
+    pub fn kick(&self, vcpus: Kick) {
+        if vcpus.is_empty() {
+            return;
+        }
+        for i in vcpus.iter() {
+            if let Some(v) = self.vcpus().get(i) {
+                kick(v.pcpu);
+            }
+        }
     }
 
     pub fn is_stopped(&self) -> bool {
@@ -242,9 +254,8 @@ impl PsciVm for Vm {
     }
 }
 
-/// Every VM, in creation order.
-static VMS: Mutex<Vec<&'static Vm>> = Mutex::new(Vec::new());
-/// The same, by id, readable without a lock (device interrupt paths).
+/// Every VM by id, readable without a lock (device interrupt paths, the
+/// console's tags).
 static VM_BY_ID: [spin::Once<&'static Vm>; MAX_VMS] = [const { spin::Once::new() }; MAX_VMS];
 static VMS_LEFT: AtomicUsize = AtomicUsize::new(0);
 /// vCPUs each physical CPU runs.
@@ -267,18 +278,10 @@ fn kick(pcpu: usize) {
 
 fn on_kick(_intid: u32) {}
 
-/// Make the vCPUs in `kick` (of VM `vm`) look at their interrupts: their
-/// CPUs leave the guest, or wake from WFI.
+/// [`Vm::kick`] for VM `vm`, known by id.
 pub fn kick_vm(vm: usize, vcpus: Kick) {
-    if vcpus.is_empty() {
-        return;
-    }
-    if let Some(vm) = VM_BY_ID.get(vm).and_then(|o| o.get()) {
-        for i in vcpus.iter() {
-            if let Some(v) = vm.vcpus().get(i) {
-                kick(v.pcpu);
-            }
-        }
+    if let Some(vm) = vm_by_id(vm) {
+        vm.kick(vcpus);
     }
 }
 
@@ -289,7 +292,7 @@ pub fn vm_by_id(id: usize) -> Option<&'static Vm> {
 
 /// Drive the line of VM `vm`'s UART SPI.
 pub fn set_uart_line(vm: usize, level: bool) -> Kick {
-    match VM_BY_ID.get(vm).and_then(|o| o.get()) {
+    match vm_by_id(vm) {
         Some(vm) => vm
             .gic
             .set_line(0, vigil_vgic::SPI_BASE + layout::UART_SPI, level),
@@ -388,8 +391,7 @@ pub fn create_all(
         }
     }
     for (id, d) in domains.iter().enumerate().take(MAX_VMS) {
-        let vm = create(id, d, pcie.filter(|_| d.pci_passthrough))?;
-        VMS.lock().push(vm);
+        create(id, d, pcie.filter(|_| d.pci_passthrough))?;
         VMS_LEFT.fetch_add(1, Ordering::AcqRel);
         VM_COUNT.fetch_add(1, Ordering::Relaxed);
     }
@@ -545,10 +547,8 @@ fn create(
         bus.add(layout::TEST_DEVICE_BASE, layout::TEST_DEVICE_SIZE, dev);
     }
 
-    NAMES[id].call_once(|| String::from(d.name).leak());
     let vm: &'static Vm = Box::leak(Box::new(Vm {
-        id,
-        name: name(id),
+        name: d.name,
         ram_ipa: ipa,
         ram_pa: pa,
         ram_size: size,
@@ -623,9 +623,8 @@ fn vm_stopped() {
     if VMS_LEFT.fetch_sub(1, Ordering::AcqRel) != 1 {
         return;
     }
-    let vms = VMS.lock().clone();
-    let status = vms
-        .iter()
+    let status = (0..count())
+        .filter_map(vm_by_id)
         .map(|v| v.exit_status.load(Ordering::Acquire))
         .max()
         .unwrap_or(0);
@@ -637,10 +636,6 @@ fn vm_stopped() {
     exit::exit(status);
 }
 
-/// VM names by id, readable without locks (the console tags guest output
-/// with them while holding its own lock).
-static NAMES: [spin::Once<&'static str>; MAX_VMS] = [const { spin::Once::new() }; MAX_VMS];
-
 /// How many VMs exist.
 pub fn count() -> usize {
     VM_COUNT.load(Ordering::Relaxed)
@@ -650,11 +645,7 @@ static VM_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 /// The name of VM `id` (for console tags).
 pub fn name(id: usize) -> &'static str {
-    NAMES
-        .get(id)
-        .and_then(|n| n.get())
-        .copied()
-        .unwrap_or("vm?")
+    vm_by_id(id).map_or("vm?", |v| v.name)
 }
 
 /// Move bytes typed on the console into the receive FIFO of the VM with
@@ -662,10 +653,7 @@ pub fn name(id: usize) -> &'static str {
 /// receive interrupt is masked until the guest reads a byte (flow control:
 /// no keystroke is dropped).
 pub fn console_input_pump() {
-    let Some(vm) = VM_BY_ID
-        .get(FOCUS.load(Ordering::Relaxed))
-        .and_then(|o| o.get())
-    else {
+    let Some(vm) = vm_by_id(FOCUS.load(Ordering::Relaxed)) else {
         // No VM to type into: drain and drop.
         while crate::console::try_read().is_some() {}
         return;
@@ -771,7 +759,9 @@ fn load(v: &'static Vcpu, st: &mut VcpuState) {
 
 /// Run vCPU `v` on this CPU until it goes off, its VM stops, or it waits
 /// with other vCPUs to run here.
-fn run(v: &'static Vcpu) {
+/// `shared`: other vCPUs are queued on this CPU too (fixed once VMs are
+/// created), so a yield, a WFI or the end of a slice gives the CPU up.
+fn run(v: &'static Vcpu, shared: bool) {
     let cpu = arch::cpu_index();
     let mut st = v.state.lock();
     if let Some((entry, context)) = v.power.take_boot() {
@@ -800,32 +790,32 @@ fn run(v: &'static Vcpu) {
         // were loaded by `load`.
         let kind = unsafe { switch::__guest_enter(&mut st.regs) };
         EXITS.fetch_add(1, Ordering::Relaxed);
-        kick_vm(v.vm.id, vgic_glue::exit(&v.vm.gic, v.index));
+        v.vm.kick(vgic_glue::exit(&v.vm.gic, v.index));
         match trap::handle_exit(v, &mut st.regs, kind) {
             trap::Exit::Continue => {
-                if SLICE_OVER[cpu].swap(false, Ordering::Relaxed) && RUNQ[cpu].lock().len() > 1 {
+                if SLICE_OVER[cpu].swap(false, Ordering::Relaxed) && shared {
                     break;
                 }
             }
             trap::Exit::Yield => {
-                if RUNQ[cpu].lock().len() > 1 {
+                if shared {
                     break;
                 }
             }
             trap::Exit::Wait => {
-                // WFI: sleep until the vCPU has an interrupt to take (or
-                // is kicked), or let another vCPU of this CPU run.
-                while !v.vm.gic.has_deliverable(v.index)
-                    && !v.vm.is_stopped()
-                    && v.power.state() == PowerState::On
-                {
-                    if RUNQ[cpu].lock().len() > 1 {
+                // WFI: let another vCPU of this CPU run, or sleep until the
+                // vCPU has an interrupt to take (or is kicked).
+                if shared {
+                    if !v.vm.gic.has_deliverable(v.index) {
                         break;
                     }
-                    wait_for_interrupt();
-                }
-                if RUNQ[cpu].lock().len() > 1 && !v.vm.gic.has_deliverable(v.index) {
-                    break;
+                } else {
+                    while !v.vm.gic.has_deliverable(v.index)
+                        && !v.vm.is_stopped()
+                        && v.power.state() == PowerState::On
+                    {
+                        wait_for_interrupt();
+                    }
                 }
             }
             trap::Exit::Off => break,
@@ -868,7 +858,9 @@ pub fn start(online: usize) {
 pub fn schedule() -> ! {
     arch::sysreg::irq_disable();
     let cpu = arch::cpu_index();
-    if RUNQ[cpu].lock().len() > 1 {
+    // The run queues are complete before `start` lets CPUs in here.
+    let shared = RUNQ[cpu].lock().len() > 1;
+    if shared {
         // Several vCPUs share this CPU: time-slice them.
         crate::timer::start(SLICE_HZ);
     }
@@ -887,7 +879,7 @@ pub fn schedule() -> ! {
             })
         };
         match next {
-            Some(v) => run(v),
+            Some(v) => run(v, shared),
             None => wait_for_interrupt(),
         }
     }

@@ -79,10 +79,10 @@ fn on_host_lpi(intid: u32) {
         let vm = ((entry >> 56) & 0x7f) as usize;
         let device = ((entry >> 32) & 0xff_ffff) as u32;
         let event = entry as u32;
-        match super::vm_by_id(vm).map(|v| (v.id, v.its.translate(device, event))) {
-            Some((id, Ok(kick))) => {
+        match super::vm_by_id(vm).map(|v| (v, v.its.translate(device, event))) {
+            Some((v, Ok(kick))) => {
                 DELIVERED.fetch_add(1, Ordering::Relaxed);
-                super::kick_vm(id, kick);
+                v.kick(kick);
             }
             // The guest unmapped it meanwhile: what the architecture
             // does with a translation that fails.

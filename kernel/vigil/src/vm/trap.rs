@@ -218,14 +218,14 @@ fn psci_outcome(v: &'static Vcpu, regs: &mut GuestRegs, outcome: Outcome) -> Exi
 }
 
 /// The faulting IPA of a stage-2 abort: HPFAR_EL2.FIPA gives bits
-/// [47:12] (Arm ARM D24.2.52), FAR_EL2 the page offset.
-fn fault_ipa() -> u64 {
-    ((sysreg::hpfar_el2() >> 4) << 12) | (sysreg::far_el2() & 0xfff)
+/// [47:12] (Arm ARM D24.2.52), FAR_EL2 (`far`) the page offset.
+fn fault_ipa(far: u64) -> u64 {
+    ((sysreg::hpfar_el2() >> 4) << 12) | (far & 0xfff)
 }
 
 fn data_abort(v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
-    let ipa = fault_ipa();
     let far = sysreg::far_el2();
+    let ipa = fault_ipa(far);
     // ISS.S1PTW: the stage-1 walk itself hit an unmapped IPA.
     let s1ptw = esr.0 & (1 << 7) != 0;
     let access = match MmioAccess::decode(esr) {
@@ -237,7 +237,7 @@ fn data_abort(v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
                 v.index,
                 regs.pc
             );
-            return inject_abort(v, regs, true, far, esr.0 & (1 << 6) != 0);
+            return inject_abort(regs, true, far, esr.0 & (1 << 6) != 0);
         }
     };
     let Some((dev, off)) = v.vm.bus.find(ipa) else {
@@ -249,7 +249,7 @@ fn data_abort(v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
             access.width,
             regs.pc
         );
-        return inject_abort(v, regs, true, far, access.write);
+        return inject_abort(regs, true, far, access.write);
     };
     let ctx = super::mmio::MmioCtx {
         vcpu: v.index,
@@ -258,7 +258,7 @@ fn data_abort(v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
     if access.write {
         let value = access.store_value(regs.get(access.reg));
         let kick = dev.write(&ctx, off, access.width, value);
-        super::kick_vm(v.vm.id, kick);
+        v.vm.kick(kick);
     } else {
         let raw = dev.read(&ctx, off, access.width);
         regs.set(access.reg, access.load_value(raw));
@@ -286,9 +286,9 @@ fn instruction_abort(v: &'static Vcpu, regs: &mut GuestRegs, _esr: Esr) -> Exit 
         "vm {}: vCPU {} instruction fetch from unmapped IPA {:#x}; injecting an external abort",
         v.vm.name,
         v.index,
-        fault_ipa()
+        fault_ipa(far)
     );
-    inject_abort(v, regs, false, far, false)
+    inject_abort(regs, false, far, false)
 }
 
 /// Where an exception to EL1 lands relative to VBAR_EL1, from the PSTATE
@@ -315,13 +315,7 @@ fn inject_sync(regs: &mut GuestRegs, esr: u64, far: Option<u64>) {
 
 /// A synchronous external abort (FSC 0x10) at the guest's EL1, as a data
 /// or instruction abort from the EL it was running at.
-fn inject_abort(
-    _v: &'static Vcpu,
-    regs: &mut GuestRegs,
-    data: bool,
-    far: u64,
-    write: bool,
-) -> Exit {
+fn inject_abort(regs: &mut GuestRegs, data: bool, far: u64, write: bool) -> Exit {
     let from_el1 = regs.pstate & 0xc != 0;
     let ec: u64 = match (data, from_el1) {
         (true, true) => 0x25,
@@ -386,7 +380,7 @@ fn sysreg_access(v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
         // §12.11, "ICC_SGI1R_EL1").
         let group1 = enc != ICC_SGI0R_EL1;
         let kick = v.vm.gic.send_sgi(v.index, regs.get(a.reg), group1);
-        super::kick_vm(v.vm.id, kick);
+        v.vm.kick(kick);
         regs.pc += 4;
         return Exit::Continue;
     }
