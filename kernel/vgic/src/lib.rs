@@ -216,13 +216,6 @@ impl Vgic {
         g
     }
 
-    /// Before entering vCPU `v`: write `lrs` (all N of them; unused ones
-    /// become Invalid) and return the `ICH_HCR_EL2` value to program.
-    ///
-    /// The highest-priority interrupts go first (active ones before
-    /// pending ones, then by priority, then by INTID); no vINTID appears
-    /// twice; if more are waiting than fit, UIE (and NPIE when an LR is
-    /// pending) are set so a maintenance interrupt refills.
     /// Whether a flush for vCPU `v` would load nothing, as the last one did
     /// (no state changed since): then the list registers can stay as they
     /// are. A lock-free check for the exit fast path.
@@ -231,14 +224,21 @@ impl Vgic {
         self.idle_at[v].load(Ordering::Acquire) == self.changes.load(Ordering::Acquire)
     }
 
+    /// Before entering vCPU `v`: write `lrs` (all N of them; unused ones
+    /// become Invalid) and return the `ICH_HCR_EL2` value to program.
+    ///
+    /// The highest-priority interrupts go first (active ones before
+    /// pending ones, then by priority, then by INTID); no vINTID appears
+    /// twice; if more are waiting than fit, UIE (and NPIE when an LR is
+    /// pending) are set so a maintenance interrupt refills.
     pub fn flush(&self, v: usize, lrs: &mut [LrValue]) -> IchHcr {
         use core::sync::atomic::Ordering;
-        let idle = &self.idle_at[v];
-        if idle.load(Ordering::Acquire) == self.changes.load(Ordering::Acquire) {
+        if self.is_idle(v) {
             // Nothing changed since a flush that loaded nothing.
             lrs.fill(LrValue::INVALID);
             return IchHcr::from_bits(IchHcr::EN);
         }
+        let idle = &self.idle_at[v];
         let mut st = self.locked();
         let hcr = st.flush(v, lrs);
         let nothing = hcr.bits() == IchHcr::EN && lrs.iter().all(|l| *l == LrValue::INVALID);

@@ -485,12 +485,7 @@ fn irouter_r(st: &VgicState, a: &Acc) -> u64 {
     if !reachable(st, a, intid) {
         return 0;
     }
-    let r = st.irq(a.bank, intid).map_or(0, |i| i.irouter);
-    if a.len == 4 && a.off % 8 == 4 {
-        r >> 32
-    } else {
-        r & if a.len == 4 { 0xffff_ffff } else { u64::MAX }
-    }
+    half(st.irq(a.bank, intid).map_or(0, |i| i.irouter), a)
 }
 /// `GICD_IROUTER<n>`: Aff3 \[39:32\], Aff2.Aff1.Aff0 \[23:0\]; IRM is RES0
 /// since `GICD_TYPER.No1N` = 1.
@@ -502,11 +497,7 @@ fn irouter_w(st: &mut VgicState, a: &Acc, v: u64, k: &mut Kick) {
     let Some(old) = st.irq(a.bank, intid).map(|i| i.irouter) else {
         return;
     };
-    let new = match (a.len, a.off % 8) {
-        (8, _) => v,
-        (_, 0) => (old & !0xffff_ffff) | (v & 0xffff_ffff),
-        _ => (old & 0xffff_ffff) | (v << 32),
-    } & 0xff_00ff_ffff;
+    let new = merge_half(old, v, a) & 0xff_00ff_ffff;
     let target = st.vcpu_by_aff(mpidr_aff(new));
     if let Some(irq) = st.irq_mut(a.bank, intid) {
         irq.irouter = new;
@@ -592,20 +583,15 @@ fn gicr_ctlr_w(st: &mut VgicState, a: &Acc, v: u64, k: &mut Kick) {
         return;
     }
     st.vcpus[v_cpu].lpis_enabled = want;
+    // Enabling reads the pending table unless PTZ says it is all zeros.
+    let mut pending_table = None;
     if want {
         let pendbaser = st.vcpus[v_cpu].pendbaser;
         let base = pendbaser & PENDBASER_PA;
         let size = (1u64 << st.lpi_id_bits) / 8;
         if pendbaser & PENDBASER_PTZ == 0 {
             if a.mem.is_ram(base, size) {
-                for intid in st.lpis_targeting(v_cpu) {
-                    let byte = a.mem.read_u8(base + u64::from(intid / 8)).unwrap_or(0);
-                    if byte & (1 << (intid % 8)) != 0 {
-                        if let Some(irq) = st.lpis.get_mut(&intid) {
-                            irq.latch = true;
-                        }
-                    }
-                }
+                pending_table = Some(base);
             } else {
                 crate::guest_warn!(
                     "vgic: vcpu {v_cpu}: pending table {base:#x} outside RAM, not read"
@@ -614,6 +600,14 @@ fn gicr_ctlr_w(st: &mut VgicState, a: &Acc, v: u64, k: &mut Kick) {
         }
     }
     for intid in st.lpis_targeting(v_cpu) {
+        if let Some(base) = pending_table {
+            let byte = a.mem.read_u8(base + u64::from(intid / 8)).unwrap_or(0);
+            if byte & (1 << (intid % 8)) != 0 {
+                if let Some(irq) = st.lpis.get_mut(&intid) {
+                    irq.latch = true;
+                }
+            }
+        }
         st.queue(v_cpu, intid, k);
     }
 }
