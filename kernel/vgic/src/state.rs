@@ -21,6 +21,7 @@
 //! gets a generation; a list-register instance folds back only into the
 //! generation that loaded it.
 
+use alloc::collections::btree_map::Entry;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
@@ -682,34 +683,33 @@ impl VgicState {
     /// last, the pending state is cleared, any instance in an LR is retired
     /// and the per-LPI state is freed (vITS invariants 2, 6, 8).
     pub fn lpi_unmap(&mut self, intid: u32, kick: &mut Kick) {
-        let Some(irq) = self.lpis.get_mut(&intid) else {
+        let Entry::Occupied(mut slot) = self.lpis.entry(intid) else {
             return;
         };
-        irq.map_refs = irq.map_refs.saturating_sub(1);
-        if irq.map_refs > 0 {
+        let refs = &mut slot.get_mut().map_refs;
+        *refs = refs.saturating_sub(1);
+        if *refs > 0 {
             return;
         }
-        let irq = match self.lpis.remove(&intid) {
-            Some(irq) => irq,
-            None => return,
-        };
+        let irq = slot.remove();
         if let Some(o) = irq.owner {
             let ap = &mut self.vcpus[o].ap;
-            if let Some(e) = ap
-                .iter_mut()
-                .find(|e| e.intid == intid && e.gen == irq.gen && e.zombie.is_none())
+            // At most one live entry per (INTID, generation).
+            if let Some(pos) = ap
+                .iter()
+                .position(|e| e.intid == intid && e.gen == irq.gen && e.zombie.is_none())
             {
                 if irq.loaded || irq.active {
                     // vITS invariant 8: an instance the guest may already
                     // have taken can still be acknowledged and deactivated;
                     // it keeps its own state, the per-LPI state goes.
-                    e.zombie = Some(Zombie {
+                    ap[pos].zombie = Some(Zombie {
                         active: irq.active,
                         priority: irq.priority,
                     });
                     kick.add(o);
                 } else {
-                    ap.retain(|e| !(e.intid == intid && e.gen == irq.gen && e.zombie.is_none()));
+                    ap.remove(pos);
                 }
             }
         }
@@ -733,10 +733,11 @@ impl VgicState {
         self.lpis.get(&intid).and_then(|i| i.target)
     }
 
-    /// New priority/enable from the property table (MAPTI, INV, INVALL).
-    pub fn lpi_set_config(&mut self, intid: u32, cfg: LpiConfig, kick: &mut Kick) {
+    /// New priority/enable from the property table (INV, INVALL), for the
+    /// mapping of generation `gen` only (vITS invariant 3).
+    pub fn lpi_set_config(&mut self, intid: u32, gen: u64, cfg: LpiConfig, kick: &mut Kick) {
         let mask = self.pri_mask;
-        let Some(irq) = self.lpis.get_mut(&intid) else {
+        let Some(irq) = self.lpis.get_mut(&intid).filter(|i| i.gen == gen) else {
             return;
         };
         irq.priority = cfg.priority & mask;
@@ -746,9 +747,20 @@ impl VgicState {
     }
 
     /// Make a mapped LPI pending on `target` (INT, a translated event).
-    /// Returns false when `intid` is not mapped (vITS invariant 3).
-    pub fn lpi_set_pending(&mut self, intid: u32, target: Option<usize>, kick: &mut Kick) -> bool {
-        let Some(irq) = self.lpis.get_mut(&intid) else {
+    /// Returns false, changing nothing, when `intid` is not mapped or, with
+    /// `gen`, its mapping is not of that generation (vITS invariant 3).
+    pub fn lpi_set_pending(
+        &mut self,
+        intid: u32,
+        gen: Option<u64>,
+        target: Option<usize>,
+        kick: &mut Kick,
+    ) -> bool {
+        let Some(irq) = self
+            .lpis
+            .get_mut(&intid)
+            .filter(|i| gen.is_none_or(|g| i.gen == g))
+        else {
             return false;
         };
         irq.latch = true;

@@ -37,6 +37,7 @@
 //! vGIC); list-register state folds back only into the generation that
 //! loaded it (vITS invariant 5). The ITE records the generation it mapped.
 
+use alloc::collections::btree_map::Entry;
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -151,6 +152,16 @@ struct Device {
     /// EventID bits of its ITT (MAPD Size + 1).
     event_bits: u8,
     events: BTreeMap<u32, Ite>,
+}
+
+impl Device {
+    /// `event` fits the ITT that MAPD gave `device`.
+    fn check_event(&self, device: u32, event: u32) -> Result<(), CmdError> {
+        if u64::from(event) >= 1u64 << self.event_bits {
+            return Err(CmdError::EventOutOfRange(device, event));
+        }
+        Ok(())
+    }
 }
 
 /// The event -> vLPI route (lock 2).
@@ -374,12 +385,11 @@ impl Vits {
             .ok_or(TranslateError::CollectionUnmapped)?;
         let mut kick = Kick::default();
         let mut st = self.vgic.lock();
-        if st.lpi_gen(ite.intid) != Some(ite.gen) {
+        if !st.lpi_set_pending(ite.intid, Some(ite.gen), Some(vcpu), &mut kick) {
             st.note_anomaly();
             log::error!("vits: route to INTID {} has a stale generation", ite.intid);
             return Err(TranslateError::EventUnmapped);
         }
-        st.lpi_set_pending(ite.intid, Some(vcpu), &mut kick);
         Ok(kick)
     }
 
@@ -795,19 +805,15 @@ impl Vits {
             .devices
             .get_mut(&device)
             .ok_or(CmdError::DeviceUnmapped(device))?;
-        if u64::from(event) >= 1u64 << dev.event_bits {
-            return Err(CmdError::EventOutOfRange(device, event));
-        }
-        if dev.events.contains_key(&event) {
+        dev.check_event(device, event)?;
+        let Entry::Vacant(slot) = dev.events.entry(event) else {
             // vITS invariant 7: no side effect beyond the error policy.
             return Err(CmdError::EventAlreadyMapped(device, event));
-        }
-        let mut st = self.vgic.lock();
+        };
         // vITS invariant 5: a vINTID nothing maps any more starts pristine
         // with a new generation, whatever an LR still holds of the old one.
-        let gen = st.lpi_map(intid, target, cfg, kick);
-        dev.events.insert(event, Ite { intid, icid, gen });
-        drop(st);
+        let gen = self.vgic.lock().lpi_map(intid, target, cfg, kick);
+        slot.insert(Ite { intid, icid, gen });
         routes.mappings += 1;
         if let Some(m) = self.mirror_for(device) {
             m.map_event(device, event, target);
@@ -821,9 +827,7 @@ impl Vits {
             .devices
             .get(&device)
             .ok_or(CmdError::DeviceUnmapped(device))?;
-        if u64::from(event) >= 1u64 << dev.event_bits {
-            return Err(CmdError::EventOutOfRange(device, event));
-        }
+        dev.check_event(device, event)?;
         dev.events
             .get(&event)
             .copied()
@@ -842,18 +846,21 @@ impl Vits {
     ) -> Result<(), CmdError> {
         self.check_icid(q, icid)?;
         let mut routes = self.routes.lock();
-        let ite = Self::ite(&routes, device, event)?;
-        let vcpu = *routes
+        let r = &mut *routes;
+        let dev = r
+            .devices
+            .get_mut(&device)
+            .ok_or(CmdError::DeviceUnmapped(device))?;
+        dev.check_event(device, event)?;
+        let ite = dev
+            .events
+            .get_mut(&event)
+            .ok_or(CmdError::EventUnmapped(device, event))?;
+        let vcpu = *r
             .collections
             .get(&icid)
             .ok_or(CmdError::CollectionUnmapped(icid))?;
-        if let Some(i) = routes
-            .devices
-            .get_mut(&device)
-            .and_then(|d| d.events.get_mut(&event))
-        {
-            i.icid = icid;
-        }
+        ite.icid = icid;
         self.vgic.lock().lpi_set_target(ite.intid, Some(vcpu), kick);
         if let Some(m) = self.mirror_for(device) {
             m.move_event(device, event, vcpu);
@@ -866,12 +873,16 @@ impl Vits {
     /// guest already took can still be deactivated (vITS invariant 8).
     fn cmd_discard(&self, device: u32, event: u32, kick: &mut Kick) -> Result<(), CmdError> {
         let mut routes = self.routes.lock();
-        let ite = Self::ite(&routes, device, event)?;
-        if let Some(d) = routes.devices.get_mut(&device) {
-            if d.events.remove(&event).is_some() {
-                routes.mappings -= 1;
-            }
-        }
+        let dev = routes
+            .devices
+            .get_mut(&device)
+            .ok_or(CmdError::DeviceUnmapped(device))?;
+        dev.check_event(device, event)?;
+        let ite = dev
+            .events
+            .remove(&event)
+            .ok_or(CmdError::EventUnmapped(device, event))?;
+        routes.mappings -= 1;
         if let Some(m) = self.mirror_for(device) {
             m.unmap_event(device, event);
         }
@@ -892,9 +903,7 @@ impl Vits {
         let _routes = self.routes.lock();
         let mut st = self.vgic.lock();
         // vITS invariant 3: apply only to the mapping we looked up.
-        if st.lpi_gen(ite.intid) == Some(ite.gen) {
-            st.lpi_set_config(ite.intid, cfg, kick);
-        }
+        st.lpi_set_config(ite.intid, ite.gen, cfg, kick);
         Ok(())
     }
 
@@ -930,9 +939,7 @@ impl Vits {
         let _routes = self.routes.lock();
         let mut st = self.vgic.lock();
         for (ite, cfg) in ites.iter().zip(cfgs) {
-            if st.lpi_gen(ite.intid) == Some(ite.gen) {
-                st.lpi_set_config(ite.intid, cfg, kick);
-            }
+            st.lpi_set_config(ite.intid, ite.gen, cfg, kick);
         }
         Ok(())
     }
@@ -947,7 +954,7 @@ impl Vits {
             .ok_or(CmdError::CollectionUnmapped(ite.icid))?;
         self.vgic
             .lock()
-            .lpi_set_pending(ite.intid, Some(vcpu), kick);
+            .lpi_set_pending(ite.intid, None, Some(vcpu), kick);
         Ok(())
     }
 
