@@ -124,10 +124,16 @@ pub fn new_vm_gic(vcpus: usize, lpis: bool) -> VmGic {
     cfg.pri_bits = pri_bits();
     cfg.lpis = lpis;
     let g = Arc::new(Vgic::new(&cfg));
-    for v in 0..vcpus {
+    link_vtimers(&g);
+    g
+}
+
+/// Link every vCPU's virtual timer PPI to the physical one (at creation,
+/// and again after a reset, which drops the link).
+pub fn link_vtimers(g: &Vgic) {
+    for v in 0..g.nr_vcpus() {
         g.map_hw(v, VTIMER_INTID, Some(VTIMER_INTID));
     }
-    g
 }
 
 /// Whether the live virtual timer (CNTV_*) asserts its output now.

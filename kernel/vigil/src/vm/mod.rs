@@ -134,11 +134,16 @@ impl Vm {
         } else {
             log::error!("vm {}: stopped: {}", self.name, reason);
         }
+        self.power_off_vcpus();
+        vm_stopped();
+    }
+
+    /// Every vCPU off and out of the guest (stop, reset).
+    fn power_off_vcpus(&self) {
         for v in self.vcpus() {
             v.power.set_off();
             kick(v.pcpu);
         }
-        vm_stopped();
     }
 }
 
@@ -157,10 +162,7 @@ impl Vm {
             "vm {}: reset requested by vCPU {by} (PSCI SYSTEM_RESET)",
             self.name
         );
-        for v in self.vcpus() {
-            v.power.set_off();
-            kick(v.pcpu);
-        }
+        self.power_off_vcpus();
     }
 
     /// Complete a reset once no vCPU of the VM runs: reload the images,
@@ -201,13 +203,7 @@ impl Vm {
             }
         };
         self.gic.reset();
-        for v in self.vcpus() {
-            self.gic.map_hw(
-                v.index,
-                vgic_glue::VTIMER_INTID,
-                Some(vgic_glue::VTIMER_INTID),
-            );
-        }
+        vgic_glue::link_vtimers(&self.gic);
         self.its.reset();
         let boot_vcpu = self.vcpus()[0];
         // vCPU 0 starts as at power-on: entry point, x0 = device tree.
