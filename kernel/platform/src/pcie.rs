@@ -16,16 +16,47 @@ pub struct PcieHost<'a> {
     /// The `ranges` property as is (3 PCI + 2 CPU address cells + 2 size).
     pub ranges: &'a [u8],
     pub bus_range: (u32, u32),
+    /// The non-prefetchable 32-bit memory window, where Vigil can place a
+    /// BAR of its own.
+    pub mem32: Option<Window>,
     /// `interrupt-map-mask` and `interrupt-map` as they are.
     pub interrupt_map_mask: &'a [u8],
     pub interrupt_map: &'a [u8],
+}
+
+/// An address window of the bridge: CPU and PCI bus addresses of its
+/// start, and its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub cpu: u64,
+    pub pci: u64,
+    pub size: u64,
 }
 
 impl PcieHost<'_> {
     pub fn windows(&self) -> &[Region] {
         &self.windows[..self.nr_windows]
     }
+
+    /// CPU address of function `dev.func` on `bus`'s configuration space
+    /// (PCIe Base 6.0 §7.2.2: 4 KiB per function, bus << 20 | device << 15
+    /// | function << 12), if the bus is the bridge's.
+    pub fn config_space(&self, bus: u32, dev: u32, func: u32) -> Option<u64> {
+        if bus < self.bus_range.0 || bus > self.bus_range.1 || dev > 31 || func > 7 {
+            return None;
+        }
+        let offset = (u64::from(bus - self.bus_range.0) << 20)
+            | (u64::from(dev) << 15)
+            | (u64::from(func) << 12);
+        (offset + CONFIG_SPACE_SIZE <= self.ecam.size).then_some(self.ecam.base + offset)
+    }
 }
+
+/// One function's configuration space in ECAM.
+pub const CONFIG_SPACE_SIZE: u64 = 0x1000;
+
+/// `ranges` space code (IEEE 1275 PCI binding, phys.hi bits 24-25).
+const SPACE_MEM32: u32 = 0b10;
 
 fn be32(b: &[u8], cell: usize) -> u32 {
     u32::from_be_bytes([
@@ -49,11 +80,18 @@ pub fn discover<'a>(fdt: &fdt::Fdt<'a>) -> Option<PcieHost<'a>> {
     }
     let mut windows = [Region::new(0, 0); MAX_WINDOWS];
     let mut nr_windows = 0;
+    let mut mem32 = None;
     for entry in ranges.chunks_exact(28).take(MAX_WINDOWS) {
         let cpu = ((be32(entry, 3) as u64) << 32) | be32(entry, 4) as u64;
         let size = ((be32(entry, 5) as u64) << 32) | be32(entry, 6) as u64;
         windows[nr_windows] = Region::new(cpu, size);
         nr_windows += 1;
+        let hi = be32(entry, 0);
+        // Bit 30: prefetchable.
+        if (hi >> 24) & 3 == SPACE_MEM32 && hi & (1 << 30) == 0 && mem32.is_none() {
+            let pci = ((be32(entry, 1) as u64) << 32) | be32(entry, 2) as u64;
+            mem32 = Some(Window { cpu, pci, size });
+        }
     }
     let bus_range = node
         .property("bus-range")
@@ -67,6 +105,7 @@ pub fn discover<'a>(fdt: &fdt::Fdt<'a>) -> Option<PcieHost<'a>> {
         nr_windows,
         ranges,
         bus_range,
+        mem32,
         interrupt_map_mask: node.property("interrupt-map-mask").map_or(&[], |p| p.value),
         interrupt_map: node.property("interrupt-map").map_or(&[], |p| p.value),
     })

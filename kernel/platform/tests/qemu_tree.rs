@@ -48,6 +48,19 @@ fn discovers_the_recompiled_qemu_tree() {
     );
     assert_eq!(pcie.bus_range, (0, 0xff));
     assert_eq!(
+        pcie.mem32,
+        Some(vigil_platform::pcie::Window {
+            cpu: 0x1000_0000,
+            pci: 0x1000_0000,
+            size: 0x2eff_0000
+        })
+    );
+    assert_eq!(pcie.config_space(0, 0, 0), Some(0x40_1000_0000));
+    assert_eq!(pcie.config_space(0, 0x1f, 0), Some(0x40_100f_8000));
+    assert_eq!(pcie.config_space(2, 3, 4), Some(0x40_1021_c000));
+    assert_eq!(pcie.config_space(0, 32, 0), None);
+    assert_eq!(pcie.config_space(0, 0, 8), None);
+    assert_eq!(
         pcie.interrupt_map.len(),
         16 * 10 * 4,
         "16 entries of 10 cells"

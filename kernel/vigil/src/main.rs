@@ -28,7 +28,7 @@ use vigil_board_qemu_virt as board;
 use vigil_platform::{BootArgs, Platform, Region};
 
 /// Options Vigil understands on its command line.
-const KNOWN_OPTIONS: &[&str] = &["vigil.test", "vigil.log", "vigil.its"];
+const KNOWN_OPTIONS: &[&str] = &["vigil.test", "vigil.log", "vigil.its", "vigil.exit"];
 
 /// The device tree QEMU left at the base of RAM.
 fn device_tree() -> Result<&'static [u8], &'static str> {
@@ -61,6 +61,9 @@ extern "C" fn kmain() -> ! {
     console::init(platform.uart.base);
     let args = BootArgs::new(platform.bootargs);
     logger::init(args.get("vigil.log"));
+    // First, so that every later failure ends QEMU with a failing status.
+    exit::init(args.get("vigil.exit"), platform.pcie.as_ref())
+        .unwrap_or_else(|e| fatal(format_args!("boot: {e}")));
     for unknown in args.unknown("vigil.", KNOWN_OPTIONS) {
         log::warn!("ignoring unknown boot option {unknown}");
     }
@@ -116,6 +119,7 @@ extern "C" fn kmain() -> ! {
 
     let image = mm::image();
     log::info!("Vigil {} starting", env!("CARGO_PKG_VERSION"));
+    log::info!("exit status through {}", exit::describe());
     log::info!(
         "RAM {:#x}..{:#x} ({} MiB), image {:#x}..{:#x}, frame bitmap {:#x}, heap {:#x}..{:#x}, {} frames free",
         platform.memory.base,

@@ -5,6 +5,7 @@
 pub mod fid {
     pub const PSCI_VERSION: u32 = 0x8400_0000;
     pub const CPU_ON_64: u32 = 0xc400_0003;
+    pub const SYSTEM_OFF: u32 = 0x8400_0008;
 }
 
 /// PSCI return codes (DEN 0022, table 5.2).
@@ -73,4 +74,10 @@ pub fn cpu_on(mpidr: u64, entry: u64, context: u64) -> Result<(), PsciError> {
         0 => Ok(()),
         e => Err(PsciError::from_code(e)),
     }
+}
+
+/// Power the machine off (QEMU exits with status 0). Returns only if the
+/// firmware refused.
+pub fn system_off() {
+    smc(fid::SYSTEM_OFF, 0, 0, 0);
 }

@@ -26,3 +26,71 @@ pub const RAM_BASE: u64 = 0x4000_0000;
 pub const TIMER_PPIS: [u32; 4] = [13, 14, 11, 10];
 /// The maintenance interrupt, PPI 9 (INTID 25).
 pub const MAINTENANCE_PPI: u32 = 9;
+
+/// `range` less the `holes` (base, size), as up to `holes.len() + 1`
+/// pieces in address order; empty holes and holes outside `range` are
+/// ignored. For mapping a passed-through window around what Vigil keeps.
+pub fn subtract(range: (u64, u64), holes: &[(u64, u64)]) -> impl Iterator<Item = (u64, u64)> {
+    let (start, end) = (range.0, range.0 + range.1);
+    let mut cuts: [(u64, u64); 4] = [(0, 0); 4];
+    let mut n = 0;
+    for &(b, s) in holes.iter().filter(|h| h.1 != 0) {
+        let (b, e) = (b.max(start), (b + s).min(end));
+        if b < e && n < cuts.len() {
+            cuts[n] = (b, e);
+            n += 1;
+        }
+    }
+    cuts[..n].sort_unstable();
+    let mut at = start;
+    let mut pieces = [(0, 0); 5];
+    let mut m = 0;
+    for &(b, e) in &cuts[..n] {
+        if b > at {
+            pieces[m] = (at, b - at);
+            m += 1;
+        }
+        at = at.max(e);
+    }
+    if end > at {
+        pieces[m] = (at, end - at);
+        m += 1;
+    }
+    pieces.into_iter().take(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subtract;
+    use alloc::vec::Vec;
+
+    fn pieces(range: (u64, u64), holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
+        subtract(range, holes).collect()
+    }
+
+    #[test]
+    fn holes_are_cut_out_in_order() {
+        assert_eq!(pieces((0x1000, 0x9000), &[]), [(0x1000, 0x9000)]);
+        assert_eq!(
+            pieces((0x1000, 0x9000), &[(0x8000, 0x1000), (0x2000, 0x1000)]),
+            [(0x1000, 0x1000), (0x3000, 0x5000), (0x9000, 0x1000)]
+        );
+        // At the edges, overlapping, empty, outside.
+        assert_eq!(
+            pieces((0x1000, 0x3000), &[(0x1000, 0x1000), (0x3000, 0x2000)]),
+            [(0x2000, 0x1000)]
+        );
+        assert_eq!(
+            pieces(
+                (0x1000, 0x3000),
+                &[(0x1800, 0x1000), (0x2000, 0x800), (0, 0)]
+            ),
+            [(0x1000, 0x800), (0x2800, 0x1800)]
+        );
+        assert_eq!(
+            pieces((0x1000, 0x1000), &[(0x5000, 0x1000)]),
+            [(0x1000, 0x1000)]
+        );
+        assert_eq!(pieces((0x1000, 0x1000), &[(0, 0x10000)]), []);
+    }
+}

@@ -53,3 +53,18 @@ impl MmioBus {
             .map(|r| (r.dev, ipa - r.base))
     }
 }
+
+/// A PCI function's configuration space that a VM must not see: reads as
+/// all ones, as a configuration read of an absent function completes
+/// (PCIe Base 6.0 §2.3.2, Unsupported Request), and writes are ignored.
+pub struct NoFunction;
+
+impl MmioDevice for NoFunction {
+    fn read(&self, _ctx: &MmioCtx<'_>, _offset: u64, width: u8) -> u64 {
+        u64::MAX >> (64 - 8 * u32::from(width))
+    }
+
+    fn write(&self, _ctx: &MmioCtx<'_>, _offset: u64, _width: u8, _value: u64) -> Kick {
+        Kick::default()
+    }
+}

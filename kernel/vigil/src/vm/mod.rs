@@ -28,7 +28,7 @@ use vigil_vm::psci::{PowerState, PsciVm, VcpuPower};
 use crate::arch::{self, sysreg};
 use crate::vgic::{self as vgic_glue, VmGic};
 use crate::{exit, gic, mm};
-use mmio::MmioBus;
+use mmio::{MmioBus, NoFunction};
 use pl011::Pl011;
 use stage2::Stage2Tables;
 use switch::{GuestRegs, CURRENT_REGS};
@@ -505,11 +505,15 @@ fn create(
     let vmid = NEXT_VMID.fetch_add(1, Ordering::Relaxed) as u16;
     let mut s2 = Stage2Tables::new(vmid);
     s2.map_ram(ipa, pa, size).map_err(VmError::Map)?;
+    let hidden = exit::hidden();
     if let Some(p) = &pcie {
-        // The bridge's configuration space and windows, straight through.
+        // The bridge's configuration space and windows, straight through,
+        // less Vigil's exit device (its configuration space reads as no
+        // function, below; its BAR page is not mapped).
         for r in core::iter::once(&p.ecam).chain(p.windows()) {
-            s2.map_device(r.base, r.base, r.size)
-                .map_err(VmError::Map)?;
+            for (base, size) in vigil_vm::layout::subtract((r.base, r.size), &hidden) {
+                s2.map_device(base, base, size).map_err(VmError::Map)?;
+            }
         }
     }
     let boot = load_images(d, pcie, ipa, pa, size)?;
@@ -538,6 +542,9 @@ fn create(
         layout::GICR_STRIDE * d.cpus as u64,
         Box::leak(Box::new(vgic_glue::GicrFrames(gic.clone()))),
     );
+    if pcie.is_some() && hidden[0].1 != 0 {
+        bus.add(hidden[0].0, hidden[0].1, &NoFunction);
+    }
     if d.test_device {
         let dev: &'static testdev::TestDevice = Box::leak(Box::new(testdev::TestDevice::new()));
         bus.add(layout::TEST_DEVICE_BASE, layout::TEST_DEVICE_SIZE, dev);
