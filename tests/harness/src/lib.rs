@@ -1,7 +1,11 @@
 //! Host-side harness for Vigil's QEMU scenarios.
 //!
 //! A scenario boots the hypervisor image under `scripts/qemu` with boot
-//! arguments that select it, and ends through `qemu-exit` (semihosting).
+//! arguments that select it. When every guest is this repository's code
+//! (in-kernel scenarios, the test guest), QEMU runs with semihosting and
+//! the scenario ends through `qemu-exit` with any status; otherwise (Linux,
+//! any other kernel) it runs as a user's would, without it: status 0
+//! through PSCI SYSTEM_OFF, 1 for any failure (Vigil's pvpanic device).
 //! The harness enforces a timeout (a hang is a failure, never a stalled
 //! test run), captures the serial log, and judges the run by its exit
 //! status *and* the lines it must contain.
@@ -132,6 +136,8 @@ pub struct Guest {
     pci: bool,
     ram_base: Option<u64>,
     bootargs: String,
+    /// This repository's code (the test guest): may run with semihosting.
+    ours: bool,
 }
 
 impl Guest {
@@ -149,6 +155,7 @@ impl Guest {
             pci: false,
             ram_base: None,
             bootargs: format!("vigil.guest={scenario}"),
+            ours: true,
         }
     }
 
@@ -168,6 +175,7 @@ impl Guest {
         Self {
             kernel: kernel.to_path_buf(),
             bootargs: String::new(),
+            ours: false,
             ..Self::test(name)
         }
         .named(name)
@@ -320,6 +328,7 @@ pub struct Qemu {
     extra: Vec<String>,
     guests: Vec<Guest>,
     inputs: Vec<Input>,
+    semihosting: Option<bool>,
 }
 
 impl Qemu {
@@ -331,7 +340,28 @@ impl Qemu {
             extra: Vec::new(),
             guests: Vec::new(),
             inputs: Vec::new(),
+            semihosting: None,
         }
+    }
+
+    /// Run as a user's QEMU runs, without semihosting, whatever the guests.
+    pub fn user_config(mut self) -> Self {
+        self.semihosting = Some(false);
+        self
+    }
+
+    /// Run with semihosting whatever the guests (only to show what a guest
+    /// could do with it).
+    pub fn with_semihosting(mut self) -> Self {
+        self.semihosting = Some(true);
+        self
+    }
+
+    /// Whether this run has semihosting: by default only when every guest
+    /// is this repository's code.
+    pub fn semihosting(&self) -> bool {
+        self.semihosting
+            .unwrap_or_else(|| self.guests.iter().all(|g| g.ours))
     }
 
     /// Type `text` on the console once the output contains `after`.
@@ -382,6 +412,9 @@ impl Qemu {
     pub fn run(&self) -> Run {
         let script = workspace_root().join("scripts/qemu");
         let mut cmd = Command::new(script);
+        if self.semihosting() {
+            cmd.arg("--semihosting");
+        }
         cmd.arg("--append").arg(&self.append);
         for g in &self.guests {
             cmd.arg("--guest").arg(g.spec());
