@@ -45,6 +45,25 @@ fn linux_reads_hwrng_through_a_passed_through_virtio_device() {
         "vm linux: powered off (PSCI SYSTEM_OFF), status 0",
     ])
     .unwrap();
+    // Vigil's exit device is on the bridge (slot 0x1f) but not in the VM:
+    // Linux enumerates the bus and must not find pvpanic (1b36:0011).
+    assert!(
+        run.lines_with("exit status through PSCI SYSTEM_OFF for 0, pvpanic for a failure")
+            .next()
+            .is_some(),
+        "Vigil found no pvpanic device:\n{}",
+        run.log
+    );
+    assert!(
+        run.lines_with("[1af4:1005]").next().is_some(),
+        "Linux did not enumerate virtio-rng:\n{}",
+        run.log
+    );
+    assert!(
+        !run.log.contains("1b36:0011"),
+        "the VM saw Vigil's pvpanic device:\n{}",
+        run.log
+    );
     let before = msi_rows(&run, "hwrng-before");
     let after = msi_rows(&run, "hwrng-after");
     let input = |rows: &[(String, u64)]| {

@@ -15,6 +15,7 @@ mod psci;
 mod regs;
 mod reset;
 mod selftest;
+mod semihost;
 mod unhandled;
 mod vgic;
 mod vits;
@@ -56,6 +57,7 @@ fn main(boot: &'static BootInfo) -> ! {
         "reset" => reset::run(boot),
         "unhandled" => unhandled::run(boot),
         "selftest" => selftest::run(boot),
+        "semihost" => semihost::run(boot),
         "selftest-panic" => selftest::panic(),
         "selftest-fault" => selftest::fault(boot),
         "ipi" => vgic::ipi(boot),

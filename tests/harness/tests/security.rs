@@ -1,0 +1,206 @@
+//! What a guest can reach through QEMU itself (issue 21): semihosting is
+//! off in everything a user runs, Vigil still ends QEMU with a meaningful
+//! status without it, and the gdbstub listens on localhost only.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vigil_harness::{image, run_with_timeout, workspace_root, Ending, Guest, Qemu, Run};
+
+/// A fresh directory for one test's host files.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vigil-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The `semihost` guest aimed at a secret host file and a marker that a
+/// host command would create.
+fn semihost_guest(secret: &Path, marker: &Path) -> Qemu {
+    Qemu::with_guests(&[Guest::test("semihost").bootargs(&format!(
+        "vigil.guest=semihost semihost.file={} semihost.marker={}",
+        secret.display(),
+        marker.display()
+    ))])
+}
+
+const WRITE0_TEXT: &str = "SEMIHOSTING-WRITE0-REACHED-THE-HOST";
+
+#[test]
+fn semihosting_is_off_for_users_every_call_undefs_and_nothing_reaches_the_host() {
+    let dir = scratch("semihost-off");
+    let (secret, marker) = (dir.join("secret"), dir.join("marker"));
+    let content = format!("host-secret-{}", std::process::id());
+    std::fs::write(&secret, &content).unwrap();
+    let q = semihost_guest(&secret, &marker).user_config();
+    assert!(!q.semihosting());
+    let run = q.run();
+    run.check(&[
+        "semihost: SYS_WRITE0: UNDEF (EC 0x00)",
+        "semihost: SYS_OPEN: UNDEF (EC 0x00)",
+        "semihost: SYS_SYSTEM: UNDEF (EC 0x00)",
+        "semihost: SYS_EXIT: UNDEF (EC 0x00)",
+        "semihost: every call UNDEFs at EL1; nothing reached the host",
+        "[semihost] guest: semihost: PASS",
+        "vm semihost: powered off (PSCI SYSTEM_OFF), status 0",
+    ])
+    .unwrap();
+    assert!(!run.log.contains(&content), "host file read:\n{}", run.log);
+    assert!(
+        !run.log.contains(WRITE0_TEXT),
+        "SYS_WRITE0 printed:\n{}",
+        run.log
+    );
+    assert!(
+        !marker.exists(),
+        "a host command ran: {} exists",
+        marker.display()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The control: the same guest with semihosting on does escape, so the
+/// checks above are able to fail.
+#[test]
+fn with_semihosting_the_same_guest_would_reach_the_host() {
+    let dir = scratch("semihost-on");
+    let (secret, marker) = (dir.join("secret"), dir.join("marker"));
+    let content = format!("host-secret-{}", std::process::id());
+    std::fs::write(&secret, &content).unwrap();
+    let run = semihost_guest(&secret, &marker).with_semihosting().run();
+    assert_eq!(run.ending, Ending::Exited(77), "SYS_EXIT 77:\n{}", run.log);
+    assert!(
+        run.log.contains(&content),
+        "host file not read:\n{}",
+        run.log
+    );
+    assert!(run.log.contains(WRITE0_TEXT), "{}", run.log);
+    assert!(marker.exists(), "SYS_SYSTEM did not run:\n{}", run.log);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Linux is never run with semihosting, nor any kernel given by path.
+#[test]
+fn only_this_repositorys_guests_get_semihosting() {
+    assert!(Qemu::scenario("smp").semihosting());
+    assert!(Qemu::with_guests(&[Guest::test("hello")]).semihosting());
+    let other = Guest::kernel("other", Path::new("/nonexistent"));
+    assert!(!Qemu::with_guests(&[Guest::test("hello"), other.clone()]).semihosting());
+    assert!(!Qemu::with_guests(&[other]).semihosting());
+}
+
+#[test]
+fn without_semihosting_a_vigil_panic_exits_non_zero() {
+    let run = Qemu::scenario("panic").user_config().run();
+    assert_eq!(run.ending, Ending::Exited(1), "{}", run.log);
+    assert!(
+        run.lines_with("exit status through PSCI SYSTEM_OFF for 0, pvpanic for a failure")
+            .next()
+            .is_some(),
+        "{}",
+        run.log
+    );
+    assert!(run.lines_with("panic: ").next().is_some(), "{}", run.log);
+}
+
+#[test]
+fn without_semihosting_a_stopped_vm_exits_non_zero() {
+    let run = Qemu::with_guests(&[Guest::test("unhandled")])
+        .user_config()
+        .run();
+    assert_eq!(run.ending, Ending::Exited(1), "{}", run.log);
+    assert!(
+        run.lines_with("exiting with status 2").next().is_some(),
+        "{}",
+        run.log
+    );
+}
+
+#[test]
+fn without_semihosting_a_clean_end_exits_zero() {
+    let run = Qemu::new("").user_config().run();
+    run.check(&["boot complete; no guest configured, exiting"])
+        .unwrap();
+}
+
+/// `scripts/run` as a user runs it, on the image `scripts/test` built.
+fn scripts_run(args: &[&str], timeout: Duration) -> Run {
+    let mut cmd = Command::new(workspace_root().join("scripts/run"));
+    cmd.args(args).env("VIGIL_IMAGE", image());
+    run_with_timeout(cmd, timeout)
+}
+
+#[test]
+fn scripts_run_no_guest_exits_zero_without_semihosting() {
+    let run = scripts_run(&["--no-guest"], Duration::from_secs(120));
+    run.check(&[
+        "exit status through PSCI SYSTEM_OFF for 0, pvpanic for a failure",
+        "boot complete; no guest configured, exiting",
+    ])
+    .unwrap();
+}
+
+#[test]
+fn scripts_run_linux_exits_zero_on_poweroff() {
+    let run = scripts_run(
+        &["--bootargs", "console=ttyAMA0 vigil.init=poweroff"],
+        Duration::from_secs(180),
+    );
+    run.check(&[
+        "exit status through PSCI SYSTEM_OFF for 0, pvpanic for a failure",
+        "Run /init as init process",
+        "VIGIL-INIT: poweroff",
+        "vm linux: powered off (PSCI SYSTEM_OFF), status 0",
+    ])
+    .unwrap();
+}
+
+/// TCP listeners (`ss -ltnH`) on `port`: their local addresses.
+fn listeners(port: u16) -> Vec<String> {
+    let out = Command::new("ss")
+        .args(["-ltnH"])
+        .output()
+        .expect("running ss (iproute2; scripts/setup installs it)");
+    assert!(out.status.success(), "ss failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .filter(|local| local.rsplit(':').next() == Some(&port.to_string()))
+        .collect()
+}
+
+#[test]
+fn gdb_stub_listens_on_localhost_only() {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = Command::new(workspace_root().join("scripts/run"))
+        .args(["--no-guest", "--gdb"])
+        .env("VIGIL_IMAGE", image())
+        .env("VIGIL_GDB_PORT", port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let found = loop {
+        let l = listeners(port);
+        if !l.is_empty() || start.elapsed() > Duration::from_secs(60) {
+            break l;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!found.is_empty(), "nothing listened on port {port}");
+    assert_eq!(
+        found,
+        vec![format!("127.0.0.1:{port}")],
+        "the gdbstub must listen on localhost only"
+    );
+}
