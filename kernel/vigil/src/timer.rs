@@ -12,8 +12,11 @@ use crate::gic;
 
 static PERIOD: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static TICKS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
-/// The compare value each CPU armed last: its next deadline.
-static DEADLINE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// The first deadline since `start`, and the ticks taken before it: the
+/// k-th deadline after it is FIRST + k * PERIOD, since each tick re-arms
+/// one period after the last compare value.
+static FIRST: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static BASE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static HOOK: AtomicUsize = AtomicUsize::new(0);
 static INTID: AtomicU64 = AtomicU64::new(0);
 
@@ -36,9 +39,11 @@ pub fn set_hook(hook: fn()) {
 pub fn start(hz: u64) {
     let cpu = arch::cpu_index();
     let period = arch::counter_freq() / hz;
-    PERIOD[cpu].store(period, Ordering::Relaxed);
     let first = arch::counter() + period;
-    DEADLINE[cpu].store(first, Ordering::Release);
+    FIRST[cpu].store(first, Ordering::Relaxed);
+    BASE[cpu].store(TICKS[cpu].load(Ordering::Relaxed), Ordering::Relaxed);
+    // Published last: `running` and `due` read FIRST and BASE after it.
+    PERIOD[cpu].store(period, Ordering::Release);
     sysreg::set_cnthp_cval_el2(first);
     sysreg::set_cnthp_ctl_el2(CTL_ENABLE);
     gic::enable_local(INTID.load(Ordering::Relaxed) as u32);
@@ -58,25 +63,28 @@ pub fn ticks(cpu: usize) -> u64 {
 /// Interrupts taken with the timer condition not met.
 pub static SPURIOUS: AtomicU64 = AtomicU64::new(0);
 
+/// Whether CPU `cpu` has started ticking.
+pub fn running(cpu: usize) -> bool {
+    PERIOD[cpu].load(Ordering::Acquire) != 0
+}
+
 /// Ticks of CPU `cpu` that are due at counter value `now`: those taken
-/// plus those whose deadline passed but that the CPU has not taken yet
-/// (the host may be running it late). Independent of handling latency, so
-/// rates can be checked on a loaded machine.
+/// before its `start`, plus every deadline since that is at or before
+/// `now`, taken or not yet (the host may be running the CPU late).
+/// Independent of handling latency, so rates can be checked on a loaded
+/// machine; computed from fixed values, so no race with the handler.
 pub fn due(cpu: usize, now: u64) -> u64 {
-    loop {
-        let ticks = TICKS[cpu].load(Ordering::Acquire);
-        let deadline = DEADLINE[cpu].load(Ordering::Acquire);
-        if TICKS[cpu].load(Ordering::Acquire) != ticks {
-            continue;
-        }
-        let period = PERIOD[cpu].load(Ordering::Relaxed).max(1);
-        let late = if now >= deadline {
-            (now - deadline) / period + 1
-        } else {
-            0
-        };
-        return ticks + late;
+    let period = PERIOD[cpu].load(Ordering::Acquire);
+    if period == 0 {
+        return TICKS[cpu].load(Ordering::Relaxed);
     }
+    let first = FIRST[cpu].load(Ordering::Relaxed);
+    let passed = if now >= first {
+        (now - first) / period + 1
+    } else {
+        0
+    };
+    BASE[cpu].load(Ordering::Relaxed) + passed
 }
 
 fn on_tick(_intid: u32) {
@@ -92,10 +100,7 @@ fn on_tick(_intid: u32) {
         return;
     }
     // The timer condition is level: moving CVAL past now clears it.
-    let next = sysreg::cnthp_cval_el2() + period;
-    sysreg::set_cnthp_cval_el2(next);
-    // Publish the new deadline after the tick count (see `due`).
-    DEADLINE[cpu].store(next, Ordering::Release);
+    sysreg::set_cnthp_cval_el2(sysreg::cnthp_cval_el2() + period);
     let hook = HOOK.load(Ordering::Acquire);
     if hook != 0 {
         // SAFETY: only `fn()` values are stored in HOOK.

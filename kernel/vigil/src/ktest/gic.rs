@@ -67,7 +67,9 @@ pub fn sgi(p: &Platform<'_>) -> Result<(), &'static str> {
     register_sgis(n);
     for id in 0..RING_SGIS {
         gic::send_sgi(id, 1);
-        if !arch::wait_until(1000, || RING_DONE.load(Ordering::Acquire) == id as u32 + 1) {
+        if !arch::wait_until(10_000, || {
+            RING_DONE.load(Ordering::Acquire) == id as u32 + 1
+        }) {
             log::error!("sgi: SGI {id} did not come back around the ring");
             return Err("ring SGI lost");
         }
@@ -90,7 +92,7 @@ pub fn sgi(p: &Platform<'_>) -> Result<(), &'static str> {
         }
         let want = ((src + 1) * (n - 1)) as u32;
         let total = || (0..n).map(|c| count(c, SGI_BROADCAST)).sum::<u32>();
-        if !arch::wait_until(1000, || total() >= want) {
+        if !arch::wait_until(10_000, || total() >= want) {
             return Err("broadcast SGI lost");
         }
         // Let any duplicate show up before the next round.
@@ -120,8 +122,11 @@ pub fn timer(p: &Platform<'_>) -> Result<(), &'static str> {
     for cpu in 1..n {
         gic::send_sgi(SGI_TIMER_START, cpu);
     }
-    // Let every CPU start, then measure.
-    arch::wait_until(20, || false);
+    // Let every CPU start (its vCPU thread may be descheduled: wait for
+    // it, not for a fixed time), then measure.
+    if !arch::wait_until(10_000, || (0..n).all(timer::running)) {
+        return Err("a CPU did not start its timer");
+    }
     // Count due ticks (taken, or overdue and about to be taken) at two
     // counter values: the host may run a vCPU late, but not make its
     // deadlines move.
@@ -131,7 +136,7 @@ pub fn timer(p: &Platform<'_>) -> Result<(), &'static str> {
     let t1 = arch::counter();
     let end: Vec<u64> = (0..n).map(|c| timer::due(c, t1)).collect();
     // Every due tick is then actually taken: none is lost.
-    let taken = arch::wait_until(1000, || (0..n).all(|c| timer::ticks(c) >= end[c]));
+    let taken = arch::wait_until(10_000, || (0..n).all(|c| timer::ticks(c) >= end[c]));
     timer::stop();
     for cpu in 1..n {
         gic::send_sgi(SGI_TIMER_STOP, cpu);
@@ -235,7 +240,7 @@ const DEV: u32 = 0x42;
 /// Wait until event `e` has been received `n` times, then a little longer
 /// to catch a duplicate.
 fn expect_count(e: usize, n: u32) -> Result<(), &'static str> {
-    if !arch::wait_until(500, || lpi_count(e) >= n) {
+    if !arch::wait_until(10_000, || lpi_count(e) >= n) {
         log::error!("lpi: event {e}: {} receipts, expected {n}", lpi_count(e));
         return Err("LPI not delivered");
     }
@@ -357,7 +362,7 @@ pub fn lpi_storm(p: &Platform<'_>) -> Result<(), &'static str> {
             *s += 1;
         }
         total += batch;
-        if !arch::wait_until(1000, || (0..EVENTS).all(|e| lpi_count(e) >= sent[e])) {
+        if !arch::wait_until(10_000, || (0..EVENTS).all(|e| lpi_count(e) >= sent[e])) {
             return Err("LPIs lost in the storm");
         }
     }

@@ -68,7 +68,7 @@ impl core::fmt::Display for Names {
 /// (each CPU checked that itself when it came up).
 fn smp(p: &Platform<'_>) -> Result<(), &'static str> {
     let want = p.cpus.len();
-    let ok = arch::wait_until(1000, || {
+    let ok = arch::wait_until(10_000, || {
         (0..want).all(|i| percpu::get(i).el2_mmu_on.load(Ordering::Acquire))
     });
     log::info!(
