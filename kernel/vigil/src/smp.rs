@@ -6,7 +6,7 @@ use vigil_platform::CpuList;
 use crate::{arch, percpu, psci};
 
 /// How long a secondary may take to report in.
-const ONLINE_TIMEOUT_MS: u64 = 2000;
+const ONLINE_TIMEOUT_MS: u64 = 10_000;
 
 /// Mark this CPU online and log it.
 pub fn announce() {

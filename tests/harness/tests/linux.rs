@@ -176,7 +176,10 @@ fn linux_with_four_vcpus_ticks_and_sleeps_right() {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no sleep timing:\n{}", run.log));
-    assert!((0.95..=1.5).contains(&took), "sleep 1 took {took} s");
+    // Never early; late by at most what a loaded host can add to waking
+    // a descheduled vCPU (this is the guest's own clock on both sides:
+    // it checks the timer's wake-up, not the clock's rate).
+    assert!((0.99..=3.0).contains(&took), "sleep 1 took {took} s");
 }
 
 /// Typing on the console reaches the guest's shell (through the physical

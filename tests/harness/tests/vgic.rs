@@ -61,7 +61,9 @@ fn active_sgi_blocks_until_icactiver_enable_and_priority_change_while_pending() 
 
 #[test]
 fn vtimer_100_deadlines_on_each_of_4_vcpus_never_early() {
-    let run = Qemu::with_guests(&[Guest::test("vtimer").cpus(4)]).run();
+    let run = Qemu::with_guests(&[Guest::test("vtimer").cpus(4)])
+        .timeout(IPI_TIMEOUT)
+        .run();
     run.check(&[
         "guest: vtimer: cpu 0: 100 interrupts, none early",
         "guest: vtimer: cpu 1: 100 interrupts, none early",
@@ -79,7 +81,9 @@ fn vtimer_100_deadlines_on_each_of_4_vcpus_never_early() {
 /// switched out still fires.
 #[test]
 fn vtimer_two_vcpus_per_cpu() {
-    let run = Qemu::with_guests(&[Guest::test("vtimer").cpus(4).pcpus(&[0, 0, 1, 1])]).run();
+    let run = Qemu::with_guests(&[Guest::test("vtimer").cpus(4).pcpus(&[0, 0, 1, 1])])
+        .timeout(IPI_TIMEOUT)
+        .run();
     run.check(&[
         "guest: vtimer: 400 interrupts on 4 vCPUs, none early, worst lateness",
         "[vtimer] guest: vtimer: PASS",

@@ -53,7 +53,7 @@ fn its_fuzz_100000_random_commands_next_to_a_well_behaved_its_vm() {
         "[its-fuzz] guest: its-fuzz: 100000 random commands (",
         "[its-fuzz] guest: its-fuzz: register misuse: ",
         "[its-fuzz] guest: its-fuzz: valid mapping: ",
-        "deliveries, every one within 2000 ms; no other LPI delivered",
+        "deliveries, every one within 10000 ms; no other LPI delivered",
         "[its-fuzz] guest: its-fuzz: afterwards MAPTI + INT of a new event: delivered once; CREADR == CWRITER, not stalled",
         "[its-fuzz] guest: its-fuzz: PASS",
         "vm its-fuzz: powered off (PSCI SYSTEM_OFF), status 0",
@@ -92,6 +92,7 @@ fn its_flood_cannot_exhaust_the_hypervisor() {
         Guest::test("its-flood").named("flood").pcpus(&[0]),
         Guest::test("its").named("its").cpus(2).pcpus(&[2, 3]),
     ])
+    .timeout(TIMEOUT)
     .run();
     run.check(&[
         "[flood] guest: its-flood: 327680 MAPTIs over 40 devices",

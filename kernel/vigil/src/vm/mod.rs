@@ -172,7 +172,7 @@ impl Vm {
         if self.is_stopped() {
             return;
         }
-        let others_stopped = arch::wait_until(2000, || {
+        let others_stopped = arch::wait_until(10_000, || {
             self.vcpus()
                 .iter()
                 .all(|v| !v.running.load(Ordering::Acquire))

@@ -733,7 +733,7 @@ pub fn run(boot: &'static BootInfo) -> ! {
         per_life_max = per_life_max.max(n);
         if mapd_cycle {
             mapd_cycles += 1;
-            expect_no_leak(&g, "after MAPD(V=0)", 100_000);
+            expect_no_leak(&g, "after MAPD(V=0)", TIMEOUT_US);
             g.send("MAPD(V=1)", ItsCommand::mapd(dev, g.itt, EVENT_BITS, true));
         }
         if violations() > 0 {

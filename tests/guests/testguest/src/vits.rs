@@ -21,7 +21,7 @@ use vigil_guest::its::{self, Bump, Its, ItsCommand, ItsError, PropTable, RdBase}
 use vigil_guest::{cpu, ensure, fail, println, psci, report, BootInfo, MAX_CPUS};
 
 /// How long any wait for a delivery or another vCPU may take.
-const TIMEOUT_US: u64 = 2_000_000;
+const TIMEOUT_US: u64 = 10_000_000;
 /// How long "must not be delivered" (or "no extra delivery") is watched.
 const QUIET_US: u64 = 100_000;
 /// LPIs whose deliveries are counted per vCPU: `LPI_BASE..+TRACKED`.
