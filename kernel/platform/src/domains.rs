@@ -15,6 +15,8 @@
 //!         vigil,pcpus = <0 1>;           /* optional pinning */
 //!         vigil,identity-map;            /* optional: IPA = PA */
 //!         vigil,test-device;             /* optional */
+//!         vigil,virtio-blk = "svc";      /* optional: a virtio-mmio disk
+//!                                           served by VM svc's userspace */
 //!         module@48000000 {
 //!             compatible = "multiboot,kernel", "multiboot,module";
 //!             reg = <0x0 0x48000000 0x0 0x1000000>;
@@ -42,6 +44,9 @@ pub struct DomainConfig<'a> {
     /// Put its RAM at this physical address (`vigil,ram-base`; implies
     /// the identity map), e.g. for a guest linked at a fixed address.
     pub ram_base: Option<u64>,
+    /// A virtio-blk device (virtio-mmio) whose backend is the service
+    /// program in the userspace of the VM of this name (`vigil,virtio-blk`).
+    pub virtio_blk: Option<&'a str>,
     pub kernel: Region,
     pub ramdisk: Option<Region>,
     pub bootargs: &'a str,
@@ -58,6 +63,8 @@ pub enum DomainError<'a> {
     /// PCIe passthrough without an identity map: devices would DMA to the
     /// wrong addresses (there is no SMMU).
     PassthroughNeedsIdentity(&'a str),
+    /// `vigil,virtio-blk` that is not the name of another VM.
+    BadBackend(&'a str),
 }
 
 impl core::fmt::Display for DomainError<'_> {
@@ -74,6 +81,10 @@ impl core::fmt::Display for DomainError<'_> {
             Self::PassthroughNeedsIdentity(n) => write!(
                 f,
                 "VM {n}: vigil,pci-passthrough needs vigil,identity-map (devices DMA to physical addresses: there is no SMMU)"
+            ),
+            Self::BadBackend(n) => write!(
+                f,
+                "VM {n}: vigil,virtio-blk must name another VM described before or after it"
             ),
         }
     }
@@ -172,6 +183,14 @@ fn parse<'a>(node: fdt::node::FdtNode<'_, 'a>) -> Result<DomainConfig<'a>, Domai
         identity_map,
         ram_base,
         test_device: node.property("vigil,test-device").is_some(),
+        virtio_blk: match node.property("vigil,virtio-blk") {
+            None => None,
+            Some(p) => Some(
+                p.as_str()
+                    .filter(|b| !b.is_empty() && *b != name)
+                    .ok_or(DomainError::BadBackend(name))?,
+            ),
+        },
         pci_passthrough: node.property("vigil,pci-passthrough").is_some(),
         kernel: kernel.ok_or(DomainError::NoKernel(name))?,
         ramdisk,
@@ -210,9 +229,17 @@ pub fn for_each_domain<'a>(
     Ok(n)
 }
 
-/// Every `vigil,domain` node under `/chosen`, in order.
+/// Every `vigil,domain` node under `/chosen`, in order; every
+/// `vigil,virtio-blk` names another of them.
 pub fn domains(dtb: &[u8]) -> Result<Vec<DomainConfig<'_>>, DomainError<'_>> {
     let mut out = Vec::new();
     for_each_domain(dtb, |d| out.push(d))?;
+    for d in &out {
+        if let Some(b) = d.virtio_blk {
+            if !out.iter().any(|o| o.name == b && o.name != d.name) {
+                return Err(DomainError::BadBackend(d.name));
+            }
+        }
+    }
     Ok(out)
 }

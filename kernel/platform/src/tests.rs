@@ -315,6 +315,36 @@ fn domains_are_read_from_chosen() {
     assert_eq!(d[0].bootargs, "vigil.guest=psci");
     assert_eq!(d[1].name, "guest-b");
     assert_eq!(d[1].pcpus[0], 3);
+    assert_eq!(d[0].virtio_blk, None);
+}
+
+fn with_backend(w: &mut FdtWriter, name: &str, backend: &str) {
+    let d = w.begin_node(name).unwrap();
+    w.property_string("compatible", "vigil,domain").unwrap();
+    w.property_array_u32("memory", &[0, 0x20000]).unwrap();
+    w.property_u32("cpus", 1).unwrap();
+    w.property_string("vigil,virtio-blk", backend).unwrap();
+    let m = w.begin_node("module@48000000").unwrap();
+    w.property_string("compatible", "multiboot,kernel").unwrap();
+    w.property_array_u64("reg", &[0x4800_0000, 0x10_0000])
+        .unwrap();
+    w.end_node(m).unwrap();
+    w.end_node(d).unwrap();
+}
+
+#[test]
+fn virtio_blk_names_its_service_vm() {
+    let ok = tree_with_domains(|w| {
+        with_backend(w, "client", "svc");
+        domain(w, "svc", 1, None, true);
+    });
+    let d = domains(&ok).unwrap();
+    assert_eq!(d[0].virtio_blk, Some("svc"));
+    assert_eq!(d[1].virtio_blk, None);
+    let missing = tree_with_domains(|w| with_backend(w, "client", "nobody"));
+    assert_eq!(domains(&missing), Err(DomainError::BadBackend("client")));
+    let itself = tree_with_domains(|w| with_backend(w, "client", "client"));
+    assert_eq!(domains(&itself), Err(DomainError::BadBackend("client")));
 }
 
 #[test]

@@ -20,6 +20,11 @@ pub struct GuestDt<'a> {
     pub test_device: bool,
     /// The host's PCIe bridge, passed through; its MSIs go to the vITS.
     pub pcie: Option<PcieDt<'a>>,
+    /// A virtio-mmio device at VIRTIO_MMIO_BASE (a client of a service VM).
+    pub virtio_mmio: bool,
+    /// The channel bridge of a service VM, with BAR 2's window this large
+    /// (a power of two).
+    pub channel: Option<u64>,
 }
 
 /// A passed-through generic ECAM PCIe host bridge, from the host's tree.
@@ -202,6 +207,59 @@ pub fn build(cfg: &GuestDt<'_>) -> Result<Vec<u8>, Error> {
         w.end_node(pci)?;
     }
 
+    if let Some(window) = cfg.channel {
+        let pci = w.begin_node(&node_name("pcie", CHANNEL_ECAM_BASE))?;
+        w.property_string("compatible", "pci-host-ecam-generic")?;
+        w.property_string("device_type", "pci")?;
+        w.property_u32("#address-cells", 3)?;
+        w.property_u32("#size-cells", 2)?;
+        w.property_array_u64("reg", &[CHANNEL_ECAM_BASE, CHANNEL_ECAM_SIZE])?;
+        // IEEE 1275 PCI binding: phys.hi 0x0200_0000 is 32-bit memory,
+        // 0x4300_0000 64-bit prefetchable; PCI address = CPU address.
+        let hi = |a: u64| (a >> 32) as u32;
+        let lo = |a: u64| a as u32;
+        w.property_array_u32(
+            "ranges",
+            &[
+                0x0200_0000,
+                hi(CHANNEL_MMIO32_BASE),
+                lo(CHANNEL_MMIO32_BASE),
+                hi(CHANNEL_MMIO32_BASE),
+                lo(CHANNEL_MMIO32_BASE),
+                hi(CHANNEL_MMIO32_SIZE),
+                lo(CHANNEL_MMIO32_SIZE),
+                0x4300_0000,
+                hi(CHANNEL_MMIO64_BASE),
+                lo(CHANNEL_MMIO64_BASE),
+                hi(CHANNEL_MMIO64_BASE),
+                lo(CHANNEL_MMIO64_BASE),
+                hi(window),
+                lo(window),
+            ],
+        )?;
+        w.property_array_u32("bus-range", &[0, 0])?;
+        w.property_u32("linux,pci-domain", 1)?;
+        w.property_null("dma-coherent")?;
+        // INTA of device 0 to the channel's SPI (pci.txt interrupt-map:
+        // child unit address (3 cells), pin, parent, parent specifier).
+        w.property_u32("#interrupt-cells", 1)?;
+        w.property_array_u32("interrupt-map-mask", &[0, 0, 0, 7])?;
+        w.property_array_u32(
+            "interrupt-map",
+            &[0, 0, 0, 1, PHANDLE_GIC, 0, 0, SPI, CHANNEL_SPI, LEVEL_HIGH],
+        )?;
+        w.end_node(pci)?;
+    }
+
+    if cfg.virtio_mmio {
+        let dev = w.begin_node(&node_name("virtio_mmio", VIRTIO_MMIO_BASE))?;
+        w.property_string("compatible", "virtio,mmio")?;
+        w.property_array_u64("reg", &[VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE])?;
+        w.property_array_u32("interrupts", &[SPI, VIRTIO_SPI, LEVEL_HIGH])?;
+        w.property_null("dma-coherent")?;
+        w.end_node(dev)?;
+    }
+
     if cfg.test_device {
         let dev = w.begin_node(&node_name("test-device", TEST_DEVICE_BASE))?;
         w.property_string("compatible", "vigil,test-device")?;
@@ -229,6 +287,8 @@ mod tests {
             its: true,
             test_device: true,
             pcie: None,
+            virtio_mmio: false,
+            channel: None,
         }
     }
 
@@ -271,6 +331,44 @@ mod tests {
             let w = dtc_warnings(&dtb);
             assert!(w.is_empty(), "dtc warnings for {cpus} cpus its={its}: {w}");
         }
+    }
+
+    #[test]
+    fn virtio_client_and_service_channel() {
+        let dtb = build(&GuestDt {
+            virtio_mmio: true,
+            channel: Some(512 << 20),
+            ..cfg()
+        })
+        .unwrap();
+        let w = dtc_warnings(&dtb);
+        assert!(w.is_empty(), "dtc warnings: {w}");
+        let t = ::fdt::Fdt::new(&dtb).unwrap();
+        let v = t.find_compatible(&["virtio,mmio"]).unwrap();
+        let r = v.reg().unwrap().next().unwrap();
+        assert_eq!(r.starting_address as u64, VIRTIO_MMIO_BASE);
+        assert_eq!(r.size, Some(VIRTIO_MMIO_SIZE as usize));
+        let irq: Vec<u8> = v.property("interrupts").unwrap().value.to_vec();
+        assert_eq!(&irq[4..8], &VIRTIO_SPI.to_be_bytes());
+        let pci = t.find_compatible(&["pci-host-ecam-generic"]).unwrap();
+        let cells: Vec<u32> = pci
+            .property("ranges")
+            .unwrap()
+            .value
+            .chunks(4)
+            .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(cells.len(), 14);
+        assert_eq!(cells[12..], [0, 512 << 20]);
+        assert_eq!(
+            pci.property("linux,pci-domain").unwrap().as_usize(),
+            Some(1)
+        );
+        // Without them, neither node.
+        let plain = build(&cfg()).unwrap();
+        let t = ::fdt::Fdt::new(&plain).unwrap();
+        assert!(t.find_compatible(&["virtio,mmio"]).is_none());
+        assert!(t.find_compatible(&["pci-host-ecam-generic"]).is_none());
     }
 
     #[test]
