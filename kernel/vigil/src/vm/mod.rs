@@ -13,6 +13,7 @@ mod switch;
 mod sysregs;
 mod testdev;
 mod trap;
+pub mod virtio;
 
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -72,7 +73,9 @@ pub struct Vm {
     pub ram_pa: u64,
     pub ram_size: u64,
     vttbr: u64,
-    _stage2: Stage2Tables,
+    /// Locked for the mappings added after creation (a service VM's
+    /// window onto its client's RAM).
+    stage2: Mutex<Stage2Tables>,
     vcpus: spin::Once<Vec<&'static Vcpu>>,
     bus: MmioBus,
     pub uart: &'static Pl011,
@@ -90,6 +93,13 @@ pub struct Vm {
     pcie: Option<PcieHost<'static>>,
     /// The vCPU that asked for a reset (PSCI SYSTEM_RESET), or NO_RESET.
     reset_by: AtomicUsize,
+    /// Its virtio-blk device's link, if it is a client of a service VM.
+    client_of: Option<&'static virtio::Link>,
+    /// Its channel's link, if it is a service VM.
+    service_of: Option<&'static virtio::Link>,
+    /// Where vCPU 0 starts (entry, device tree), for a client whose boot
+    /// waits for its service.
+    boot: (u64, u64),
 }
 
 const NO_RESET: usize = usize::MAX;
@@ -135,6 +145,21 @@ impl Vm {
             log::error!("vm {}: stopped: {}", self.name, reason);
         }
         self.power_off_vcpus();
+        if let Some(l) = self.client_of {
+            l.client_stopped();
+        }
+        // A client still waiting for this service would wait forever.
+        if let Some(l) = self.service_of.filter(|l| !l.ready()) {
+            if let Some(client) = vm_by_id(l.client) {
+                client.stop(
+                    format_args!(
+                        "its virtio-blk backend vm {} stopped before it was ready",
+                        self.name
+                    ),
+                    STATUS_GUEST_FAULT,
+                );
+            }
+        }
         vm_stopped();
     }
 
@@ -148,6 +173,16 @@ impl Vm {
 }
 
 impl Vm {
+    /// Start a client whose boot waited for its service (once).
+    pub fn start_held(&self) {
+        let v = self.vcpus()[0];
+        if v.power.state() == PowerState::Off
+            && v.power.request_on(self.boot.0, self.boot.1).is_ok()
+        {
+            kick(v.pcpu);
+        }
+    }
+
     /// PSCI SYSTEM_RESET from vCPU `by`: every vCPU leaves the guest; the
     /// CPU of `by` then reloads the VM (see [`Vm::finish_reset`]).
     pub fn request_reset(&self, by: usize) {
@@ -180,7 +215,7 @@ impl Vm {
         if !others_stopped {
             self.reset_by.store(NO_RESET, Ordering::Release);
             self.stop(
-                format_args!("reset: its vCPUs did not stop within 2 s"),
+                format_args!("reset: its vCPUs did not stop within 10 s"),
                 STATUS_GUEST_FAULT,
             );
             return;
@@ -188,6 +223,7 @@ impl Vm {
         let boot = match load_images(
             &self.cfg,
             self.pcie,
+            self.service_of.map(|l| l.window()),
             self.ram_ipa,
             self.ram_pa,
             self.ram_size,
@@ -205,6 +241,12 @@ impl Vm {
         self.gic.reset();
         vgic_glue::link_vtimers(&self.gic);
         self.its.reset();
+        if let Some(l) = self.client_of {
+            l.client_reset();
+        }
+        if let Some(l) = self.service_of {
+            l.service_reset();
+        }
         let boot_vcpu = self.vcpus()[0];
         // vCPU 0 starts as at power-on: entry point, x0 = device tree.
         let _ = boot_vcpu.power.request_on(boot.entry, boot.placement.dtb);
@@ -324,6 +366,9 @@ pub enum VmError {
     NoStage2,
     NoPcie,
     PcieTaken,
+    /// A VM serves more than one virtio client, or is a client and a
+    /// service at once.
+    Backend(&'static str),
 }
 
 impl core::fmt::Display for VmError {
@@ -341,6 +386,10 @@ impl core::fmt::Display for VmError {
                 "PCIe passthrough asked for, but the machine has no PCIe host bridge"
             ),
             Self::PcieTaken => write!(f, "only one VM can have the PCIe host bridge"),
+            Self::Backend(n) => write!(
+                f,
+                "vm {n}: a service VM serves one client and is no client itself"
+            ),
         }
     }
 }
@@ -386,10 +435,45 @@ pub fn create_all(
             }
         }
     }
+    // Virtio links: (client, service, client RAM) for each vigil,virtio-blk.
+    let mut pairs = Vec::new();
+    for (id, d) in domains.iter().enumerate() {
+        let Some(backend) = d.virtio_blk else {
+            continue;
+        };
+        let Some(service) = domains.iter().position(|o| o.name == backend) else {
+            return Err(VmError::Backend(d.name));
+        };
+        let serves_two = pairs.iter().any(|&(_, s, _)| s == service);
+        if serves_two || domains[service].virtio_blk.is_some() {
+            return Err(VmError::Backend(backend));
+        }
+        pairs.push((id, service, d.memory.next_multiple_of(2 << 20)));
+    }
+    virtio::create_links(&pairs);
     for (id, d) in domains.iter().enumerate().take(MAX_VMS) {
         create(id, d, pcie.filter(|_| d.pci_passthrough))?;
         VMS_LEFT.fetch_add(1, Ordering::AcqRel);
         VM_COUNT.fetch_add(1, Ordering::Relaxed);
+    }
+    // Each service's window onto its client's RAM (both exist now; no
+    // vCPU runs yet).
+    for &(client, service, _) in &pairs {
+        let (c, s) = (vm_by_id(client).unwrap(), vm_by_id(service).unwrap());
+        s.stage2
+            .lock()
+            .map_ram(layout::CHANNEL_MMIO64_BASE, c.ram_pa, c.ram_size)
+            .map_err(VmError::Map)?;
+        c.client_of.unwrap().set_client_ram(c.ram_ipa, c.ram_size);
+        log::info!(
+            "vm {}: virtio-blk at {:#x} (SPI {}), served by vm {}, which sees its RAM at {:#x}; vm {} starts when the service is ready",
+            c.name,
+            layout::VIRTIO_MMIO_BASE,
+            layout::VIRTIO_SPI,
+            s.name,
+            layout::CHANNEL_MMIO64_BASE,
+            c.name
+        );
     }
     Ok(domains.len())
 }
@@ -407,6 +491,7 @@ struct Boot {
 fn load_images(
     d: &DomainConfig<'_>,
     pcie: Option<PcieHost<'_>>,
+    channel: Option<u64>,
     ipa: u64,
     pa: u64,
     size: u64,
@@ -479,6 +564,8 @@ fn load_images(
             interrupt_map_mask: p.interrupt_map_mask,
             interrupt_map: p.interrupt_map,
         }),
+        virtio_mmio: d.virtio_blk.is_some(),
+        channel,
     })
     .map_err(VmError::Dt)?;
     if dt.len() as u64 > 2 << 20 {
@@ -516,7 +603,9 @@ fn create(
             }
         }
     }
-    let boot = load_images(d, pcie, ipa, pa, size)?;
+    let client_of = virtio::link_of_client(id);
+    let service_of = virtio::link_of_service(id);
+    let boot = load_images(d, pcie, service_of.map(|l| l.window()), ipa, pa, size)?;
     let (entry, placement) = (boot.entry, boot.placement);
 
     let uart: &'static Pl011 = Box::leak(Box::new(Pl011::new(id)));
@@ -545,6 +634,25 @@ fn create(
     if pcie.is_some() && hidden[0].1 != 0 {
         bus.add(hidden[0].0, hidden[0].1, &NoFunction);
     }
+    if let Some(l) = client_of {
+        bus.add(
+            layout::VIRTIO_MMIO_BASE,
+            layout::VIRTIO_MMIO_SIZE,
+            Box::leak(Box::new(virtio::ClientFrame(l))),
+        );
+    }
+    if let Some(l) = service_of {
+        bus.add(
+            layout::CHANNEL_ECAM_BASE,
+            layout::CHANNEL_ECAM_SIZE,
+            Box::leak(Box::new(virtio::ChannelEcam(l))),
+        );
+        bus.add(
+            layout::CHANNEL_MMIO32_BASE,
+            layout::CHANNEL_MMIO32_SIZE,
+            Box::leak(Box::new(virtio::ChannelRegs(l))),
+        );
+    }
     if d.test_device {
         let dev: &'static testdev::TestDevice = Box::leak(Box::new(testdev::TestDevice::new()));
         bus.add(layout::TEST_DEVICE_BASE, layout::TEST_DEVICE_SIZE, dev);
@@ -556,7 +664,7 @@ fn create(
         ram_pa: pa,
         ram_size: size,
         vttbr: s2.vttbr(),
-        _stage2: s2,
+        stage2: Mutex::new(s2),
         vcpus: spin::Once::new(),
         bus,
         uart,
@@ -567,10 +675,14 @@ fn create(
         cfg: *d,
         pcie,
         reset_by: AtomicUsize::new(NO_RESET),
+        client_of,
+        service_of,
+        boot: (entry, placement.dtb),
     }));
     let mut vcpus = Vec::new();
     for i in 0..d.cpus {
-        let boot = i == 0;
+        // A client's boot waits for its service (Vm::start_held).
+        let boot = i == 0 && client_of.is_none();
         let mut regs = GuestRegs::new();
         if boot {
             regs.pc = entry;
