@@ -135,6 +135,7 @@ pub struct Guest {
     test_device: bool,
     pci: bool,
     ram_base: Option<u64>,
+    virtio_blk: Option<String>,
     bootargs: String,
     /// This repository's code (the test guest): may run with semihosting.
     ours: bool,
@@ -154,6 +155,7 @@ impl Guest {
             test_device: false,
             pci: false,
             ram_base: None,
+            virtio_blk: None,
             bootargs: format!("vigil.guest={scenario}"),
             ours: true,
         }
@@ -222,6 +224,12 @@ impl Guest {
         self
     }
 
+    /// Give it a virtio-mmio disk served by the VM named `service`.
+    pub fn virtio_blk(mut self, service: &str) -> Self {
+        self.virtio_blk = Some(service.into());
+        self
+    }
+
     pub fn initrd(mut self, p: &Path) -> Self {
         self.initrd = Some(p.to_path_buf());
         self
@@ -256,6 +264,9 @@ impl Guest {
         }
         if let Some(b) = self.ram_base {
             s += &format!(",ram-base={b:#x}");
+        }
+        if let Some(v) = &self.virtio_blk {
+            s += &format!(",virtio-blk={v}");
         }
         s + &format!(",bootargs={}", self.bootargs)
     }

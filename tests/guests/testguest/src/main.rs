@@ -6,7 +6,10 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 mod bench;
+mod blksvc;
 mod echo;
 mod isolation;
 mod mmio;
@@ -48,6 +51,7 @@ fn main(boot: &'static BootInfo) -> ! {
     );
     match scenario {
         "hello" => hello(),
+        "blk-service" => blksvc::run(boot),
         "echo" => echo::run(boot),
         "psci" => psci::run(boot),
         "mmio" => mmio::run(boot),
