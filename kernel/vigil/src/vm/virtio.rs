@@ -102,29 +102,32 @@ impl Link {
     }
 
     /// Drive both interrupt lines from the state, then kick whoever got
-    /// work. Called with the state unlocked.
+    /// work. Called with the state unlocked. The levels are applied to the
+    /// vGICs *under* the link's lock (lock order: link, then vGIC): two
+    /// updates racing (the client's InterruptACK on one CPU, the service's
+    /// CONTROL.USED on another) would otherwise apply their levels in the
+    /// wrong order and leave the client's line low with InterruptStatus
+    /// set, a lost interrupt (seen as a stalled disk under load).
     fn update_lines(&self) {
-        let (service_line, client_line) = {
-            let s = self.state.lock();
-            (
-                s.pci.intx(s.regs.pending()),
-                s.transport.as_ref().is_some_and(Transport::line),
-            )
-        };
         let mut kicks: [(usize, Kick); 2] = [(0, Kick::default()); 2];
-        if let Some(vm) = vm_by_id(self.service) {
-            kicks[0] = (
-                self.service,
-                vm.gic
-                    .set_line(0, SPI_BASE + layout::CHANNEL_SPI, service_line),
-            );
-        }
-        if let Some(vm) = vm_by_id(self.client) {
-            kicks[1] = (
-                self.client,
-                vm.gic
-                    .set_line(0, SPI_BASE + layout::VIRTIO_SPI, client_line),
-            );
+        {
+            let s = self.state.lock();
+            let service_line = s.pci.intx(s.regs.pending());
+            let client_line = s.transport.as_ref().is_some_and(Transport::line);
+            if let Some(vm) = vm_by_id(self.service) {
+                kicks[0] = (
+                    self.service,
+                    vm.gic
+                        .set_line(0, SPI_BASE + layout::CHANNEL_SPI, service_line),
+                );
+            }
+            if let Some(vm) = vm_by_id(self.client) {
+                kicks[1] = (
+                    self.client,
+                    vm.gic
+                        .set_line(0, SPI_BASE + layout::VIRTIO_SPI, client_line),
+                );
+            }
         }
         for (vm, k) in kicks {
             super::kick_vm(vm, k);
