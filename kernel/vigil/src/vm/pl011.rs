@@ -84,7 +84,7 @@ impl Pl011 {
     /// Queue bytes typed on the console. Bytes beyond the FIFO are dropped
     /// (as the hardware would, with an overrun).
     pub fn receive(&self, byte: u8) {
-        let level = {
+        let kick = {
             let mut s = self.state.lock();
             if s.rx_len < FIFO {
                 let at = (s.rx_head + s.rx_len) % FIFO;
@@ -92,9 +92,10 @@ impl Pl011 {
                 s.rx_len += 1;
             }
             s.ris |= INT_RX | INT_RT;
-            s.level()
+            // Under the lock (lock order: UART, then vGIC), or a racing
+            // read on another CPU could apply its older level last.
+            crate::vm::set_uart_line(self.vm, s.level())
         };
-        let kick = crate::vm::set_uart_line(self.vm, level);
         crate::vm::kick_vm(self.vm, kick);
     }
 }
@@ -148,9 +149,9 @@ impl MmioDevice for Pl011 {
         if offset == DR {
             // Reading the last byte may drop the receive interrupt, and
             // makes room for more input.
-            let level = s.level();
+            let kick = crate::vm::set_uart_line(self.vm, s.level());
             drop(s);
-            crate::vm::kick_vm(self.vm, crate::vm::set_uart_line(self.vm, level));
+            crate::vm::kick_vm(self.vm, kick);
             crate::vm::console_input_resume(self.vm);
         }
         v as u64
@@ -179,8 +180,6 @@ impl MmioDevice for Pl011 {
             DMACR => s.dmacr = v,
             _ => {}
         }
-        let level = s.level();
-        drop(s);
-        crate::vm::set_uart_line(self.vm, level)
+        crate::vm::set_uart_line(self.vm, s.level())
     }
 }
