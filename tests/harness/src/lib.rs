@@ -77,6 +77,58 @@ pub fn linux() -> &'static (PathBuf, PathBuf) {
     })
 }
 
+/// The driver domain's service program (kernel/service, a static
+/// aarch64-unknown-linux-musl binary): `VIGIL_SERVICE`, or built now.
+pub fn service_program() -> &'static Path {
+    static SERVICE: OnceLock<PathBuf> = OnceLock::new();
+    SERVICE.get_or_init(|| {
+        if let Some(p) = std::env::var_os("VIGIL_SERVICE") {
+            return PathBuf::from(p);
+        }
+        let root = workspace_root();
+        let target = root.join("target/harness");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&root)
+            .args([
+                "build",
+                "-p",
+                "vigil-service",
+                "--target",
+                "aarch64-unknown-linux-musl",
+                "--release",
+            ])
+            .env("CARGO_TARGET_DIR", &target)
+            .status()
+            .expect("running cargo to build vigil-service");
+        assert!(status.success(), "building vigil-service failed");
+        target.join("aarch64-unknown-linux-musl/release/vigil-service")
+    })
+}
+
+/// A service VM's initramfs: the Linux guest's, plus the service program
+/// and the uio modules (scripts/fetch-guest --service).
+pub fn service_initrd() -> &'static Path {
+    static INITRD: OnceLock<PathBuf> = OnceLock::new();
+    INITRD.get_or_init(|| {
+        let out = Command::new(workspace_root().join("scripts/fetch-guest"))
+            .arg("--print")
+            .arg("--service")
+            .arg(service_program())
+            .output()
+            .expect("running scripts/fetch-guest");
+        assert!(
+            out.status.success(),
+            "scripts/fetch-guest --service failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("SERVICE_INITRD="))
+            .map(|v| PathBuf::from(v.trim_matches('\'')))
+            .unwrap_or_else(|| panic!("scripts/fetch-guest printed no SERVICE_INITRD: {text}"))
+    })
+}
+
 /// The test guest linked for RAM at physical 0x6000_0000 (guests that
 /// need an identity map, e.g. with PCIe passthrough; use with
 /// `Guest::ram_base(0x6000_0000)`). `VIGIL_TESTGUEST_HI`, or built now.
@@ -170,6 +222,21 @@ impl Guest {
             .cpus(cpus)
             .mem_mib(512)
             .bootargs(&format!("console=ttyAMA0 vigil.init={init}"))
+    }
+
+    /// A driver domain's service VM named `name`: Debian's Linux with the
+    /// service program, 1 vCPU on CPU 3, 256 MiB, the PCIe bridge (its own
+    /// disk is a virtio-blk-pci there), serving its client and powering
+    /// off once the client is gone.
+    pub fn linux_service(name: &str) -> Self {
+        let (kernel, _) = linux();
+        Self::kernel(name, kernel)
+            .initrd(service_initrd())
+            .cpus(1)
+            .mem_mib(256)
+            .pcpus(&[3])
+            .pci()
+            .bootargs("console=ttyAMA0 vigil.init=service,poweroff")
     }
 
     /// Any kernel image.
