@@ -103,6 +103,8 @@ pub struct Vm {
 }
 
 const NO_RESET: usize = usize::MAX;
+/// How long a client's reset waits for its service to take it.
+const RESET_ACK_MS: u64 = 2000;
 
 impl Vm {
     pub fn vcpus(&self) -> &[&'static Vcpu] {
@@ -220,6 +222,16 @@ impl Vm {
             );
             return;
         }
+        // A client's device resets first: its service must stop writing
+        // into this RAM before the images are loaded into it.
+        if let Some(l) = self.client_of {
+            if !l.client_reset(RESET_ACK_MS) {
+                log::warn!(
+                    "vm {}: reset: its virtio-blk service did not take the reset within {RESET_ACK_MS} ms; reloading anyway",
+                    self.name
+                );
+            }
+        }
         let boot = match load_images(
             &self.cfg,
             self.pcie,
@@ -241,9 +253,6 @@ impl Vm {
         self.gic.reset();
         vgic_glue::link_vtimers(&self.gic);
         self.its.reset();
-        if let Some(l) = self.client_of {
-            l.client_reset();
-        }
         if let Some(l) = self.service_of {
             l.service_reset();
         }

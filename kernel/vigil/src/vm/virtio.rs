@@ -45,6 +45,10 @@ pub struct Link {
 
 struct State {
     regs: Regs,
+    /// A client reset was posted and the service has not read it yet
+    /// (EVENTS.RESET): it may still write completions into the client's
+    /// RAM, so the client's images are not reloaded before it has.
+    reset_unread: bool,
     pci: ConfigSpace,
     /// Built when the service goes READY.
     transport: Option<Transport>,
@@ -77,6 +81,7 @@ pub fn create_links(pairs: &[(usize, usize, u64)]) {
                     client,
                     service,
                     state: Mutex::new(State {
+                        reset_unread: false,
                         regs: Regs::new(VIRTIO_BLK, (0, ram)),
                         pci: ConfigSpace::new(ram),
                         transport: None,
@@ -134,18 +139,25 @@ impl Link {
         }
     }
 
-    /// The client VM reset (PSCI SYSTEM_RESET): its device resets too, and
-    /// its boot waits for the service again only if the service is not
-    /// ready.
-    pub fn client_reset(&self) {
+    /// The client VM resets (PSCI SYSTEM_RESET): its device resets too.
+    /// Returns once the service has read the reset (it then drops what was
+    /// in flight and writes nothing more into the client's RAM, which is
+    /// about to be reloaded), or after `timeout_ms` with `false` (a service
+    /// that does not answer: the reload goes ahead, and a late completion
+    /// could land in the new boot's memory — the service is trusted with
+    /// it).
+    pub fn client_reset(&self, timeout_ms: u64) -> bool {
         {
             let mut s = self.state.lock();
             if let Some(t) = s.transport.as_mut() {
                 let _ = t.reset();
             }
             s.regs.post_reset();
+            // Nothing to wait for from a service that is not serving yet.
+            s.reset_unread = s.regs.is_ready();
         }
         self.update_lines();
+        crate::arch::wait_until(timeout_ms, || !self.state.lock().reset_unread)
     }
 
     /// The client VM stopped: tell the service.
@@ -165,6 +177,7 @@ impl Link {
         {
             let mut s = self.state.lock();
             s.regs.reset();
+            s.reset_unread = false;
             let window = s.pci.bar2_size();
             s.pci = ConfigSpace::new(window);
             if let Some(t) = s.transport.as_mut() {
@@ -330,7 +343,12 @@ impl MmioDevice for ChannelRegs {
                 regs, transport, ..
             } = &mut *s;
             match regs.read(&Mirror(transport.as_ref()), offset, width) {
-                Ok(v) => u64::from(v),
+                Ok(v) => {
+                    if offset == channel::reg::EVENTS && v & channel::event::RESET != 0 {
+                        s.reset_unread = false;
+                    }
+                    u64::from(v)
+                }
                 Err(a) => {
                     guest_warn!("vm {}: channel: {a:?}", service_name(self.0));
                     0
