@@ -210,3 +210,65 @@ fn the_service_program_serves_its_own_disk_to_a_linux_client() {
     }
     let _ = std::fs::remove_file(&image);
 }
+
+/// The service program killed (kill -9) while its client writes: the
+/// client's I/O waits, its kernel lives on (a heartbeat) and powers off;
+/// the service VM's kernel and Vigil see nothing wrong.
+#[test]
+fn a_killed_service_leaves_its_client_waiting_and_nothing_faults() {
+    let image = disk_image("dead-service", 64);
+    let run = Qemu::with_guests(&[
+        Guest::linux(2, "dead-service").virtio_blk("service"),
+        Guest::linux_service("service")
+            .bootargs("console=ttyAMA0 vigil.init=service-kill,poweroff"),
+    ])
+    .qemu_arg("-drive")
+    .qemu_arg(&format!(
+        "file={},if=none,format=raw,id=disk0",
+        image.display()
+    ))
+    .qemu_arg("-device")
+    .qemu_arg("virtio-blk-pci,drive=disk0")
+    .timeout(Duration::from_secs(200))
+    .run();
+    run.check(&[
+        "vm linux: virtio-blk backend ready in vm service; starting vm linux",
+        "VIGIL-INIT: service killed, status 137",
+        "vm service: powered off (PSCI SYSTEM_OFF), status 0",
+        "VIGIL-INIT: alive 15",
+        "VIGIL-INIT: powering off with I/O pending",
+        "vm linux: powered off (PSCI SYSTEM_OFF), status 0",
+    ])
+    .unwrap();
+    // It was serving when it was killed.
+    let served = run
+        .log
+        .find("vigil-service: client DRIVER_OK")
+        .unwrap_or(usize::MAX);
+    let killed = run.log.find("VIGIL-INIT: service killed").unwrap();
+    assert!(served < killed, "killed before serving:\n{}", run.log);
+    let faults: Vec<&str> = run
+        .log
+        .lines()
+        .filter(|l| {
+            [
+                "Oops",
+                "BUG:",
+                "Unable to handle",
+                "Internal error",
+                "Kernel panic",
+            ]
+            .iter()
+            .any(|f| l.contains(f))
+        })
+        .collect();
+    assert!(
+        faults.is_empty(),
+        "{}\n--- log ---\n{}",
+        faults.join("\n"),
+        run.log
+    );
+    let c = vigil_complaints(&run);
+    assert!(c.is_empty(), "{}\n--- log ---\n{}", c.join("\n"), run.log);
+    let _ = std::fs::remove_file(&image);
+}
