@@ -49,11 +49,12 @@ impl Log {
         let _ = self.tx.send(Msg::Line(args.to_string()));
     }
 
-    /// Waits (at most a second) until every line queued so far is out.
+    /// Waits (at most 10 s: a hostile client can queue many refusals for
+    /// a slow serial console) until every line queued so far is out.
     pub fn flush(&self) {
         let (ack, done) = mpsc::sync_channel(1);
         if self.tx.send(Msg::Flush(ack)).is_ok() {
-            let _ = done.recv_timeout(Duration::from_secs(1));
+            let _ = done.recv_timeout(Duration::from_secs(10));
         }
     }
 }

@@ -272,3 +272,61 @@ fn a_killed_service_leaves_its_client_waiting_and_nothing_faults() {
     assert!(c.is_empty(), "{}\n--- log ---\n{}", c.join("\n"), run.log);
     let _ = std::fs::remove_file(&image);
 }
+
+/// A hostile client (random descriptors, avail.idx jumps, random transport
+/// writes, 100,000 notifications) against the service program: the
+/// service refuses what it must, survives, and exits cleanly when the
+/// client is gone; Vigil logs no error (its rate-limited warnings about
+/// the client's register misuse are the point).
+#[test]
+fn a_hostile_client_cannot_take_the_service_down() {
+    let image = disk_image("hostile", 64);
+    let run = Qemu::with_guests(&[
+        Guest::test("virtio-hostile")
+            .named("hostile")
+            .mem_mib(64)
+            .virtio_blk("service"),
+        Guest::linux_service("service"),
+    ])
+    .qemu_arg("-drive")
+    .qemu_arg(&format!(
+        "file={},if=none,format=raw,id=disk0",
+        image.display()
+    ))
+    .qemu_arg("-device")
+    .qemu_arg("virtio-blk-pci,drive=disk0")
+    .timeout(Duration::from_secs(300))
+    .run();
+    run.check(&[
+        "virtio-hostile: 100000 notifications",
+        "[hostile] guest: virtio-hostile: PASS",
+        "vigil-service: client gone",
+        "vigil-service: summary:",
+        "VIGIL-INIT: service exited with status 0",
+        "vm service: powered off (PSCI SYSTEM_OFF), status 0",
+    ])
+    .unwrap();
+    // It looked at the hostile chains (refused them) rather than giving up
+    // at the first bad ring: NEEDS_RESET, and the client re-initialised.
+    let refused: u64 = run
+        .lines_with("vigil-service: summary: ")
+        .next()
+        .and_then(|l| l.split(" requests (").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary:\n{}", run.log));
+    assert!(refused >= 10_000, "only {refused} refused chains");
+    assert!(run.lines_with("re-initialisations").next().is_some());
+    let bad: Vec<&str> = run
+        .log
+        .lines()
+        .filter(|l| l.contains(" ERROR]") || l.contains("FATAL") || l.contains("Oops"))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{}\n--- log ---\n{}",
+        bad.join("\n"),
+        run.log
+    );
+    let _ = std::fs::remove_file(&image);
+}

@@ -21,6 +21,7 @@ mod selftest;
 mod semihost;
 mod unhandled;
 mod vgic;
+mod vhostile;
 mod vits;
 
 use vigil_guest::{cpu, exit, println, report, BootInfo};
@@ -52,6 +53,7 @@ fn main(boot: &'static BootInfo) -> ! {
     match scenario {
         "hello" => hello(),
         "blk-service" => blksvc::run(boot),
+        "virtio-hostile" => vhostile::run(boot),
         "echo" => echo::run(boot),
         "psci" => psci::run(boot),
         "mmio" => mmio::run(boot),
