@@ -31,25 +31,27 @@ fn read_id(path: &Path) -> Option<u16> {
     u16::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok()
 }
 
-/// The PCI device under `root` (`/sys/bus/pci/devices`) with the channel's
-/// vendor and device IDs, and its uio node (the single entry of
-/// `<dev>/uio/`, there once uio_pci_generic is bound).
-pub fn find_channel(root: &Path) -> io::Result<Found> {
+/// The `nth` PCI device (in address order) under `root`
+/// (`/sys/bus/pci/devices`) with the channel's vendor and device IDs — a
+/// service VM has one channel per client — and its uio node (the single
+/// entry of `<dev>/uio/`, there once uio_pci_generic is bound).
+pub fn find_channel(root: &Path, nth: usize) -> io::Result<Found> {
     let mut dirs: Vec<PathBuf> = fs::read_dir(root)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     dirs.sort();
     let dir = dirs
         .into_iter()
-        .find(|d| {
+        .filter(|d| {
             read_id(&d.join("vendor")) == Some(channel::VENDOR_ID)
                 && read_id(&d.join("device")) == Some(channel::DEVICE_ID)
         })
+        .nth(nth)
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
                 format!(
-                    "no PCI device {:04x}:{:04x} under {}",
+                    "no PCI device {:04x}:{:04x} number {nth} under {}",
                     channel::VENDOR_ID,
                     channel::DEVICE_ID,
                     root.display()
@@ -324,18 +326,25 @@ mod tests {
         };
         dev("0000:00:00.0", "0x1b36", "0x0008", None);
         dev("0000:00:01.0", "0x1af4", "0x1042", None);
-        assert!(find_channel(&root).is_err(), "no channel yet");
+        assert!(find_channel(&root, 0).is_err(), "no channel yet");
         dev("0000:00:02.0", "0x1b36", "0x10f0", None);
-        let e = find_channel(&root).unwrap_err();
+        let e = find_channel(&root, 0).unwrap_err();
         assert!(e.to_string().contains("not bound"), "{e}");
         fs::create_dir_all(root.join("0000:00:02.0/uio/uio3")).unwrap();
         assert_eq!(
-            find_channel(&root).unwrap(),
+            find_channel(&root, 0).unwrap(),
             Found {
                 dir: root.join("0000:00:02.0"),
                 uio: PathBuf::from("/dev/uio3")
             }
         );
+        // The second channel (another client) is picked by number.
+        dev("0001:00:00.0", "0x1b36", "0x10f0", Some("uio5"));
+        assert_eq!(
+            find_channel(&root, 1).unwrap().uio,
+            PathBuf::from("/dev/uio5")
+        );
+        assert!(find_channel(&root, 2).is_err());
         fs::remove_dir_all(&root).unwrap();
     }
 

