@@ -158,6 +158,28 @@ fn scripts_run_linux_exits_zero_on_poweroff() {
     .unwrap();
 }
 
+/// `--cpus` beyond the board's 4 CPUs (documented as 1-8): the vCPUs
+/// share the CPUs round-robin and all come online (issue 19, item 2).
+#[test]
+fn scripts_run_eight_vcpus_share_four_cpus() {
+    let run = scripts_run(
+        &[
+            "--cpus",
+            "8",
+            "--bootargs",
+            "console=ttyAMA0 vigil.init=poweroff",
+        ],
+        Duration::from_secs(240),
+    );
+    run.check(&[
+        "vm linux: 8 vCPUs on CPUs [0, 1, 2, 3, 0, 1, 2, 3]",
+        "smp: Brought up 1 node, 8 CPUs",
+        "VIGIL-INIT: cpus online 8 range 0-7",
+        "vm linux: powered off (PSCI SYSTEM_OFF), status 0",
+    ])
+    .unwrap();
+}
+
 /// TCP listeners (`ss -ltnH`) on `port`: their local addresses.
 fn listeners(port: u16) -> Vec<String> {
     let out = Command::new("ss")
