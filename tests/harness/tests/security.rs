@@ -180,6 +180,40 @@ fn scripts_run_eight_vcpus_share_four_cpus() {
     .unwrap();
 }
 
+/// `--mem 1024` with 4 vCPUs (guest images no longer split the board's
+/// free RAM: they are loaded at its top), and a size no board here can
+/// hold is one line and exit 2 before anything boots (issue 19, item 1).
+#[test]
+fn scripts_run_sizes_the_board_for_the_guest() {
+    let run = scripts_run(
+        &[
+            "--cpus",
+            "4",
+            "--mem",
+            "1024",
+            "--bootargs",
+            "console=ttyAMA0 vigil.init=poweroff",
+        ],
+        Duration::from_secs(240),
+    );
+    run.check(&[
+        "vm linux: 4 vCPUs on CPUs [0, 1, 2, 3], 1024 MiB RAM",
+        "VIGIL-INIT: cpus online 4 range 0-3",
+        "vm linux: powered off (PSCI SYSTEM_OFF), status 0",
+    ])
+    .unwrap();
+    let run = scripts_run(&["--mem", "20000"], Duration::from_secs(120));
+    assert_eq!(run.ending, Ending::Exited(2), "{}", run.log);
+    assert!(
+        run.log
+            .trim_end()
+            .ends_with("this runner gives QEMU at most 16384 MiB"),
+        "{}",
+        run.log
+    );
+    assert!(!run.log.contains("Vigil 0.1.0 starting"), "{}", run.log);
+}
+
 /// TCP listeners (`ss -ltnH`) on `port`: their local addresses.
 fn listeners(port: u16) -> Vec<String> {
     let out = Command::new("ss")

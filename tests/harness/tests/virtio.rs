@@ -233,6 +233,7 @@ fn a_killed_service_leaves_its_client_waiting_and_nothing_faults() {
     .run();
     run.check(&[
         "vm linux: virtio-blk backend ready in vm service; starting vm linux",
+        "VIGIL-INIT: service killing after",
         "VIGIL-INIT: service killed, status 137",
         "vm service: powered off (PSCI SYSTEM_OFF), status 0",
         "VIGIL-INIT: alive 15",
