@@ -214,6 +214,31 @@ fn scripts_run_sizes_the_board_for_the_guest() {
     assert!(!run.log.contains("Vigil 0.1.0 starting"), "{}", run.log);
 }
 
+/// A failing step stops the run with its own message last (issue 19,
+/// item 4): here fetch-guest cannot make its cache (nothing can be
+/// created under /proc), and scripts/run must not go on to an "unbound
+/// variable".
+#[test]
+fn scripts_run_stops_at_a_failed_guest_fetch_with_its_message() {
+    let mut cmd = Command::new(workspace_root().join("scripts/run"));
+    cmd.env("VIGIL_IMAGE", image())
+        .env("VIGIL_CACHE", "/proc/vigil-no-cache-here");
+    let run = run_with_timeout(cmd, Duration::from_secs(120));
+    assert!(
+        matches!(run.ending, Ending::Exited(c) if c != 0),
+        "{:?}\n{}",
+        run.ending,
+        run.log
+    );
+    let last = run.log.trim_end().lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("fetch-guest: error: cannot create the cache directory"),
+        "last line {last:?}:\n{}",
+        run.log
+    );
+    assert!(!run.log.contains("unbound variable"), "{}", run.log);
+}
+
 /// TCP listeners (`ss -ltnH`) on `port`: their local addresses.
 fn listeners(port: u16) -> Vec<String> {
     let out = Command::new("ss")
