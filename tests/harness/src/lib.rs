@@ -35,14 +35,14 @@ pub fn workspace_root() -> PathBuf {
 /// `VIGIL_IMAGE` does not name one.
 pub fn image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| built("VIGIL_IMAGE", "vigil"))
+    IMAGE.get_or_init(|| built("VIGIL_IMAGE", "vigil", "aarch64-unknown-none"))
 }
 
 /// Path of the in-project test guest (tests/guests/testguest), built once
 /// per test process if `VIGIL_TESTGUEST` does not name one.
 pub fn test_guest() -> &'static Path {
     static GUEST: OnceLock<PathBuf> = OnceLock::new();
-    GUEST.get_or_init(|| built("VIGIL_TESTGUEST", "testguest"))
+    GUEST.get_or_init(|| built("VIGIL_TESTGUEST", "testguest", "aarch64-unknown-none"))
 }
 
 /// Debian's arm64 cloud kernel and the busybox initramfs
@@ -57,23 +57,8 @@ pub fn linux() -> &'static (PathBuf, PathBuf) {
         ) {
             return (PathBuf::from(k), PathBuf::from(i));
         }
-        let out = Command::new(workspace_root().join("scripts/fetch-guest"))
-            .arg("--print")
-            .output()
-            .expect("running scripts/fetch-guest");
-        assert!(
-            out.status.success(),
-            "scripts/fetch-guest failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let get = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{key}=")))
-                .map(|v| PathBuf::from(v.trim_matches('\'')))
-                .unwrap_or_else(|| panic!("scripts/fetch-guest printed no {key}: {text}"))
-        };
-        (get("KERNEL"), get("INITRD"))
+        let text = fetch_guest(&[]);
+        (printed(&text, "KERNEL"), printed(&text, "INITRD"))
     })
 }
 
@@ -82,26 +67,11 @@ pub fn linux() -> &'static (PathBuf, PathBuf) {
 pub fn service_program() -> &'static Path {
     static SERVICE: OnceLock<PathBuf> = OnceLock::new();
     SERVICE.get_or_init(|| {
-        if let Some(p) = std::env::var_os("VIGIL_SERVICE") {
-            return PathBuf::from(p);
-        }
-        let root = workspace_root();
-        let target = root.join("target/harness");
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(&root)
-            .args([
-                "build",
-                "-p",
-                "vigil-service",
-                "--target",
-                "aarch64-unknown-linux-musl",
-                "--release",
-            ])
-            .env("CARGO_TARGET_DIR", &target)
-            .status()
-            .expect("running cargo to build vigil-service");
-        assert!(status.success(), "building vigil-service failed");
-        target.join("aarch64-unknown-linux-musl/release/vigil-service")
+        built(
+            "VIGIL_SERVICE",
+            "vigil-service",
+            "aarch64-unknown-linux-musl",
+        )
     })
 }
 
@@ -110,23 +80,35 @@ pub fn service_program() -> &'static Path {
 pub fn service_initrd() -> &'static Path {
     static INITRD: OnceLock<PathBuf> = OnceLock::new();
     INITRD.get_or_init(|| {
-        let out = Command::new(workspace_root().join("scripts/fetch-guest"))
-            .arg("--print")
-            .arg("--service")
-            .arg(service_program())
-            .output()
-            .expect("running scripts/fetch-guest");
-        assert!(
-            out.status.success(),
-            "scripts/fetch-guest --service failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.lines()
-            .find_map(|l| l.strip_prefix("SERVICE_INITRD="))
-            .map(|v| PathBuf::from(v.trim_matches('\'')))
-            .unwrap_or_else(|| panic!("scripts/fetch-guest printed no SERVICE_INITRD: {text}"))
+        let service = service_program().as_os_str();
+        printed(
+            &fetch_guest(&[std::ffi::OsStr::new("--service"), service]),
+            "SERVICE_INITRD",
+        )
     })
+}
+
+/// What `scripts/fetch-guest --print ARGS` printed (KEY=value lines).
+fn fetch_guest(args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(workspace_root().join("scripts/fetch-guest"))
+        .arg("--print")
+        .args(args)
+        .output()
+        .expect("running scripts/fetch-guest");
+    assert!(
+        out.status.success(),
+        "scripts/fetch-guest {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The path `key` names in scripts/fetch-guest's output.
+fn printed(text: &str, key: &str) -> PathBuf {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .map(|v| PathBuf::from(v.trim_matches('\'')))
+        .unwrap_or_else(|| panic!("scripts/fetch-guest printed no {key}: {text}"))
 }
 
 /// The test guest linked for RAM at physical 0x6000_0000 (guests that
@@ -147,8 +129,8 @@ pub fn test_guest_hi() -> &'static Path {
     })
 }
 
-/// An aarch64 binary of this workspace: `$var` if set, else built now.
-fn built(var: &str, package: &str) -> PathBuf {
+/// A binary of this workspace for `target`: `$var` if set, else built now.
+fn built(var: &str, package: &str, target_triple: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(var) {
         let p = PathBuf::from(p);
         assert!(p.is_file(), "{var}={} is not a file", p.display());
@@ -165,14 +147,14 @@ fn built(var: &str, package: &str) -> PathBuf {
             "-p",
             package,
             "--target",
-            "aarch64-unknown-none",
+            target_triple,
             "--release",
         ])
         .env("CARGO_TARGET_DIR", &target)
         .status()
         .unwrap_or_else(|e| panic!("running cargo to build {package}: {e}"));
     assert!(status.success(), "building {package} failed");
-    target.join("aarch64-unknown-none/release").join(package)
+    target.join(target_triple).join("release").join(package)
 }
 
 /// A guest VM for `--guest` (see scripts/qemu).
@@ -483,6 +465,12 @@ impl Qemu {
     /// Extra QEMU arguments after the board's.
     pub fn qemu_arg(mut self, a: &str) -> Self {
         self.extra.push(a.to_string());
+        self
+    }
+
+    /// Several of them.
+    pub fn qemu_args(mut self, args: &[String]) -> Self {
+        self.extra.extend_from_slice(args);
         self
     }
 

@@ -110,6 +110,17 @@ fn disk_image(name: &str, mib: u64) -> std::path::PathBuf {
     path
 }
 
+/// QEMU arguments for a virtio-blk-pci backed by `image` (the service VM
+/// gets it with the PCIe bridge), drive `disk{i}`.
+fn pci_disk(image: &std::path::Path, i: usize) -> [String; 4] {
+    [
+        "-drive".into(),
+        format!("file={},if=none,format=raw,id=disk{i}", image.display()),
+        "-device".into(),
+        format!("virtio-blk-pci,drive=disk{i}"),
+    ]
+}
+
 /// `debugfs -R CMD image`: its stdout (e2fsprogs, from scripts/setup).
 fn debugfs(image: &std::path::Path, cmd: &str) -> Vec<u8> {
     let out = std::process::Command::new("debugfs")
@@ -154,13 +165,7 @@ fn the_service_program_serves_its_own_disk_to_a_linux_client() {
         Guest::linux(2, "disk,burst,poweroff").virtio_blk("service"),
         Guest::linux_service("service"),
     ])
-    .qemu_arg("-drive")
-    .qemu_arg(&format!(
-        "file={},if=none,format=raw,id=disk0",
-        image.display()
-    ))
-    .qemu_arg("-device")
-    .qemu_arg("virtio-blk-pci,drive=disk0")
+    .qemu_args(&pci_disk(&image, 0))
     .timeout(Duration::from_secs(400))
     .run();
     run.check(&[
@@ -222,13 +227,7 @@ fn a_killed_service_leaves_its_client_waiting_and_nothing_faults() {
         Guest::linux_service("service")
             .bootargs("console=ttyAMA0 vigil.init=service-kill,poweroff"),
     ])
-    .qemu_arg("-drive")
-    .qemu_arg(&format!(
-        "file={},if=none,format=raw,id=disk0",
-        image.display()
-    ))
-    .qemu_arg("-device")
-    .qemu_arg("virtio-blk-pci,drive=disk0")
+    .qemu_args(&pci_disk(&image, 0))
     .timeout(Duration::from_secs(200))
     .run();
     run.check(&[
@@ -293,14 +292,7 @@ fn a_hostile_client_next_to_a_good_one_cannot_take_the_service_down() {
         Guest::linux_service("service"),
     ]);
     for (i, img) in [&good, &bad].iter().enumerate() {
-        q = q
-            .qemu_arg("-drive")
-            .qemu_arg(&format!(
-                "file={},if=none,format=raw,id=disk{i}",
-                img.display()
-            ))
-            .qemu_arg("-device")
-            .qemu_arg(&format!("virtio-blk-pci,drive=disk{i}"));
+        q = q.qemu_args(&pci_disk(img, i));
     }
     let run = q.timeout(Duration::from_secs(400)).run();
     run.check(&[
