@@ -8,6 +8,8 @@
 
 use vigil_guest::{mmio, println, report, BootInfo};
 
+use crate::vits::Rng;
+
 const NAME: &str = "virtio-hostile";
 const NOTIFIES: u32 = 100_000;
 const QSIZE: u64 = 256;
@@ -27,18 +29,6 @@ const INTERRUPT_ACK: u64 = 0x064;
 const QUEUE_DESC: u64 = 0x080;
 const QUEUE_DRIVER: u64 = 0x090;
 const QUEUE_DEVICE: u64 = 0x0a0;
-
-/// xorshift64*, reproducible from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
 
 fn w32(base: u64, off: u64, v: u32) {
     // SAFETY: this VM's virtio-mmio window, from its device tree.

@@ -678,11 +678,12 @@ const VALID_ICID: u16 = 0;
 const FINAL_EVENT: u32 = 1;
 const FINAL_LPI: u32 = 8192 + 1000;
 
-/// xorshift64*: reproducible from the printed seed.
-struct Rng(u64);
+/// xorshift64*: reproducible from the printed seed (also the hostile
+/// virtio client's).
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
