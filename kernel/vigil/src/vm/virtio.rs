@@ -278,6 +278,15 @@ fn service_name(l: &Link) -> &'static str {
     vm_by_id(l.service).map_or("?", |v| v.name)
 }
 
+/// Whether an ECAM access reaches the function at device 0: PCIe Base 6.0
+/// §7.2.2, configuration accesses are naturally aligned and at most 32
+/// bits; others, and the rest of the bus, are an absent function.
+fn config_access(offset: u64, width: u8) -> bool {
+    offset < vigil_platform::pcie::CONFIG_SPACE_SIZE
+        && width <= 4
+        && offset.is_multiple_of(u64::from(width))
+}
+
 /// The service's channel bridge configuration space (ECAM, bus 0): the
 /// function at device 0, nothing elsewhere.
 pub struct ChannelEcam(pub &'static Link);
@@ -285,12 +294,7 @@ pub struct ChannelEcam(pub &'static Link);
 impl MmioDevice for ChannelEcam {
     fn read(&self, _ctx: &MmioCtx<'_>, offset: u64, width: u8) -> u64 {
         let ones = u64::MAX >> (64 - 8 * u32::from(width));
-        // PCIe Base 6.0 §7.2.2: configuration accesses are naturally
-        // aligned and at most 32 bits; others read as an absent function.
-        if offset >= vigil_platform::pcie::CONFIG_SPACE_SIZE
-            || width > 4
-            || !offset.is_multiple_of(u64::from(width))
-        {
+        if !config_access(offset, width) {
             return ones;
         }
         let s = self.0.state.lock();
@@ -299,10 +303,7 @@ impl MmioDevice for ChannelEcam {
     }
 
     fn write(&self, _ctx: &MmioCtx<'_>, offset: u64, width: u8, value: u64) -> Kick {
-        if offset >= vigil_platform::pcie::CONFIG_SPACE_SIZE
-            || width > 4
-            || !offset.is_multiple_of(u64::from(width))
-        {
+        if !config_access(offset, width) {
             return Kick::default();
         }
         let shift = 8 * (offset & 3);
