@@ -212,6 +212,20 @@ impl IchVtr {
     pub fn pri_bits(self) -> u8 {
         ((self.0 >> 29) & 7) as u8 + 1
     }
+    /// Number of virtual preemption bits (`PREbits` + 1, bits \[28:26\]).
+    pub fn pre_bits(self) -> u8 {
+        ((self.0 >> 26) & 7) as u8 + 1
+    }
+    /// How many `ICH_AP0R<n>_EL2`/`ICH_AP1R<n>_EL2` exist: one per 32
+    /// preemption levels, so 1, 2 or 4 for 5, 6 or 7 PREbits (IHI 0069
+    /// §12.4.1, "ICH_AP0R<n>_EL2"; other values are reserved).
+    pub fn active_priority_regs(self) -> usize {
+        match self.pre_bits() {
+            0..=5 => 1,
+            6 => 2,
+            _ => 4,
+        }
+    }
 }
 
 /// A decoded `ICC_SGI1R_EL1` / `ICC_SGI0R_EL1` write (IHI 0069 ch. 12, ICC_SGI1R_EL1).
@@ -325,6 +339,19 @@ impl VtimerContext {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn active_priority_registers_follow_prebits() {
+        use super::IchVtr;
+        // PRIbits 5, PREbits 5 (QEMU), 6 and 7; ListRegs 3.
+        let vtr = |pri: u64, pre: u64| IchVtr(((pri - 1) << 29) | ((pre - 1) << 26) | 3);
+        assert_eq!(vtr(5, 5).pre_bits(), 5);
+        assert_eq!(vtr(5, 5).active_priority_regs(), 1);
+        assert_eq!(vtr(6, 6).active_priority_regs(), 2);
+        assert_eq!(vtr(7, 7).active_priority_regs(), 4);
+        assert_eq!(vtr(7, 7).pri_bits(), 7);
+        assert_eq!(vtr(7, 7).list_regs(), 4);
+    }
+
     use super::*;
 
     #[test]

@@ -389,6 +389,7 @@ pub struct Qemu {
     guests: Vec<Guest>,
     inputs: Vec<Input>,
     semihosting: Option<bool>,
+    expected_errors: Vec<String>,
 }
 
 impl Qemu {
@@ -401,7 +402,15 @@ impl Qemu {
             guests: Vec::new(),
             inputs: Vec::new(),
             semihosting: None,
+            expected_errors: Vec::new(),
         }
+    }
+
+    /// This scenario's purpose is an error: Vigil logs an ERROR line
+    /// containing `line`. Without it, any ERROR line fails the run.
+    pub fn expect_error(mut self, line: &str) -> Self {
+        self.expected_errors.push(line.to_string());
+        self
     }
 
     /// Run as a user's QEMU runs, without semihosting, whatever the guests.
@@ -489,7 +498,43 @@ impl Qemu {
         if !self.extra.is_empty() {
             cmd.arg("--").args(&self.extra);
         }
-        run_with_input(cmd, self.timeout, &self.inputs)
+        let run = run_with_input(cmd, self.timeout, &self.inputs);
+        let expected: Vec<&str> = self.expected_errors.iter().map(String::as_str).collect();
+        if let Err(e) = errors_as_expected(&run.log, &expected) {
+            panic!("{e}\n--- serial log ---\n{}", run.log);
+        }
+        run
+    }
+}
+
+/// Whether a log line is one of Vigil's ERROR lines (an emulation anomaly
+/// is reported as one).
+pub fn is_error_line(line: &str) -> bool {
+    line.starts_with("[cpu") && line.contains(" ERROR] ")
+}
+
+/// Every ERROR line of `log` contains one of `expected`, and each of
+/// `expected` is in one: a scenario fails on any Vigil error it was not
+/// written to cause.
+pub fn errors_as_expected(log: &str, expected: &[&str]) -> Result<(), String> {
+    let errors: Vec<&str> = log.lines().filter(|l| is_error_line(l)).collect();
+    let mut why = Vec::new();
+    for l in &errors {
+        if !expected.iter().any(|e| l.contains(e)) {
+            why.push(format!(
+                "Vigil logged an error this scenario does not expect: {l}"
+            ));
+        }
+    }
+    for e in expected {
+        if !errors.iter().any(|l| l.contains(e)) {
+            why.push(format!("Vigil logged no error containing {e:?}"));
+        }
+    }
+    if why.is_empty() {
+        Ok(())
+    } else {
+        Err(why.join("\n"))
     }
 }
 
@@ -611,6 +656,20 @@ mod tests {
         let e = run(Ending::TimedOut, log).check(&[]).unwrap_err();
         assert!(e.contains("timed out"), "{e}");
         assert!(run(Ending::Signalled, log).check(&[]).is_err());
+    }
+
+    #[test]
+    fn any_unexpected_error_line_fails_and_expected_ones_must_appear() {
+        let log = "[cpu0 INFO ] ok\n[cpu1 ERROR] vm a: stopped: boom\n[a] guest: ERROR] not ours\n";
+        assert!(errors_as_expected(log, &["stopped: boom"]).is_ok());
+        let e = errors_as_expected(log, &[]).unwrap_err();
+        assert!(
+            e.contains("does not expect: [cpu1 ERROR] vm a: stopped: boom"),
+            "{e}"
+        );
+        let e = errors_as_expected("[cpu0 INFO ] ok\n", &["boom"]).unwrap_err();
+        assert!(e.contains("no error containing \"boom\""), "{e}");
+        assert!(errors_as_expected("[cpu0 INFO ] fine\n", &[]).is_ok());
     }
 
     #[test]

@@ -84,7 +84,9 @@ fn panic_is_reported_and_fails_the_run() {
 /// failed by the very check the passing scenarios use.
 #[test]
 fn failing_scenario_is_reported_as_failed() {
-    let run = Qemu::scenario("fail").run();
+    let run = Qemu::scenario("fail")
+        .expect_error("ktest: fail: FAIL: deliberate failure (vigil.test=fail)")
+        .run();
     assert_eq!(run.ending, Ending::Exited(1));
     let err = run.check(&["ktest: fail: start"]).unwrap_err();
     assert!(err.contains("QEMU exited with status 1"), "{err}");
@@ -105,7 +107,9 @@ fn hanging_scenario_is_killed_and_failed() {
 
 #[test]
 fn unknown_scenario_and_option_are_reported() {
-    let run = Qemu::new("vigil.test=no-such-thing vigil.lgo=debug").run();
+    let run = Qemu::new("vigil.test=no-such-thing vigil.lgo=debug")
+        .expect_error("vigil.test=no-such-thing: no such scenario")
+        .run();
     assert_eq!(run.ending, Ending::Exited(1));
     assert_eq!(
         run.lines_with("vigil.test=no-such-thing: no such scenario (known: smp,")

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vigil_harness::{image, run_with_timeout, workspace_root, Ending, Guest, Qemu, Run};
+use vigil_harness::{
+    errors_as_expected, image, run_with_timeout, workspace_root, Ending, Guest, Qemu, Run,
+};
 
 /// A fresh directory for one test's host files.
 fn scratch(name: &str) -> PathBuf {
@@ -110,6 +112,7 @@ fn without_semihosting_a_vigil_panic_exits_non_zero() {
 fn without_semihosting_a_stopped_vm_exits_non_zero() {
     let run = Qemu::with_guests(&[Guest::test("unhandled")])
         .user_config()
+        .expect_error("vm unhandled: stopped: vCPU 0 cannot fetch its exception vectors")
         .run();
     assert_eq!(run.ending, Ending::Exited(1), "{}", run.log);
     assert!(
@@ -130,7 +133,11 @@ fn without_semihosting_a_clean_end_exits_zero() {
 fn scripts_run(args: &[&str], timeout: Duration) -> Run {
     let mut cmd = Command::new(workspace_root().join("scripts/run"));
     cmd.args(args).env("VIGIL_IMAGE", image());
-    run_with_timeout(cmd, timeout)
+    let run = run_with_timeout(cmd, timeout);
+    if let Err(e) = errors_as_expected(&run.log, &[]) {
+        panic!("{e}\n--- serial log ---\n{}", run.log);
+    }
+    run
 }
 
 #[test]

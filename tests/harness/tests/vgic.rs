@@ -92,6 +92,25 @@ fn vtimer_two_vcpus_per_cpu() {
     .unwrap();
 }
 
+/// The EL1 physical timer (CNTP, PPI 30): deadlines through CVAL and TVAL
+/// met and never early, each waking WFI; pending in GICR_ISPENDR0 while the
+/// PPI is disabled, not while CNTP_CTL.IMASK is set.
+#[test]
+fn ptimer_deadlines_met_never_early_pending_visible_while_masked() {
+    let run = Qemu::with_guests(&[Guest::test("ptimer")])
+        .timeout(IPI_TIMEOUT)
+        .run();
+    run.check(&[
+        "guest: ptimer: cval: 50 deadlines met, none early, each woke WFI",
+        "guest: ptimer: tval: 50 deadlines met, none early, each woke WFI",
+        "guest: ptimer: masked: expired timer pending in GICR_ISPENDR0 while the PPI is disabled, not pending under IMASK, delivered once enabled",
+        "[ptimer] guest: ptimer: 1 rounds, 101 interrupts",
+        "[ptimer] guest: ptimer: PASS",
+        "vm ptimer: powered off (PSCI SYSTEM_OFF), status 0",
+    ])
+    .unwrap();
+}
+
 #[test]
 fn uart_level_spi_redelivered_while_high_not_after_it_drops() {
     Qemu::with_guests(&[Guest::test("uart-level")])

@@ -71,6 +71,7 @@ fn a_service_that_stops_before_ready_stops_its_client() {
         Guest::test("hello").named("client").virtio_blk("svc"),
         Guest::test("hello").named("svc"),
     ])
+    .expect_error("vm client: stopped: its virtio-blk backend vm svc stopped before it was ready")
     .run();
     assert_eq!(run.ending, Ending::Exited(2), "{}", run.log);
     assert_eq!(

@@ -2,6 +2,7 @@
 //! between VMs, and guests that misbehave. The test guest is
 //! tests/guests/testguest; each scenario prints "guest: <name>: PASS".
 
+use std::time::Duration;
 use vigil_harness::{Ending, Guest, Qemu};
 
 #[test]
@@ -80,6 +81,7 @@ fn misbehaving_guest_is_stopped_alone() {
         Guest::test("unhandled").named("bad").pcpus(&[1]),
         Guest::test("mmio").named("good").pcpus(&[2]).test_device(),
     ])
+    .expect_error("vm bad: stopped: vCPU 0 cannot fetch its exception vectors")
     .run();
     assert_eq!(run.ending, Ending::Exited(2), "{}", run.log);
     for line in [
@@ -101,7 +103,9 @@ fn misbehaving_guest_is_stopped_alone() {
 fn a_guest_sets_the_exit_status() {
     // The scenario name is unknown: the guest reports it and exits 1
     // through VIGIL_EXIT_STATUS and SYSTEM_OFF.
-    let run = Qemu::with_guests(&[Guest::test("no-such-scenario")]).run();
+    let run = Qemu::with_guests(&[Guest::test("no-such-scenario")])
+        .expect_error("vm no-such-scenario: stopped: powered off (PSCI SYSTEM_OFF), status 1")
+        .run();
     assert_eq!(run.ending, Ending::Exited(1), "{}", run.log);
     assert_eq!(
         run.lines_with("vm no-such-scenario: stopped: powered off (PSCI SYSTEM_OFF), status 1")
@@ -129,7 +133,9 @@ fn bad_guest_description_is_one_clear_error() {
 /// Two VMs time-sliced on one physical CPU fill their registers with
 /// different patterns and check them after being switched out hundreds of
 /// times: no register leaks between VMs (a mutation that drops TPIDR_EL0
-/// from the switch makes this fail).
+/// from the switch makes this fail). A third VM on the same CPU arms its
+/// EL1 physical timer over and over: the others' CNTP_CVAL/CTL keep their
+/// own values and no PPI 30 becomes pending for them.
 #[test]
 fn world_switch_leaks_no_register_between_vms_on_one_cpu() {
     let run = Qemu::with_guests(&[
@@ -141,13 +147,19 @@ fn world_switch_leaks_no_register_between_vms_on_one_cpu() {
             .named("regs2")
             .pcpus(&[1])
             .bootargs("vigil.guest=regs vigil.seed=2"),
+        Guest::test("ptimer")
+            .pcpus(&[1])
+            .bootargs("vigil.guest=ptimer vigil.ptimer.rounds=3"),
     ])
+    .timeout(Duration::from_secs(240))
     .run();
     run.check(&[
-        "[regs1] guest: regs: 6 rounds of 20000000 spins: x0-x17, x20-x28, q0-q31, FPCR and 12 EL1/EL0 system registers intact (seed 1)",
-        "[regs2] guest: regs: 6 rounds of 20000000 spins: x0-x17, x20-x28, q0-q31, FPCR and 12 EL1/EL0 system registers intact (seed 2)",
+        "[regs1] guest: regs: 6 rounds of 20000000 spins: x0-x17, x20-x28, q0-q31, FPCR and 14 EL1/EL0 system registers intact (seed 1)",
+        "[regs2] guest: regs: 6 rounds of 20000000 spins: x0-x17, x20-x28, q0-q31, FPCR and 14 EL1/EL0 system registers intact (seed 2)",
         "[regs1] guest: regs: PASS",
         "[regs2] guest: regs: PASS",
+        "[ptimer] guest: ptimer: 3 rounds, 303 interrupts",
+        "[ptimer] guest: ptimer: PASS",
     ])
     .unwrap();
     let switches: u64 = run
@@ -158,6 +170,33 @@ fn world_switch_leaks_no_register_between_vms_on_one_cpu() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no switch count:\n{}", run.log));
     assert!(switches >= 20, "only {switches} switches:\n{}", run.log);
+}
+
+/// Two VMs on one physical CPU arm hardware breakpoints at different
+/// addresses that both execute: each takes only its own, and keeps its
+/// breakpoint, watchpoint and OS-lock state across switches; the PMU,
+/// absent from their ID registers, is UNDEFINED.
+#[test]
+fn debug_registers_are_per_vm_and_the_pmu_is_absent() {
+    let run = Qemu::with_guests(&[
+        Guest::test("debug")
+            .named("debug1")
+            .pcpus(&[1])
+            .bootargs("vigil.guest=debug vigil.seed=1"),
+        Guest::test("debug")
+            .named("debug2")
+            .pcpus(&[1])
+            .bootargs("vigil.guest=debug vigil.seed=2"),
+    ])
+    .run();
+    run.check(&[
+        "[debug1] guest: debug: PMCR_EL0, PMCCNTR_EL0, PMUSERENR_EL0 are UNDEFINED (no PMU)",
+        "[debug1] guest: debug: 6 rounds: own breakpoint fired every time, the other VM's never; breakpoint, watchpoint and OS lock state intact (seed 1)",
+        "[debug2] guest: debug: 6 rounds: own breakpoint fired every time, the other VM's never; breakpoint, watchpoint and OS lock state intact (seed 2)",
+        "[debug1] guest: debug: PASS",
+        "[debug2] guest: debug: PASS",
+    ])
+    .unwrap();
 }
 
 /// PSCI SYSTEM_RESET restarts the VM: images reloaded, the virtual GIC

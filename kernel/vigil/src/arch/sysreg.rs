@@ -74,6 +74,10 @@ sysreg!(
     /// HCR_EL2.
     hcr_el2, set_hcr_el2, "hcr_el2"
 );
+sysreg!(
+    /// MDCR_EL2: what of the PMU and debug EL1 may reach.
+    mdcr_el2, set_mdcr_el2, "mdcr_el2"
+);
 sysreg!(vtcr_el2, set_vtcr_el2, "vtcr_el2");
 sysreg!(vttbr_el2, set_vttbr_el2, "vttbr_el2");
 sysreg!(vmpidr_el2, set_vmpidr_el2, "vmpidr_el2");

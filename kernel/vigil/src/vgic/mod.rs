@@ -1,7 +1,7 @@
 //! The kernel side of the virtual GICv3 (the emulation core is the
 //! `vigil-vgic` crate): the real ICH_* registers around each guest entry,
-//! the emulated GICD and GICR frames on a VM's MMIO bus, and the virtual
-//! timer forwarded through a hardware-linked list register.
+//! the emulated GICD and GICR frames on a VM's MMIO bus, and the EL1
+//! timers forwarded through hardware-linked list registers.
 //!
 //! The list registers are rebuilt from the software state on every entry
 //! and folded back on every exit (`flush`/`fold`); the virtual CPU
@@ -24,6 +24,8 @@ pub const MAINTENANCE_INTID: u32 = 25;
 /// Most list registers the architecture defines.
 const MAX_LRS: usize = 16;
 static NUM_LRS: AtomicUsize = AtomicUsize::new(0);
+/// ICH_AP0R<n>/ICH_AP1R<n> the CPU implements (from PREbits).
+static NUM_APRS: AtomicUsize = AtomicUsize::new(1);
 
 macro_rules! ich_lr {
     ($($n:literal => $enc:literal),*) => {
@@ -81,30 +83,137 @@ ich_reg!(ich_vtr, _set_ich_vtr, "S3_4_C12_C11_1");
 ich_reg!(ich_misr, _set_ich_misr, "S3_4_C12_C11_2");
 ich_reg!(ich_eisr, _set_ich_eisr, "S3_4_C12_C11_3");
 ich_reg!(ich_vmcr, set_ich_vmcr, "S3_4_C12_C11_7");
-ich_reg!(ich_ap0r0, set_ich_ap0r0, "S3_4_C12_C8_0");
-ich_reg!(ich_ap1r0, set_ich_ap1r0, "S3_4_C12_C9_0");
 
-/// Per physical CPU: whether the physical virtual-timer interrupt was left
+macro_rules! ich_apr {
+    ($read:ident, $write:ident; $($n:literal => $enc:literal),*) => {
+        /// `ICH_AP<g>R<n>_EL2`; n below the count PREbits implies.
+        fn $read(n: usize) -> u32 {
+            let v: u64;
+            match n {
+                $(
+                    // SAFETY: reading an active-priority register has no
+                    // side effects.
+                    $n => unsafe { core::arch::asm!(concat!("mrs {}, ", $enc), out(reg) v, options(nomem, nostack)) },
+                )*
+                _ => v = 0,
+            }
+            v as u32
+        }
+        fn $write(n: usize, v: u32) {
+            match n {
+                $(
+                    // SAFETY: active priorities only affect the virtual CPU
+                    // interface, i.e. the guest about to run.
+                    $n => unsafe { core::arch::asm!(concat!("msr ", $enc, ", {}"), in(reg) u64::from(v), options(nomem, nostack)) },
+                )*
+                _ => {}
+            }
+        }
+    };
+}
+
+ich_apr!(ich_ap0r, set_ich_ap0r;
+    0 => "S3_4_C12_C8_0", 1 => "S3_4_C12_C8_1", 2 => "S3_4_C12_C8_2", 3 => "S3_4_C12_C8_3");
+ich_apr!(ich_ap1r, set_ich_ap1r;
+    0 => "S3_4_C12_C9_0", 1 => "S3_4_C12_C9_1", 2 => "S3_4_C12_C9_2", 3 => "S3_4_C12_C9_3");
+
+/// The EL1 timers a guest programs directly (CNTHCTL_EL2 gives EL1 the
+/// physical timer and counter; the virtual one is always EL1's). Each one's
+/// physical PPI is forwarded to the same virtual PPI through a
+/// hardware-linked list register, so the guest's deactivation deactivates
+/// the physical interrupt (IHI 0069 §4.4.3 "Hardware-linked interrupts").
+/// The guest device tree names them (`timer` node: PPI 14 and 11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestTimer {
+    /// CNTP_*_EL0, PPI 30.
+    Physical = 0,
+    /// CNTV_*_EL0, PPI 27.
+    Virtual = 1,
+}
+
+impl GuestTimer {
+    pub const ALL: [GuestTimer; 2] = [GuestTimer::Physical, GuestTimer::Virtual];
+
+    pub const fn intid(self) -> u32 {
+        match self {
+            GuestTimer::Physical => PTIMER_INTID,
+            GuestTimer::Virtual => VTIMER_INTID,
+        }
+    }
+
+    fn from_intid(intid: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.intid() == intid)
+    }
+
+    /// The live CNTx_CTL_EL0.
+    fn ctl(self) -> u64 {
+        let ctl: u64;
+        // SAFETY: reading a timer's control register has no side effects.
+        unsafe {
+            match self {
+                GuestTimer::Physical => {
+                    core::arch::asm!("mrs {}, cntp_ctl_el0", out(reg) ctl, options(nomem, nostack))
+                }
+                GuestTimer::Virtual => {
+                    core::arch::asm!("mrs {}, cntv_ctl_el0", out(reg) ctl, options(nomem, nostack))
+                }
+            }
+        }
+        ctl
+    }
+
+    /// Turn the live timer off (no vCPU owns it here).
+    fn silence(self) {
+        // SAFETY: the timer belongs to a stopped guest; writing its
+        // control register only affects that guest's (absent) timer.
+        unsafe {
+            match self {
+                GuestTimer::Physical => {
+                    core::arch::asm!("msr cntp_ctl_el0, xzr", options(nomem, nostack))
+                }
+                GuestTimer::Virtual => {
+                    core::arch::asm!("msr cntv_ctl_el0, xzr", options(nomem, nostack))
+                }
+            }
+        }
+    }
+
+    /// Whether the live timer asserts its output: ENABLE and ISTATUS set,
+    /// IMASK clear (Arm ARM D11.2.4, "The timer output signal").
+    fn asserted(self) -> bool {
+        self.ctl() & 0b111 == 0b101
+    }
+}
+
+/// The EL1 physical timer's PPI.
+pub const PTIMER_INTID: u32 = 30;
+
+/// Per timer, per physical CPU: whether its physical interrupt was left
 /// active for the guest to deactivate through its hardware-linked LR.
-static PTIMER_HELD: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
+static HELD: [[AtomicUsize; MAX_CPUS]; 2] =
+    [const { [const { AtomicUsize::new(0) }; MAX_CPUS] }; 2];
 /// Per physical CPU: whether the last entry wrote any list register or
 /// maintenance request. If not, the exit has nothing to fold.
 static WROTE_LRS: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(1) }; MAX_CPUS];
-/// Per physical CPU: the virtual timer line last given to the vGIC for
+/// Per timer, per physical CPU: the timer line last given to the vGIC for
 /// the vCPU loaded here (0 unknown, 1 low, 2 high), so an unchanged line
-/// costs no vGIC lock on entry.
-static VTIMER_LINE: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
+/// costs no vGIC lock.
+static LINE: [[AtomicUsize; MAX_CPUS]; 2] =
+    [const { [const { AtomicUsize::new(0) }; MAX_CPUS] }; 2];
 
 /// Virtual priority bits and list registers, from ICH_VTR_EL2. Every CPU.
 pub fn init_cpu() {
     let vtr = IchVtr(ich_vtr());
     NUM_LRS.store(vtr.list_regs().min(MAX_LRS), Ordering::Relaxed);
+    NUM_APRS.store(vtr.active_priority_regs(), Ordering::Relaxed);
     set_ich_hcr(0);
-    gic::enable_local(VTIMER_INTID);
+    for t in GuestTimer::ALL {
+        gic::enable_local(t.intid());
+        gic::register(t.intid(), on_timer);
+        gic::keep_active(t.intid());
+    }
     gic::enable_local(MAINTENANCE_INTID);
-    gic::register(VTIMER_INTID, on_vtimer);
     gic::register(MAINTENANCE_INTID, on_maintenance);
-    gic::keep_active(VTIMER_INTID);
 }
 
 pub fn list_regs() -> usize {
@@ -124,41 +233,43 @@ pub fn new_vm_gic(vcpus: usize, lpis: bool) -> VmGic {
     cfg.pri_bits = pri_bits();
     cfg.lpis = lpis;
     let g = Arc::new(Vgic::new(&cfg));
-    link_vtimers(&g);
+    link_timers(&g);
     g
 }
 
-/// Link every vCPU's virtual timer PPI to the physical one (at creation,
-/// and again after a reset, which drops the link).
-pub fn link_vtimers(g: &Vgic) {
+/// Link every vCPU's timer PPIs to the physical ones (at creation, and
+/// again after a reset, which drops the link).
+pub fn link_timers(g: &Vgic) {
     for v in 0..g.nr_vcpus() {
-        g.map_hw(v, VTIMER_INTID, Some(VTIMER_INTID));
+        for t in GuestTimer::ALL {
+            g.map_hw(v, t.intid(), Some(t.intid()));
+        }
     }
 }
 
-/// Whether the live virtual timer (CNTV_*) asserts its output now.
-fn vtimer_asserted() -> bool {
-    let ctl: u64;
-    // SAFETY: reading CNTV_CTL_EL0 has no side effects.
-    unsafe { core::arch::asm!("mrs {}, cntv_ctl_el0", out(reg) ctl, options(nomem, nostack)) };
-    // ENABLE and ISTATUS set, IMASK clear.
-    ctl & 0b111 == 0b101
+/// Give the vGIC the live timers' lines for vCPU `v` (loaded here) where
+/// they changed. At every entry, and at every exit: a guest that masks its
+/// timer and then reads GICR_ISPENDR0 must see the level line low.
+fn sample_timers(g: &Vgic, v: usize, cpu: usize) {
+    for t in GuestTimer::ALL {
+        let line = if t.asserted() { 2 } else { 1 };
+        if LINE[t as usize][cpu].swap(line, Ordering::Relaxed) != line {
+            g.set_line(v, t.intid(), line == 2);
+        }
+        if HELD[t as usize][cpu].load(Ordering::Relaxed) != 0 && !g.in_flight(v, t.intid()) {
+            // The guest will never deactivate it now (the line dropped
+            // before it took it): release the physical interrupt ourselves.
+            gic::deactivate(t.intid());
+            HELD[t as usize][cpu].store(0, Ordering::Relaxed);
+        }
+    }
 }
 
-/// Before entering vCPU `v`: sample the virtual timer's line, and load the
-/// list registers and ICH_HCR_EL2 from the software state.
+/// Before entering vCPU `v`: sample its timers' lines, and load the list
+/// registers and ICH_HCR_EL2 from the software state.
 pub fn enter(g: &Vgic, v: usize) {
     let cpu = crate::arch::cpu_index();
-    let line = if vtimer_asserted() { 2 } else { 1 };
-    if VTIMER_LINE[cpu].swap(line, Ordering::Relaxed) != line {
-        g.set_line(v, VTIMER_INTID, line == 2);
-    }
-    if PTIMER_HELD[cpu].load(Ordering::Relaxed) != 0 && !g.in_flight(v, VTIMER_INTID) {
-        // The guest will never deactivate it now (the line dropped before
-        // it took it): release the physical interrupt ourselves.
-        gic::deactivate(VTIMER_INTID);
-        PTIMER_HELD[cpu].store(0, Ordering::Relaxed);
-    }
+    sample_timers(g, v, cpu);
     if WROTE_LRS[cpu].load(Ordering::Relaxed) == 0 && g.is_idle(v) {
         // The LRs are all invalid and ICH_HCR_EL2 is just En since the
         // last entry, and nothing new is to be loaded: leave them.
@@ -177,24 +288,28 @@ pub fn enter(g: &Vgic, v: usize) {
 }
 
 /// The vCPU loaded on this CPU changes: forget what was known of the
-/// previous one's timer line.
+/// previous one's timer lines.
 pub fn forget_loaded() {
     let cpu = crate::arch::cpu_index();
-    VTIMER_LINE[cpu].store(0, Ordering::Relaxed);
+    for t in GuestTimer::ALL {
+        LINE[t as usize][cpu].store(0, Ordering::Relaxed);
+    }
     WROTE_LRS[cpu].store(1, Ordering::Relaxed);
 }
 
-/// The virtual timer line of the vCPU loaded here is high (its physical
+/// Timer `t`'s line of the vCPU loaded here is high (its physical
 /// interrupt fired).
-pub fn vtimer_line_high(g: &Vgic, v: usize) {
-    VTIMER_LINE[crate::arch::cpu_index()].store(2, Ordering::Relaxed);
-    let _ = g.set_line(v, VTIMER_INTID, true);
+pub fn timer_line_high(g: &Vgic, v: usize, t: GuestTimer) {
+    LINE[t as usize][crate::arch::cpu_index()].store(2, Ordering::Relaxed);
+    let _ = g.set_line(v, t.intid(), true);
 }
 
-/// After an exit of vCPU `v`: read the list registers back and fold them
-/// into the software state. Returns the vCPUs to kick.
+/// After an exit of vCPU `v`: sample its timers, read the list registers
+/// back and fold them into the software state. Returns the vCPUs to kick.
 pub fn exit(g: &Vgic, v: usize) -> Kick {
-    if WROTE_LRS[crate::arch::cpu_index()].load(Ordering::Relaxed) == 0 {
+    let cpu = crate::arch::cpu_index();
+    sample_timers(g, v, cpu);
+    if WROTE_LRS[cpu].load(Ordering::Relaxed) == 0 {
         // Every LR was empty and no maintenance was asked for: the guest
         // cannot have changed anything (the fast path of most exits).
         return Kick::default();
@@ -212,30 +327,39 @@ pub fn exit(g: &Vgic, v: usize) -> Kick {
 }
 
 /// The virtual CPU interface state of a vCPU that is not loaded.
+/// Every active-priority register PREbits implies is switched: with 6 or
+/// 7 preemption bits, priorities past the first 32 levels live in
+/// ICH_AP<g>R1..3.
 pub fn save_cpuif(ctx: &mut CpuIfContext) {
     ctx.vmcr = ich_vmcr();
-    ctx.ap0r[0] = ich_ap0r0() as u32;
-    ctx.ap1r[0] = ich_ap1r0() as u32;
+    for n in 0..NUM_APRS.load(Ordering::Relaxed) {
+        ctx.ap0r[n] = ich_ap0r(n);
+        ctx.ap1r[n] = ich_ap1r(n);
+    }
 }
 
 pub fn restore_cpuif(ctx: &CpuIfContext) {
     set_ich_vmcr(ctx.vmcr);
-    set_ich_ap0r0(ctx.ap0r[0] as u64);
-    set_ich_ap1r0(ctx.ap1r[0] as u64);
+    for n in 0..NUM_APRS.load(Ordering::Relaxed) {
+        set_ich_ap0r(n, ctx.ap0r[n]);
+        set_ich_ap1r(n, ctx.ap1r[n]);
+    }
 }
 
-/// The physical virtual-timer interrupt fired: the timer of the vCPU
-/// loaded here expired. It stays active until the guest deactivates the
+/// A guest timer's physical interrupt fired: the timer of the vCPU loaded
+/// here expired. It stays active until the guest deactivates the
 /// hardware-linked virtual one; the next entry's `enter` injects it.
-fn on_vtimer(_intid: u32) {
+fn on_timer(intid: u32) {
+    let Some(t) = GuestTimer::from_intid(intid) else {
+        return;
+    };
     let cpu = crate::arch::cpu_index();
-    if crate::vm::vtimer_fired() {
-        PTIMER_HELD[cpu].store(1, Ordering::Relaxed);
+    if crate::vm::timer_fired(t) {
+        HELD[t as usize][cpu].store(1, Ordering::Relaxed);
     } else {
         // No vCPU owns the timer here (its VM stopped): silence it.
-        // SAFETY: writing CNTV_CTL_EL0 only affects the (absent) guest.
-        unsafe { core::arch::asm!("msr cntv_ctl_el0, xzr", options(nomem, nostack)) };
-        gic::deactivate(VTIMER_INTID);
+        t.silence();
+        gic::deactivate(intid);
     }
 }
 
@@ -269,12 +393,14 @@ impl MmioDevice for GicrFrames {
     }
 }
 
-/// Before another vCPU's state is loaded here: a physical virtual-timer
-/// interrupt left active for the outgoing vCPU is released (the incoming
-/// vCPU's timer raises its own).
-pub fn release_vtimer() {
+/// Before another vCPU's state is loaded here: a physical timer interrupt
+/// left active for the outgoing vCPU is released (the incoming vCPU's
+/// timers raise their own).
+pub fn release_timers() {
     let cpu = crate::arch::cpu_index();
-    if PTIMER_HELD[cpu].swap(0, Ordering::Relaxed) != 0 {
-        gic::deactivate(VTIMER_INTID);
+    for t in GuestTimer::ALL {
+        if HELD[t as usize][cpu].swap(0, Ordering::Relaxed) != 0 {
+            gic::deactivate(t.intid());
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! description names. A physical CPU runs the first runnable vCPU of its
 //! queue; a vCPU that waits (WFI) lets the CPU sleep until an interrupt.
 
+mod debug;
 pub(crate) mod mmio;
 pub mod passthrough;
 mod pl011;
@@ -34,6 +35,7 @@ use pl011::Pl011;
 use stage2::Stage2Tables;
 use switch::{GuestRegs, CURRENT_REGS};
 use sysregs::{El1Regs, PauthKeys};
+use vigil_vgic::log_limit::{self, LogLimit};
 use vigil_vgic::{CpuIfContext, GuestMemory, Kick, MemError};
 
 /// SGI that makes a physical CPU leave its guest and look at its queue.
@@ -56,6 +58,8 @@ pub struct Vcpu {
     /// Set while a physical CPU is inside this vCPU's run loop.
     running: AtomicBool,
     state: Mutex<VcpuState>,
+    /// Breakpoints, watchpoints, OS lock: switched lazily (see `debug`).
+    debug: debug::DebugState,
 }
 
 struct VcpuState {
@@ -101,6 +105,8 @@ pub struct Vm {
     /// Where vCPU 0 starts (entry, device tree), for a client whose boot
     /// waits for its service.
     boot: (u64, u64),
+    /// Its allowance of guest-caused warnings.
+    log_limit: LogLimit,
 }
 
 const NO_RESET: usize = usize::MAX;
@@ -147,6 +153,7 @@ impl Vm {
         } else {
             log::error!("vm {}: stopped: {}", self.name, reason);
         }
+        self.report_health();
         self.power_off_vcpus();
         if let Some(l) = self.client_of {
             l.client_stopped();
@@ -164,6 +171,30 @@ impl Vm {
             }
         }
         vm_stopped();
+    }
+
+    /// vGIC anomalies: emulation states that must never occur (a stale list
+    /// entry, a route to a retired generation...). Zero unless Vigil has a
+    /// bug; tests fail on any.
+    pub fn anomalies(&self) -> u64 {
+        self.gic.lock().anomalies()
+    }
+
+    /// The line at a VM's stop that says whether its emulation stayed
+    /// sound, and how many warnings it caused.
+    fn report_health(&self) {
+        let (anomalies, warnings) = (self.anomalies(), self.log_limit.seen());
+        if anomalies != 0 {
+            log::error!(
+                "vm {}: {anomalies} vGIC/vITS anomalies (an emulation bug), {warnings} guest-caused warnings",
+                self.name
+            );
+        } else {
+            log::info!(
+                "vm {}: 0 vGIC/vITS anomalies, {warnings} guest-caused warnings",
+                self.name
+            );
+        }
     }
 
     /// Every vCPU off and out of the guest (stop, reset).
@@ -253,7 +284,7 @@ impl Vm {
             }
         };
         self.gic.reset();
-        vgic_glue::link_vtimers(&self.gic);
+        vgic_glue::link_timers(&self.gic);
         self.its.reset();
         for l in &self.service_of {
             l.service_reset();
@@ -349,9 +380,9 @@ pub fn set_uart_line(vm: usize, level: bool) -> Kick {
     }
 }
 
-/// The physical virtual-timer interrupt fired on this CPU: raise the
+/// Guest timer `t`'s physical interrupt fired on this CPU: raise the
 /// virtual one of the vCPU loaded here. Returns whether one is loaded.
-pub fn vtimer_fired() -> bool {
+pub fn timer_fired(t: vgic_glue::GuestTimer) -> bool {
     let loaded = LOADED[arch::cpu_index()].load(Ordering::Relaxed);
     if loaded == 0 {
         return false;
@@ -361,8 +392,19 @@ pub fn vtimer_fired() -> bool {
     if v.vm.is_stopped() {
         return false;
     }
-    vgic_glue::vtimer_line_high(&v.vm.gic, v.index);
+    vgic_glue::timer_line_high(&v.vm.gic, v.index, t);
     true
+}
+
+/// The VM whose trap runs on this CPU, to charge a guest-caused warning to.
+fn warning_context() -> Option<log_limit::Context> {
+    let loaded = LOADED[arch::cpu_index()].load(Ordering::Relaxed);
+    if loaded == 0 {
+        return None;
+    }
+    // SAFETY: LOADED only holds addresses of leaked, never-freed vCPUs.
+    let v: &'static Vcpu = unsafe { &*(loaded as *const Vcpu) };
+    Some((v.vm.name, &v.vm.log_limit))
 }
 
 /// Why a VM could not be built.
@@ -412,6 +454,7 @@ pub fn init_cpu() {
     // EL1PCEN, E2H == 0 layout).
     sysreg::set_cnthctl_el2(sysreg::cnthctl_el2() | 3);
     sysreg::set_cntvoff_el2(0);
+    debug::init_cpu();
     sysreg::isb();
 }
 
@@ -429,6 +472,7 @@ pub fn create_all(
         return Err(VmError::NoStage2);
     }
     HAS_PAUTH.store(sysregs::has_pauth(), Ordering::Relaxed);
+    log_limit::set_context(warning_context);
     gic::register(SGI_KICK as u32, on_kick);
     // Check every description before building anything.
     for (id, d) in domains.iter().enumerate() {
@@ -698,6 +742,7 @@ fn create(
         client_of,
         service_of,
         boot: (entry, placement.dtb),
+        log_limit: LogLimit::new(),
     }));
     let mut vcpus = Vec::new();
     for i in 0..d.cpus {
@@ -720,6 +765,7 @@ fn create(
                 PowerState::Off
             }),
             running: AtomicBool::new(false),
+            debug: debug::DebugState::new(),
             state: Mutex::new(VcpuState {
                 regs,
                 el1: El1Regs::reset(),
@@ -876,7 +922,7 @@ fn load(v: &'static Vcpu, st: &mut VcpuState) {
             ps.pauth.save();
         }
         vgic_glue::save_cpuif(&mut ps.cpuif);
-        vgic_glue::release_vtimer();
+        vgic_glue::release_timers();
     }
     st.el1.restore();
     if HAS_PAUTH.load(Ordering::Relaxed) {
@@ -884,6 +930,7 @@ fn load(v: &'static Vcpu, st: &mut VcpuState) {
     }
     vgic_glue::restore_cpuif(&st.cpuif);
     vgic_glue::forget_loaded();
+    debug::switch_to(&v.debug, st.el1.mdscr);
     sysreg::set_vmpidr_el2((1 << 31) | v.mpidr);
     sysreg::set_vttbr_el2(v.vm.vttbr);
     sysreg::set_hcr_el2(trap::HCR_GUEST);
@@ -907,6 +954,7 @@ fn run(v: &'static Vcpu, shared: bool) {
         st.regs.pstate = PSTATE_EL1H_MASKED;
         st.el1 = El1Regs::reset();
         st.cpuif = CpuIfContext::default();
+        debug::reset(&v.debug);
         if LOADED[cpu].load(Ordering::Relaxed) == v as *const Vcpu as usize {
             st.el1.restore();
             vgic_glue::restore_cpuif(&st.cpuif);

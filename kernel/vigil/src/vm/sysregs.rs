@@ -64,8 +64,13 @@ el1_regs! {
     spsr => "spsr_el1",
     csselr => "csselr_el1",
     mdscr => "mdscr_el1",
-    cntv_ctl => "cntv_ctl_el0",
+    // Each timer's compare value before its control: restoring an enabled
+    // control with the previous vCPU's deadline could fire the timer.
     cntv_cval => "cntv_cval_el0",
+    cntv_ctl => "cntv_ctl_el0",
+    // The EL1 physical timer: CNTHCTL_EL2.EL1PCEN gives it to the guest.
+    cntp_cval => "cntp_cval_el0",
+    cntp_ctl => "cntp_ctl_el0",
 }
 
 /// SCTLR_EL1 at reset as Linux expects it: MMU and caches off, RES1 bits

@@ -7,6 +7,7 @@
 //! stops that VM alone with a log line. Nothing a guest does panics Vigil.
 
 use core::sync::atomic::Ordering;
+use vigil_vgic::guest_warn;
 use vigil_vm::esr::{ec, Esr, MmioAccess, SysRegAccess};
 use vigil_vm::idregs;
 use vigil_vm::psci::{self, Outcome};
@@ -129,6 +130,9 @@ pub mod hypercall {
     /// handler can see any more): lets a passthrough test prove that
     /// unmapping gave every one back.
     pub const HOST_LPIS_FREE: u32 = 0xc600_0004;
+    /// Returns the calling VM's vGIC/vITS anomaly count (0 unless the
+    /// emulation has a bug): lets a scenario check itself.
+    pub const ANOMALIES: u32 = 0xc600_0005;
 }
 
 /// SMCCC (DEN 0028) functions Vigil answers besides PSCI.
@@ -167,6 +171,7 @@ fn service_call(v: &'static Vcpu, regs: &mut GuestRegs) -> Exit {
         SMCCC_ARCH_FEATURES => SMCCC_NOT_SUPPORTED,
         hypercall::NULL => 0,
         hypercall::HOST_LPIS_FREE => super::passthrough::free_host_lpis() as u64,
+        hypercall::ANOMALIES => v.vm.anomalies(),
         hypercall::YIELD => {
             regs.x[0] = 0;
             return Exit::Yield;
@@ -231,9 +236,8 @@ fn data_abort(v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
     let access = match MmioAccess::decode(esr) {
         Ok(a) if !s1ptw => a,
         _ => {
-            log::warn!(
-                "vm {}: vCPU {} data abort at IPA {ipa:#x} (pc {:#x}) without a usable syndrome; injecting an external abort",
-                v.vm.name,
+            guest_warn!(
+                "vCPU {} data abort at IPA {ipa:#x} (pc {:#x}) without a usable syndrome; injecting an external abort",
                 v.index,
                 regs.pc
             );
@@ -241,9 +245,8 @@ fn data_abort(v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
         }
     };
     let Some((dev, off)) = v.vm.bus.find(ipa) else {
-        log::warn!(
-            "vm {}: vCPU {} {} of {} bytes at IPA {ipa:#x} (pc {:#x}): nothing there; injecting an external abort",
-            v.vm.name,
+        guest_warn!(
+            "vCPU {} {} of {} bytes at IPA {ipa:#x} (pc {:#x}): nothing there; injecting an external abort",
             v.index,
             if access.write { "write" } else { "read" },
             access.width,
@@ -282,9 +285,8 @@ fn instruction_abort(v: &'static Vcpu, regs: &mut GuestRegs, _esr: Esr) -> Exit 
         );
         return Exit::Off;
     }
-    log::warn!(
-        "vm {}: vCPU {} instruction fetch from unmapped IPA {:#x}; injecting an external abort",
-        v.vm.name,
+    guest_warn!(
+        "vCPU {} instruction fetch from unmapped IPA {:#x}; injecting an external abort",
         v.index,
         fault_ipa(far)
     );
@@ -374,6 +376,11 @@ fn sysreg_access(v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
         return inject_undef(regs);
     };
     let enc = a.encoding();
+    if a.op0 == 2 && super::debug::on_trap(&v.debug) {
+        // A debug register (MDCR_EL2.TDA/TDOSA/TDRA): this vCPU's debug
+        // state is now live and untrapped; the access re-executes.
+        return Exit::Continue;
+    }
     if !a.read && SGI_REGISTERS.contains(&enc) {
         // ICC_SGI1R_EL1 / ICC_ASGI1R_EL1 (Group 1) or ICC_SGI0R_EL1
         // (Group 0): trapped because HCR_EL2.IMO is set (IHI 0069
@@ -393,9 +400,8 @@ fn sysreg_access(v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
         return Exit::Continue;
     }
     let (op0, op1, crn, crm, op2) = enc;
-    log::warn!(
-        "vm {}: vCPU {} {} S{op0}_{op1}_C{crn}_C{crm}_{op2} at pc {:#x}: not emulated; injecting UNDEFINED",
-        v.vm.name,
+    guest_warn!(
+        "vCPU {} {} S{op0}_{op1}_C{crn}_C{crm}_{op2} at pc {:#x}: not emulated; injecting UNDEFINED",
         v.index,
         if a.read { "read of" } else { "write to" },
         regs.pc

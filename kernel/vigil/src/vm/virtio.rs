@@ -234,7 +234,7 @@ impl MmioDevice for ClientFrame {
         };
         let out = t.read(offset, width);
         if let Some(a) = out.anomaly {
-            guest_warn!("vm {}: virtio-mmio: {a:?}", client_name(self.0));
+            guest_warn!("virtio-mmio: {a:?}",);
         }
         out.value
     }
@@ -251,7 +251,7 @@ impl MmioDevice for ClientFrame {
             };
             let out = t.write(offset, width, value);
             if let Some(a) = out.anomaly {
-                guest_warn!("vm {}: virtio-mmio: {a:?}", client_name(link));
+                guest_warn!("virtio-mmio: {a:?}",);
             }
             match out.effect {
                 Effect::Notify { queue, .. } => regs.post_notify(u32::from(queue)),
@@ -314,8 +314,7 @@ impl MmioDevice for ChannelEcam {
             let window = layout::channel_mmio64(self.0.index);
             if s.pci.memory_enabled() && s.pci.bar2() != window && s.pci.bar2() != 0 {
                 guest_warn!(
-                    "vm {}: channel BAR 2 at {:#x}: the client's RAM is at {:#x}",
-                    service_name(self.0),
+                    "channel BAR 2 at {:#x}: the client's RAM is at {:#x}",
                     s.pci.bar2(),
                     window
                 );
@@ -354,7 +353,7 @@ impl MmioDevice for ChannelRegs {
                     u64::from(v)
                 }
                 Err(a) => {
-                    guest_warn!("vm {}: channel: {a:?}", service_name(self.0));
+                    guest_warn!("channel: {a:?}",);
                     0
                 }
             }
@@ -377,7 +376,7 @@ impl MmioDevice for ChannelRegs {
             let act = match s.regs.write(offset, width, value as u32) {
                 Ok(a) => a,
                 Err(a) => {
-                    guest_warn!("vm {}: channel: {a:?}", service_name(link));
+                    guest_warn!("channel: {a:?}",);
                     return Kick::default();
                 }
             };
@@ -398,10 +397,7 @@ impl MmioDevice for ChannelRegs {
                         start_client = true;
                     }
                     Err(e) => {
-                        guest_warn!(
-                            "vm {}: channel: unusable device setup: {e:?}",
-                            service_name(link)
-                        );
+                        guest_warn!("channel: unusable device setup: {e:?}",);
                         return Kick::default();
                     }
                 }

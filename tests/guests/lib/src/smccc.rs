@@ -82,3 +82,15 @@ pub const VIGIL_HOST_LPIS_FREE: u32 = 0xC600_0004;
 pub fn vigil_host_lpis_free() -> Result<u64, Exception> {
     hvc(VIGIL_HOST_LPIS_FREE, [0; 3])
 }
+
+/// Vigil: returns the calling VM's vGIC/vITS anomaly count (emulation
+/// states that must never occur; 0 unless Vigil has a bug).
+pub const VIGIL_ANOMALIES: u32 = 0xC600_0005;
+
+/// VIGIL_ANOMALIES, or None where Vigil does not answer it.
+pub fn vigil_anomalies() -> Option<u64> {
+    match hvc(VIGIL_ANOMALIES, [0; 3]) {
+        Ok(n) if n as i64 != NOT_SUPPORTED => Some(n),
+        _ => None,
+    }
+}

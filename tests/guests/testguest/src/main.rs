@@ -10,11 +10,13 @@ extern crate alloc;
 
 mod bench;
 mod blksvc;
+mod debug;
 mod echo;
 mod isolation;
 mod mmio;
 mod passthrough;
 mod psci;
+mod ptimer;
 mod regs;
 mod reset;
 mod selftest;
@@ -70,6 +72,8 @@ fn main(boot: &'static BootInfo) -> ! {
         "prio" => vgic::prio(boot),
         "active" => vgic::active(boot),
         "vtimer" => vgic::vtimer(boot),
+        "ptimer" => ptimer::run(boot),
+        "debug" => debug::run(boot),
         "uart-level" => vgic::uart_level(boot),
         "bench" => bench::run(boot),
         "bench-yield" => bench::run_yield(boot),
