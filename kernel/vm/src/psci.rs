@@ -30,6 +30,7 @@ pub mod ret {
     pub const SUCCESS: i64 = 0;
     pub const NOT_SUPPORTED: i64 = -1;
     pub const INVALID_PARAMETERS: i64 = -2;
+    pub const DENIED: i64 = -3;
     pub const ALREADY_ON: i64 = -4;
     pub const INVALID_ADDRESS: i64 = -9;
 }
@@ -112,7 +113,16 @@ impl VcpuPower {
         }
         let context = self.context.load(Ordering::Relaxed);
         let entry = self.entry.load(Ordering::Relaxed);
-        self.state.store(PowerState::On as u8, Ordering::Release);
+        // One CAS: a `set_off` (a reset or stop) between the load and
+        // here wins, and the vCPU stays off.
+        self.state
+            .compare_exchange(
+                PowerState::OnPending as u8,
+                PowerState::On as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .ok()?;
         Some((entry, context))
     }
 
@@ -134,6 +144,11 @@ pub trait PsciVm {
     fn power(&self, vcpu: usize) -> &VcpuPower;
     /// Whether `ipa` is guest RAM (a valid entry point).
     fn is_ram(&self, ipa: u64) -> bool;
+    /// Whether a vCPU may be powered on now: false while the VM is being
+    /// reset or stopped, when CPU_ON is DENIED.
+    fn may_power_on(&self) -> bool {
+        true
+    }
 }
 
 /// What the hypervisor must do after a PSCI call.
@@ -180,6 +195,13 @@ pub fn call(
             };
             if !vm.is_ram(a2) {
                 return Some(Outcome::Return(ret::INVALID_ADDRESS));
+            }
+            // The VM is going through SYSTEM_RESET (or stopping): nothing
+            // may start in it. The run loop refuses to enter a vCPU of
+            // such a VM anyway, so a CPU_ON that passed this check just
+            // before the reset began starts nothing either.
+            if !vm.may_power_on() {
+                return Some(Outcome::Return(ret::DENIED));
             }
             match vm.power(target).request_on(a2, a3) {
                 Ok(()) => Outcome::Started { target },
@@ -229,6 +251,7 @@ mod tests {
 
     struct Vm {
         power: Vec<VcpuPower>,
+        resetting: bool,
     }
 
     impl Vm {
@@ -238,7 +261,10 @@ mod tests {
             for _ in 1..n {
                 power.push(VcpuPower::new(PowerState::Off));
             }
-            Self { power }
+            Self {
+                power,
+                resetting: false,
+            }
         }
     }
 
@@ -252,9 +278,28 @@ mod tests {
         fn is_ram(&self, ipa: u64) -> bool {
             (0x4000_0000..0x8000_0000).contains(&ipa)
         }
+        fn may_power_on(&self) -> bool {
+            !self.resetting
+        }
     }
 
     const ENTRY: u64 = 0x4008_0000;
+
+    #[test]
+    fn cpu_on_is_denied_while_the_vm_resets() {
+        let mut vm = Vm::new(2);
+        vm.resetting = true;
+        assert_eq!(
+            call(&vm, 0, fid::CPU_ON_64, 1, ENTRY, 0),
+            Some(Outcome::Return(ret::DENIED))
+        );
+        assert_eq!(vm.power[1].state(), PowerState::Off);
+        vm.resetting = false;
+        assert_eq!(
+            call(&vm, 0, fid::CPU_ON_64, 1, ENTRY, 0),
+            Some(Outcome::Started { target: 1 })
+        );
+    }
 
     #[test]
     fn version_features_and_unknown() {

@@ -19,7 +19,7 @@ pub mod virtio;
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use spin::Mutex;
 use vigil_platform::pcie::PcieHost;
 use vigil_platform::{DomainConfig, MAX_CPUS, MAX_VMS};
@@ -88,14 +88,16 @@ pub struct Vm {
     /// raises device LPIs through it).
     #[allow(dead_code)] // read by passthrough and paravirtual devices
     pub its: crate::vits::VmIts,
-    stopped: AtomicBool,
+    /// Running, resetting or stopped (see [`VmState`]).
+    state: AtomicU8,
     /// Status this VM asked QEMU to exit with (VIGIL_EXIT_STATUS).
     pub exit_status: AtomicU32,
     /// How it was described, to reload it on reset.
     cfg: DomainConfig<'static>,
     /// The host's PCIe bridge, if passed through to this VM.
     pcie: Option<PcieHost<'static>>,
-    /// The vCPU that asked for a reset (PSCI SYSTEM_RESET), or NO_RESET.
+    /// The vCPU that asked for a reset (PSCI SYSTEM_RESET), or NO_RESET;
+    /// meaningful while the state is Resetting.
     reset_by: AtomicUsize,
     /// Its virtio-blk device's link, if it is a client of a service VM.
     client_of: Option<&'static virtio::Link>,
@@ -110,6 +112,21 @@ pub struct Vm {
 }
 
 const NO_RESET: usize = usize::MAX;
+
+/// A VM's lifecycle. Every path that could start guest code or put state
+/// into the VM consults it: PSCI CPU_ON, the scheduler and run loop (no
+/// vCPU enters a VM that is not Running), the host-LPI path (no LPI is
+/// raised into a VM being reset). Transitions are single atomic steps:
+/// Running -> Resetting (one CAS: of racing SYSTEM_RESETs exactly one
+/// wins), Resetting -> Running (after the reload, unless it was stopped
+/// meanwhile), any -> Stopped (a swap: the first stop reports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum VmState {
+    Running = 0,
+    Resetting = 1,
+    Stopped = 2,
+}
 /// How long a client's reset waits for its service to take it.
 const RESET_ACK_MS: u64 = 2000;
 
@@ -131,8 +148,21 @@ impl Vm {
         }
     }
 
+    pub fn state(&self) -> VmState {
+        match self.state.load(Ordering::SeqCst) {
+            0 => VmState::Running,
+            1 => VmState::Resetting,
+            _ => VmState::Stopped,
+        }
+    }
+
     pub fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Acquire)
+        self.state() == VmState::Stopped
+    }
+
+    /// Whether its vCPUs may run and interrupts may be raised into it.
+    pub fn is_running(&self) -> bool {
+        self.state() == VmState::Running
     }
 
     /// Host-physical address of guest RAM at `ipa`, for `len` bytes.
@@ -145,7 +175,7 @@ impl Vm {
     /// given is the one reported; `status` feeds QEMU's exit status.
     pub fn stop(&self, reason: core::fmt::Arguments<'_>, status: u32) {
         self.exit_status.fetch_max(status, Ordering::AcqRel);
-        if self.stopped.swap(true, Ordering::AcqRel) {
+        if self.state.swap(VmState::Stopped as u8, Ordering::SeqCst) == VmState::Stopped as u8 {
             return;
         }
         if status == 0 {
@@ -221,12 +251,18 @@ impl Vm {
     /// CPU of `by` then reloads the VM (see [`Vm::finish_reset`]).
     pub fn request_reset(&self, by: usize) {
         if self
-            .reset_by
-            .compare_exchange(NO_RESET, by, Ordering::AcqRel, Ordering::Acquire)
+            .state
+            .compare_exchange(
+                VmState::Running as u8,
+                VmState::Resetting as u8,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
             .is_err()
         {
             return;
         }
+        self.reset_by.store(by, Ordering::SeqCst);
         log::info!(
             "vm {}: reset requested by vCPU {by} (PSCI SYSTEM_RESET)",
             self.name
@@ -238,21 +274,28 @@ impl Vm {
     /// put the virtual GIC and ITS back to power-on state, and start vCPU 0
     /// at the kernel's entry as at boot.
     fn finish_reset(&self) {
-        if self.is_stopped() {
+        self.reset_by.store(NO_RESET, Ordering::SeqCst);
+        if self.state() != VmState::Resetting {
             return;
         }
+        // No vCPU enters a VM that is not Running, and one that was in its
+        // run loop when the reset began leaves it at its next exit.
         let others_stopped = arch::wait_until(10_000, || {
             self.vcpus()
                 .iter()
-                .all(|v| !v.running.load(Ordering::Acquire))
+                .all(|v| !v.running.load(Ordering::SeqCst))
         });
         if !others_stopped {
-            self.reset_by.store(NO_RESET, Ordering::Release);
             self.stop(
                 format_args!("reset: its vCPUs did not stop within 10 s"),
                 STATUS_GUEST_FAULT,
             );
             return;
+        }
+        // A CPU_ON that raced the reset may have left a vCPU pending; no
+        // guest code runs now, so none can come after this.
+        for v in self.vcpus() {
+            v.power.set_off();
         }
         // A client's device resets first: its service must stop writing
         // into this RAM before the images are loaded into it.
@@ -275,7 +318,6 @@ impl Vm {
         ) {
             Ok(b) => b,
             Err(e) => {
-                self.reset_by.store(NO_RESET, Ordering::Release);
                 self.stop(
                     format_args!("reset: reloading failed: {e}"),
                     STATUS_GUEST_FAULT,
@@ -283,16 +325,36 @@ impl Vm {
                 return;
             }
         };
+        // The vITS first: once its mappings are gone no host LPI reaches
+        // the vGIC, which is then reset with nothing left to raise into it.
+        self.its.reset();
         self.gic.reset();
         vgic_glue::link_timers(&self.gic);
-        self.its.reset();
         for l in &self.service_of {
             l.service_reset();
         }
         let boot_vcpu = self.vcpus()[0];
         // vCPU 0 starts as at power-on: entry point, x0 = device tree.
-        let _ = boot_vcpu.power.request_on(boot.entry, boot.placement.dtb);
-        self.reset_by.store(NO_RESET, Ordering::Release);
+        if let Err(e) = boot_vcpu.power.request_on(boot.entry, boot.placement.dtb) {
+            self.stop(
+                format_args!("reset: vCPU 0 could not be restarted (PSCI {e})"),
+                STATUS_GUEST_FAULT,
+            );
+            return;
+        }
+        if self
+            .state
+            .compare_exchange(
+                VmState::Resetting as u8,
+                VmState::Running as u8,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_err()
+        {
+            // Stopped while it was being reloaded.
+            return;
+        }
         log::info!(
             "vm {}: reset: images reloaded, vCPU 0 restarts at {:#x}",
             self.name,
@@ -331,6 +393,10 @@ impl PsciVm for Vm {
 
     fn is_ram(&self, ipa: u64) -> bool {
         self.ram_pa(ipa, 4).is_some()
+    }
+
+    fn may_power_on(&self) -> bool {
+        self.is_running()
     }
 }
 
@@ -734,7 +800,7 @@ fn create(
         uart,
         gic,
         its,
-        stopped: AtomicBool::new(false),
+        state: AtomicU8::new(VmState::Running as u8),
         exit_status: AtomicU32::new(0),
         cfg: *d,
         pcie,
@@ -960,11 +1026,14 @@ fn run(v: &'static Vcpu, shared: bool) {
             vgic_glue::restore_cpuif(&st.cpuif);
         }
     }
-    v.running.store(true, Ordering::Release);
+    // Published before the state is read (both SeqCst): a reset that
+    // waits for `running` to clear either sees this vCPU running or is
+    // seen by its loop below, which then does not enter.
+    v.running.store(true, Ordering::SeqCst);
     load(v, &mut st);
     CURRENT_REGS[cpu].store(&mut st.regs as *mut GuestRegs as u64, Ordering::Relaxed);
     loop {
-        if v.vm.is_stopped() || v.power.state() != PowerState::On {
+        if !v.vm.is_running() || v.power.state() != PowerState::On {
             break;
         }
         vgic_glue::enter(&v.vm.gic, v.index);
@@ -994,7 +1063,7 @@ fn run(v: &'static Vcpu, shared: bool) {
                     }
                 } else {
                     while !v.vm.gic.has_deliverable(v.index)
-                        && !v.vm.is_stopped()
+                        && v.vm.is_running()
                         && v.power.state() == PowerState::On
                     {
                         wait_for_interrupt();
@@ -1004,9 +1073,9 @@ fn run(v: &'static Vcpu, shared: bool) {
             trap::Exit::Off => break,
         }
     }
-    v.running.store(false, Ordering::Release);
+    v.running.store(false, Ordering::SeqCst);
     drop(st);
-    if v.vm.reset_by.load(Ordering::Acquire) == v.index {
+    if v.vm.reset_by.load(Ordering::SeqCst) == v.index {
         v.vm.finish_reset();
     }
 }
@@ -1051,7 +1120,7 @@ pub fn schedule() -> ! {
         let next = {
             let mut q = RUNQ[cpu].lock();
             let pos = q.iter().position(|v| {
-                !v.vm.is_stopped()
+                v.vm.is_running()
                     && matches!(v.power.state(), PowerState::On | PowerState::OnPending)
             });
             // Round robin: the chosen vCPU goes to the back of the queue.

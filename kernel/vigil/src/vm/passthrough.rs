@@ -79,7 +79,10 @@ fn on_host_lpi(intid: u32) {
         let vm = ((entry >> 56) & 0x7f) as usize;
         let device = ((entry >> 32) & 0xff_ffff) as u32;
         let event = entry as u32;
-        match super::vm_by_id(vm).map(|v| (v, v.its.translate(device, event))) {
+        // A VM being reset (or stopped) takes no interrupt: its vITS and
+        // vGIC are about to be put back to their reset state.
+        let vm = super::vm_by_id(vm).filter(|v| v.is_running());
+        match vm.map(|v| (v, v.its.translate(device, event))) {
             Some((v, Ok(kick))) => {
                 DELIVERED.fetch_add(1, Ordering::Relaxed);
                 v.kick(kick);

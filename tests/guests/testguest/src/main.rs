@@ -19,6 +19,7 @@ mod psci;
 mod ptimer;
 mod regs;
 mod reset;
+mod resetstorm;
 mod selftest;
 mod semihost;
 mod unhandled;
@@ -63,6 +64,7 @@ fn main(boot: &'static BootInfo) -> ! {
         "isolation" => isolation::run(boot),
         "regs" => regs::run(boot),
         "reset" => reset::run(boot),
+        "reset-storm" => resetstorm::run(boot),
         "unhandled" => unhandled::run(boot),
         "selftest" => selftest::run(boot),
         "semihost" => semihost::run(boot),

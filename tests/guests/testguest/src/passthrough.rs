@@ -78,16 +78,16 @@ const MAPD_EVERY: u64 = 50;
 const NSET: u64 = 8;
 const VLPI_BASE: u32 = gic::LPI_BASE + 64;
 /// The EventID edu's MSI data carries, and the ITT size.
-const EVENT: u32 = 1;
+pub(crate) const EVENT: u32 = 1;
 const EVENT_BITS: u8 = 2;
 /// edu: vendor, device, registers.
 const EDU_VENDOR: u16 = 0x1234;
 const EDU_DEVICE: u16 = 0x11e8;
 const EDU_ID: u64 = 0x00;
 const EDU_LIVENESS: u64 = 0x04;
-const EDU_IRQ_STATUS: u64 = 0x24;
-const EDU_IRQ_RAISE: u64 = 0x60;
-const EDU_IRQ_ACK: u64 = 0x64;
+pub(crate) const EDU_IRQ_STATUS: u64 = 0x24;
+pub(crate) const EDU_IRQ_RAISE: u64 = 0x60;
+pub(crate) const EDU_IRQ_ACK: u64 = 0x64;
 /// The doorbell: GITS_TRANSLATER of the ITS at 0x0808_0000.
 const DOORBELL: u64 = its::GITS_BASE + its::GITS_TRANSLATER;
 
@@ -465,25 +465,31 @@ fn expect_no_leak(g: &Guest, what: &str, timeout_us: u64) -> u64 {
 /// Finds edu, places BAR0, enables it and its MSI. Returns (bdf, DeviceID,
 /// BAR0 address).
 fn setup_edu(boot: &BootInfo) -> (Bdf, u32, u64) {
+    setup_edu_for(NAME, boot, true)
+}
+
+/// [`setup_edu`] for scenario `NAME`, with its line about the device if
+/// `verbose`. Used by `reset-storm` too.
+pub(crate) fn setup_edu_for(name: &str, boot: &BootInfo, verbose: bool) -> (Bdf, u32, u64) {
     let Some(hb) = HostBridge::from_device_tree(boot) else {
-        fail!(NAME, "no pci-host-ecam-generic node in the device tree");
+        fail!(name, "no pci-host-ecam-generic node in the device tree");
     };
     let Some((window, pci_base)) = hb.mem32.clone() else {
-        fail!(NAME, "the host bridge has no 32-bit memory window");
+        fail!(name, "the host bridge has no 32-bit memory window");
     };
     let Some(bdf) = hb.find(0, EDU_VENDOR, EDU_DEVICE) else {
-        fail!(NAME, "no edu ({EDU_VENDOR:04x}:{EDU_DEVICE:04x}) on bus 0");
+        fail!(name, "no edu ({EDU_VENDOR:04x}:{EDU_DEVICE:04x}) on bus 0");
     };
     let Some(dev) = hb.device_id(bdf) else {
-        fail!(NAME, "msi-map does not cover RID {:#x}", bdf.rid());
+        fail!(name, "msi-map does not cover RID {:#x}", bdf.rid());
     };
     hb.set_command(bdf, 0);
     let Some((size, is64)) = hb.size_bar(bdf, 0) else {
-        fail!(NAME, "edu BAR0 is not a memory BAR");
+        fail!(name, "edu BAR0 is not a memory BAR");
     };
     let cpu_addr = its::align_up(window.start, size);
     ensure!(
-        NAME,
+        name,
         size >= 0x1000 && cpu_addr + size <= window.end,
         "edu BAR0 of {size:#x} bytes does not fit the window {window:x?}"
     );
@@ -495,36 +501,38 @@ fn setup_edu(boot: &BootInfo) -> (Bdf, u32, u64) {
     );
     let id = mmio_read32(cpu_addr + EDU_ID);
     ensure!(
-        NAME,
+        name,
         id & 0xff == 0xed,
         "edu identification at {cpu_addr:#x} reads {id:#x}"
     );
     mmio_write32(cpu_addr + EDU_LIVENESS, 0x1234_5678);
     let live = mmio_read32(cpu_addr + EDU_LIVENESS);
     ensure!(
-        NAME,
+        name,
         live == !0x1234_5678,
         "edu liveness check reads {live:#x}, expected {:#x}",
         !0x1234_5678u32
     );
     let Some(cap) = hb.find_capability(bdf, pci::CAP_MSI) else {
-        fail!(NAME, "edu has no MSI capability");
+        fail!(name, "edu has no MSI capability");
     };
     let msi64 = hb.enable_msi(bdf, cap, DOORBELL, EVENT as u16);
     let (addr, data, on) = hb.msi(bdf, cap);
     ensure!(
-        NAME,
+        name,
         addr == DOORBELL && u32::from(data) == EVENT && on,
         "edu MSI reads address {addr:#x} data {data:#x} enabled {on}"
     );
-    println!(
-        "{NAME}: ECAM {:#x}, window {:#x}..{:#x}; edu {bdf} (RID {:#x}, DeviceID {dev:#x}), BAR0 {size:#x} bytes at {cpu_addr:#x}, id {id:#x}; MSI cap at {cap:#x} ({}-bit) -> {DOORBELL:#x} data {EVENT}",
+    if verbose {
+        println!(
+        "{name}: ECAM {:#x}, window {:#x}..{:#x}; edu {bdf} (RID {:#x}, DeviceID {dev:#x}), BAR0 {size:#x} bytes at {cpu_addr:#x}, id {id:#x}; MSI cap at {cap:#x} ({}-bit) -> {DOORBELL:#x} data {EVENT}",
         hb.ecam.start,
         window.start,
         window.end,
         bdf.rid(),
         if msi64 { 64 } else { 32 }
     );
+    }
     (bdf, dev, cpu_addr)
 }
 
