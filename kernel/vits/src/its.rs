@@ -7,6 +7,11 @@
 //! 2. `Vits::routes` — the event -> vLPI route: devices, their ITTs and the
 //!    collection table. Held for every lookup or change of a route.
 //! 3. The VM's [`Vgic`] state lock — per-LPI and per-vCPU interrupt state.
+//! 4. The [`Mirror`] (the hypervisor's passthrough of a real device) is
+//!    called with 1 and 2 held and never with 3: it takes its own locks
+//!    (its device map, then the physical ITS queue) and may wait for the
+//!    host-LPI acknowledgement windows, which hold no lock
+//!    ([`crate::hostlpi`]).
 //!
 //! A lock is only ever taken while holding locks *above* it. The injection
 //! path ([`Vits::translate`], and so `GITS_TRANSLATER`) takes 2 then 3 and
@@ -138,6 +143,9 @@ pub enum TranslateError {
     EventUnmapped,
     /// The event's collection is not mapped.
     CollectionUnmapped,
+    /// The event is mapped again since the route was looked up (another
+    /// generation; see [`crate::hostlpi`] H1).
+    Remapped,
 }
 
 /// An Interrupt Translation Entry.
@@ -263,8 +271,9 @@ pub trait Mirror: Send + Sync {
     /// MAPD(V=0), or MAPD(V=1) replacing a mapped device.
     fn unmap_device(&self, device: u32);
     /// MAPTI/MAPI: the event now raises a vLPI on vCPU `target` (None:
-    /// its collection is not mapped yet).
-    fn map_event(&self, device: u32, event: u32, target: Option<usize>);
+    /// its collection is not mapped yet), in this mapping's `generation`
+    /// (give it to [`Vits::translate_generation`]).
+    fn map_event(&self, device: u32, event: u32, target: Option<usize>, generation: u64);
     /// DISCARD.
     fn unmap_event(&self, device: u32, event: u32);
     /// MOVI, or a MAPC that retargets the event's collection.
@@ -366,6 +375,28 @@ impl Vits {
     /// (vITS invariant 2): once a DISCARD or MAPD(V=0) has returned, this
     /// raises nothing for that event.
     pub fn translate(&self, device: u32, event: u32) -> Result<Kick, TranslateError> {
+        self.translate_checked(device, event, None)
+    }
+
+    /// [`Self::translate`] for a host LPI whose route was armed for the
+    /// mapping of `generation` (low 32 bits, as [`Mirror::map_event`] gave
+    /// it): if the event was unmapped and mapped again since, the LPI
+    /// belongs to the old mapping and is dropped.
+    pub fn translate_generation(
+        &self,
+        device: u32,
+        event: u32,
+        generation: u32,
+    ) -> Result<Kick, TranslateError> {
+        self.translate_checked(device, event, Some(generation))
+    }
+
+    fn translate_checked(
+        &self,
+        device: u32,
+        event: u32,
+        generation: Option<u32>,
+    ) -> Result<Kick, TranslateError> {
         let routes = self.routes.lock();
         if !routes.enabled {
             return Err(TranslateError::Disabled);
@@ -379,6 +410,9 @@ impl Vits {
             .events
             .get(&event)
             .ok_or(TranslateError::EventUnmapped)?;
+        if generation.is_some_and(|g| g != ite.gen as u32) {
+            return Err(TranslateError::Remapped);
+        }
         let vcpu = *routes
             .collections
             .get(&ite.icid)
@@ -758,13 +792,23 @@ impl Vits {
         let vcpu = self.check_rdbase(rdbase)?;
         let old = routes.collections.insert(icid, vcpu);
         if old.is_some_and(|o| o != vcpu) {
-            let mut st = self.vgic.lock();
-            for (&device, dev) in routes.devices.iter() {
-                for (&event, ite) in dev.events.iter().filter(|(_, i)| i.icid == icid) {
-                    st.lpi_set_target(ite.intid, Some(vcpu), kick);
-                    if let Some(m) = self.mirror_for(device) {
-                        m.move_event(device, event, vcpu);
+            let mut moved = Vec::new();
+            {
+                let mut st = self.vgic.lock();
+                for (&device, dev) in routes.devices.iter() {
+                    for (&event, ite) in dev.events.iter().filter(|(_, i)| i.icid == icid) {
+                        st.lpi_set_target(ite.intid, Some(vcpu), kick);
+                        if self.mirror_for(device).is_some() {
+                            moved.push((device, event));
+                        }
                     }
+                }
+            }
+            // The mirror runs below the route lock only, never under the
+            // vGIC's (lock order, item 4).
+            if let Some(m) = self.mirror.get() {
+                for (device, event) in moved {
+                    m.move_event(device, event, vcpu);
                 }
             }
         }
@@ -816,7 +860,7 @@ impl Vits {
         slot.insert(Ite { intid, icid, gen });
         routes.mappings += 1;
         if let Some(m) = self.mirror_for(device) {
-            m.map_event(device, event, target);
+            m.map_event(device, event, target, gen);
         }
         Ok(())
     }

@@ -27,6 +27,7 @@
 extern crate alloc;
 
 pub mod cmd;
+pub mod hostlpi;
 pub mod its;
 
 pub use cmd::Command;

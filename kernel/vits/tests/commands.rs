@@ -1047,7 +1047,7 @@ fn mirror_sees_every_mapping_change_of_its_devices() {
         fn unmap_device(&self, device: u32) {
             self.0.lock().unwrap().push(format!("unmapd {device}"));
         }
-        fn map_event(&self, device: u32, event: u32, target: Option<usize>) {
+        fn map_event(&self, device: u32, event: u32, target: Option<usize>, _generation: u64) {
             self.0
                 .lock()
                 .unwrap()

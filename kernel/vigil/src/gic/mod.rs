@@ -298,6 +298,26 @@ pub fn deactivate(intid: u32) {
     sysreg::isb();
 }
 
+/// Called around every acknowledgement (see [`set_ack_hooks`]).
+#[derive(Clone, Copy)]
+pub struct AckHooks {
+    /// Before ICC_IAR1_EL1 is read, on CPU `cpu`.
+    pub begin: fn(cpu: usize),
+    /// Once the read returned.
+    pub end_window: fn(cpu: usize),
+    /// Once the interrupt's handler returned (or the read was spurious).
+    pub end: fn(cpu: usize),
+}
+
+static ACK_HOOKS: Once<AckHooks> = Once::new();
+
+/// Observe every acknowledgement: the host-LPI routes publish an epoch
+/// before it (a block of host LPIs is never reused, nor a route re-armed,
+/// under a CPU that may already hold one of its LPIs). Once.
+pub fn set_ack_hooks(hooks: AckHooks) {
+    ACK_HOOKS.call_once(|| hooks);
+}
+
 /// Send every host LPI to `handler`.
 pub fn set_lpi_handler(handler: Handler) {
     LPI_HANDLER.store(handler as usize, Ordering::Release);
@@ -353,9 +373,24 @@ pub fn broadcast_sgi(intid: u8) {
 
 /// Take and handle every pending interrupt. Called from the IRQ vector.
 pub fn handle_irq() {
+    let hooks = ACK_HOOKS.get().copied();
+    let cpu = arch::cpu_index();
     loop {
+        if let Some(h) = hooks {
+            (h.begin)(cpu);
+            // The epoch is visible to every CPU before the read below.
+            // SAFETY: a barrier only orders memory accesses.
+            unsafe { core::arch::asm!("dsb ish", options(nostack)) };
+        }
         let intid = (sysreg::icc_iar1_el1() & 0xff_ffff) as u32;
+        if let Some(h) = hooks {
+            sysreg::isb();
+            (h.end_window)(cpu);
+        }
         if intid == SPURIOUS {
+            if let Some(h) = hooks {
+                (h.end)(cpu);
+            }
             return;
         }
         let h = if intid >= LPI_BASE {
@@ -371,6 +406,9 @@ pub fn handle_irq() {
             // SAFETY: only `fn(u32)` values are stored in the tables.
             let f: Handler = unsafe { core::mem::transmute::<usize, Handler>(h) };
             f(intid);
+        }
+        if let Some(h) = hooks {
+            (h.end)(cpu);
         }
         sysreg::set_icc_eoir1_el1(intid as u64);
         // LPIs have no active state; forwarded interrupts are deactivated

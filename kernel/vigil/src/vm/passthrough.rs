@@ -8,20 +8,19 @@
 //! MAPD creates the device with an ITT Vigil owns and a block of host LPIs,
 //! MAPTI maps event e to host LPI base + e on the physical CPU of the
 //! target vCPU, and DISCARD, MOVI, CLEAR and MAPD(V=0) follow. A host LPI
-//! is turned back into (DeviceID, EventID) by one atomic read of a route
-//! table and handed to the vITS, which injects it only if the guest's
-//! mapping still exists — so an LPI arriving after the guest's DISCARD has
-//! returned is dropped (vITS invariant 2), one arriving before it is
-//! delivered at most once.
+//! is turned back into (DeviceID, EventID) by `vigil_vits::hostlpi` and
+//! handed to the vITS only for the mapping it was raised for: an LPI
+//! arriving after the guest's DISCARD has returned is dropped (vITS
+//! invariant 2), one arriving before it is delivered at most once, and
+//! one taken before a `DISCARD; MAPTI` of the same event never reaches
+//! the new mapping (H1, H2 there). Freed host LPIs are reused only after
+//! every CPU that might hold one has left its handler (H3): every
+//! acknowledgement publishes its epoch first (`gic::set_ack_hooks`).
 //!
-//! Freed host LPIs are reused only after every CPU has left the host-LPI
-//! handler it might have been in (an epoch scheme), so a late LPI can never
-//! be taken for another device's.
-//!
-//! Lock order: vITS command queue, vITS routes (held while mirroring),
-//! then this module's device map, then the physical ITS command queue.
-//! The host-LPI path takes none of the first three: only the route table
-//! (atomics) and then the vITS route and vGIC locks.
+//! Lock order: vITS command queue, vITS routes (held while mirroring; the
+//! vGIC lock never is), then this module's device map, then the physical
+//! ITS command queue. The host-LPI path takes none of these: the route
+//! table is atomics, then the vITS route and vGIC locks.
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -30,30 +29,15 @@ use spin::{Mutex, Once};
 use vigil_gic::its_cmd::ItsCommand;
 use vigil_gic::LPI_BASE;
 use vigil_platform::MAX_CPUS;
+use vigil_vits::hostlpi::{HostRoutes, Route};
 use vigil_vits::Mirror;
 
 use crate::gic::its::{self, Its, ItsDevice};
 use crate::{arch, gic};
 
-/// Host LPI -> (VM, DeviceID, EventID): bit 63 valid, VM in [62:56],
-/// DeviceID in [55:32], EventID in [31:0].
-static ROUTES: Once<Vec<AtomicU64>> = Once::new();
-const VALID: u64 = 1 << 63;
-
-fn pack(vm: usize, device: u32, event: u32) -> u64 {
-    VALID | ((vm as u64 & 0x7f) << 56) | ((device as u64 & 0xff_ffff) << 32) | event as u64
-}
-
-fn route(lpi: u32) -> Option<&'static AtomicU64> {
-    ROUTES.get()?.get(lpi.checked_sub(LPI_BASE)? as usize)
-}
-
-/// Epochs for reclaiming host LPIs: a CPU in the host-LPI handler records
-/// the global epoch it entered with (0 when outside).
-static EPOCH: AtomicU64 = AtomicU64::new(1);
-static IN_HANDLER: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
-/// Host LPI blocks waiting for every CPU to leave older handler runs.
-static QUARANTINE: Mutex<Vec<(u32, u64)>> = Mutex::new(Vec::new());
+/// Host LPI -> guest event, with the mapping's generation and the epoch
+/// it was armed in (`vigil_vits::hostlpi`: invariants H1-H3).
+static ROUTES: Once<HostRoutes> = Once::new();
 
 /// Counters for the log and the tests.
 pub static DELIVERED: AtomicU64 = AtomicU64::new(0);
@@ -65,56 +49,76 @@ pub fn init() {
     if its::get().is_none() {
         return;
     }
-    ROUTES.call_once(|| (0..gic::lpi_count()).map(|_| AtomicU64::new(0)).collect());
+    ROUTES.call_once(|| HostRoutes::new(LPI_BASE, gic::lpi_count() as usize, MAX_CPUS));
     gic::set_lpi_handler(on_host_lpi);
 }
 
+fn routes() -> Option<&'static HostRoutes> {
+    ROUTES.get()
+}
+
+/// Every acknowledgement publishes its epoch first (H2, H3). Installed
+/// when the first VM with passthrough is created, before any vCPU runs.
+fn install_ack_hooks() {
+    gic::set_ack_hooks(gic::AckHooks {
+        begin: |cpu| {
+            if let Some(r) = routes() {
+                r.begin_ack(cpu);
+            }
+        },
+        end_window: |cpu| {
+            if let Some(r) = routes() {
+                r.end_window(cpu);
+            }
+        },
+        end: |cpu| {
+            if let Some(r) = routes() {
+                r.end_ack(cpu);
+            }
+        },
+    });
+}
+
 /// A host LPI: find the guest event it stands for and raise it through
-/// that VM's vITS.
+/// that VM's vITS, into the mapping it was raised for.
 fn on_host_lpi(intid: u32) {
     let cpu = arch::cpu_index();
-    IN_HANDLER[cpu].store(EPOCH.load(Ordering::SeqCst), Ordering::SeqCst);
-    let entry = route(intid).map_or(0, |r| r.load(Ordering::Acquire));
-    if entry & VALID != 0 {
-        let vm = ((entry >> 56) & 0x7f) as usize;
-        let device = ((entry >> 32) & 0xff_ffff) as u32;
-        let event = entry as u32;
-        // A VM being reset (or stopped) takes no interrupt: its vITS and
-        // vGIC are about to be put back to their reset state.
-        let vm = super::vm_by_id(vm).filter(|v| v.is_running());
-        match vm.map(|v| (v, v.its.translate(device, event))) {
-            Some((v, Ok(kick))) => {
-                DELIVERED.fetch_add(1, Ordering::Relaxed);
-                v.kick(kick);
-            }
-            // The guest unmapped it meanwhile: what the architecture
-            // does with a translation that fails.
-            _ => {
-                DROPPED.fetch_add(1, Ordering::Relaxed);
-            }
+    let Some(r) = routes() else { return };
+    let route = r.lookup(intid, r.ack_epoch(cpu));
+    // A VM being reset (or stopped) takes no interrupt: its vITS and
+    // vGIC are about to be put back to their reset state.
+    let vm = route.and_then(|rt| {
+        super::vm_by_id(rt.vm)
+            .filter(|v| v.is_running())
+            .map(|v| (v, rt))
+    });
+    match vm.map(|(v, rt)| {
+        (
+            v,
+            v.its
+                .translate_generation(rt.device, rt.event, rt.generation),
+        )
+    }) {
+        Some((v, Ok(kick))) => {
+            DELIVERED.fetch_add(1, Ordering::Relaxed);
+            v.kick(kick);
         }
-    } else {
-        DROPPED.fetch_add(1, Ordering::Relaxed);
+        // Unmapped or remapped meanwhile, or acknowledged before this
+        // mapping existed: what the architecture does with a translation
+        // that fails.
+        _ => {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
     }
-    IN_HANDLER[cpu].store(0, Ordering::Release);
 }
 
 /// Give back quarantined host LPIs no handler can still be looking at.
 fn reclaim(its: &Its) {
-    let oldest_active = IN_HANDLER
-        .iter()
-        .map(|e| e.load(Ordering::SeqCst))
-        .filter(|&e| e != 0)
-        .min()
-        .unwrap_or(u64::MAX);
-    QUARANTINE.lock().retain(|&(first, freed_at)| {
-        if freed_at < oldest_active {
+    if let Some(r) = routes() {
+        r.reclaim(|first| {
             its.free_lpis(first);
-            false
-        } else {
-            true
-        }
-    });
+        });
+    }
 }
 
 /// Free host LPIs now (reclaiming the quarantine first): the count the
@@ -142,6 +146,7 @@ pub struct PhysMirror {
 
 impl PhysMirror {
     pub fn new(vm: usize) -> Self {
+        install_ack_hooks();
         Self {
             vm,
             devices: Mutex::new(BTreeMap::new()),
@@ -153,6 +158,16 @@ impl PhysMirror {
         target
             .and_then(|t| super::vm_by_id(self.vm)?.vcpus().get(t).map(|v| v.pcpu))
             .unwrap_or(0) as u16
+    }
+
+    /// Whether `event` of `device` is mapped on the physical ITS: commands
+    /// on an event whose physical MAPD or MAPTI failed are not mirrored
+    /// (the physical ITS would reject them, or act on another's).
+    fn is_mapped(&self, device: u32, event: u32) -> bool {
+        self.devices
+            .lock()
+            .get(&device)
+            .is_some_and(|d| d.mapped.contains(&event))
     }
 
     fn run(&self, its: &Its, what: &str, cmds: &[ItsCommand]) {
@@ -229,17 +244,15 @@ impl Mirror for PhysMirror {
                 self.vm
             );
         }
+        let Some(r) = routes() else { return };
         for lpi in d.lpi_base..d.lpi_base + d.nr_lpis {
             gic::set_lpi_config(lpi, gic::DEFAULT_PRIORITY, false);
-            if let Some(r) = route(lpi) {
-                r.store(0, Ordering::Release);
-            }
+            r.disarm(lpi);
         }
-        let epoch = EPOCH.fetch_add(1, Ordering::SeqCst);
-        QUARANTINE.lock().push((d.lpi_base, epoch));
+        r.free_later(d.lpi_base);
     }
 
-    fn map_event(&self, device: u32, event: u32, target: Option<usize>) {
+    fn map_event(&self, device: u32, event: u32, target: Option<usize>, generation: u64) {
         let Some(its) = its::get() else { return };
         let Some(lpi) = self
             .devices
@@ -253,8 +266,18 @@ impl Mirror for PhysMirror {
         else {
             return;
         };
-        if let Some(r) = route(lpi) {
-            r.store(pack(self.vm, device, event), Ordering::Release);
+        // Armed before the physical MAPTI, which therefore raises only LPIs
+        // acknowledged after the arming (H2).
+        if let Some(r) = routes() {
+            r.arm(
+                lpi,
+                Route {
+                    vm: self.vm,
+                    device,
+                    event,
+                    generation: generation as u32,
+                },
+            );
         }
         let icid = self.icid(target);
         self.run(
@@ -278,20 +301,30 @@ impl Mirror for PhysMirror {
                 d.mapped.retain(|&e| e != event);
                 d.lpi_base + event
             });
+        let Some(lpi) = lpi else {
+            // Never mapped on the physical ITS (its MAPD failed).
+            return;
+        };
         self.run(its, "DISCARD", &[ItsCommand::discard(device, event)]);
-        if let Some(r) = lpi.and_then(route) {
-            r.store(0, Ordering::Release);
+        if let Some(r) = routes() {
+            r.disarm(lpi);
         }
     }
 
     fn move_event(&self, device: u32, event: u32, target: usize) {
         let Some(its) = its::get() else { return };
+        if !self.is_mapped(device, event) {
+            return;
+        }
         let icid = self.icid(Some(target));
         self.run(its, "MOVI", &[ItsCommand::movi(device, event, icid)]);
     }
 
     fn clear_event(&self, device: u32, event: u32) {
         let Some(its) = its::get() else { return };
+        if !self.is_mapped(device, event) {
+            return;
+        }
         self.run(its, "CLEAR", &[ItsCommand::clear(device, event)]);
     }
 }
