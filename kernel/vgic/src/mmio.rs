@@ -524,10 +524,16 @@ fn gicd_ctlr_r(st: &VgicState, _: &Acc) -> u64 {
     v
 }
 /// Group enables change which interrupts are forwarded: everything is
-/// re-evaluated. RWP stays 0 since the write completes synchronously.
+/// re-evaluated (a walk bounded by the INTIDs and the vITS mapping quota),
+/// and only when an enable changed, so rewriting the same value costs
+/// nothing. RWP stays 0 since the write completes synchronously.
 fn gicd_ctlr_w(st: &mut VgicState, _: &Acc, v: u64, k: &mut Kick) {
-    st.grp0_en = v & CTLR_GRP0 != 0;
-    st.grp1_en = v & CTLR_GRP1 != 0;
+    let (g0, g1) = (v & CTLR_GRP0 != 0, v & CTLR_GRP1 != 0);
+    if (g0, g1) == (st.grp0_en, st.grp1_en) {
+        return;
+    }
+    st.grp0_en = g0;
+    st.grp1_en = g1;
     requeue_all(st, k);
 }
 

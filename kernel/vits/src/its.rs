@@ -82,7 +82,19 @@ pub struct VitsConfig {
     pub max_devices: u32,
     /// Most mapped events over all devices (`TooManyMappings`).
     pub max_mappings: u32,
+    /// Work one call may do on the command queue (a CWRITER write, or
+    /// [`Vits::resume`] at a vCPU entry): a command costs 1, a command
+    /// that walks mappings (INVALL, MAPC retargeting, MOVALL, MAPD
+    /// unmapping a device) 1 per mapping walked, and a walk stops midway
+    /// and resumes from where it stopped. None: everything at once.
+    pub slice: Option<u32>,
 }
+
+/// The slice the hypervisor runs guests' ITS command queues with: at most
+/// this many commands or walked mappings per trap (a few hundred
+/// microseconds), so one VM's queue cannot hold a physical CPU that
+/// another VM's vCPU is waiting for.
+pub const SLICE: u32 = 256;
 
 impl Default for VitsConfig {
     fn default() -> Self {
@@ -92,6 +104,7 @@ impl Default for VitsConfig {
             cpu_device_id: 0,
             max_devices: 1024,
             max_mappings: 16384,
+            slice: None,
         }
     }
 }
@@ -181,8 +194,34 @@ struct Routes {
     mappings: u32,
 }
 
+/// Where a walk of the mappings stopped: the last (DeviceID, EventID)
+/// scanned, None before the first.
+type Cursor = Option<(u32, u32)>;
+
+/// A walking command's part: the cursor to resume from (None: done) and
+/// the work it did.
+type WalkResult = Result<(Option<Cursor>, u32), CmdError>;
+
+/// A command that walks mappings and stopped midway, at CREADR `creadr`.
+struct Walk {
+    creadr: u64,
+    state: WalkState,
+}
+
+enum WalkState {
+    /// INVALL or MAPC: the last (DeviceID, EventID) scanned.
+    Scan(Cursor),
+    /// MAPD of a mapped device: its old mappings still to free in the vGIC
+    /// (the route is gone already).
+    Unmap(Vec<Ite>),
+    /// MOVALL: the LPIs still to move.
+    Move,
+}
+
 /// The command queue and register frame (lock 1).
 struct CmdQueue {
+    /// The walk in progress, if the command at CREADR stopped midway.
+    walk: Option<Walk>,
     enabled: bool,
     cbaser: u64,
     cwriter: u64,
@@ -208,6 +247,7 @@ impl Routes {
 impl CmdQueue {
     fn at_reset() -> Self {
         Self {
+            walk: None,
             enabled: false,
             cbaser: 0,
             cwriter: 0,
@@ -289,6 +329,9 @@ pub struct Vits {
     cmdq: Mutex<CmdQueue>,
     routes: Mutex<Routes>,
     mirror: spin::Once<Arc<dyn Mirror>>,
+    /// Commands are queued that the last slice did not reach (read with no
+    /// lock on every vCPU entry).
+    unfinished: core::sync::atomic::AtomicBool,
 }
 
 impl Vits {
@@ -305,6 +348,7 @@ impl Vits {
             cmdq: Mutex::new(CmdQueue::at_reset()),
             routes: Mutex::new(Routes::at_reset()),
             mirror: spin::Once::new(),
+            unfinished: core::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -334,6 +378,23 @@ impl Vits {
         }
         *q = CmdQueue::at_reset();
         *r = Routes::at_reset();
+        self.unfinished
+            .store(false, core::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether commands wait for another slice ([`Self::resume`]).
+    pub fn has_unfinished_commands(&self) -> bool {
+        self.unfinished.load(core::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Run the next slice of the command queue (a vCPU of this VM is about
+    /// to enter, or waits).
+    pub fn resume(&self, mem: &dyn GuestMemory) -> Kick {
+        if !self.has_unfinished_commands() {
+            return Kick::default();
+        }
+        let mut q = self.cmdq.lock();
+        self.process(&mut q, mem)
     }
 
     /// The vGIC this vITS delivers into.
@@ -582,7 +643,17 @@ impl Vits {
             );
             return kick;
         }
+        let mut budget = self.cfg.slice.unwrap_or(u32::MAX);
+        self.unfinished
+            .store(false, core::sync::atomic::Ordering::Release);
         while !q.stalled && q.creadr != q.cwriter {
+            if budget == 0 {
+                // The rest waits for the next slice; CREADR shows how far
+                // the queue got.
+                self.unfinished
+                    .store(true, core::sync::atomic::Ordering::Release);
+                return kick;
+            }
             let mut raw = [0u8; 32];
             if mem.read(base + q.creadr, &mut raw).is_err() {
                 log::error!(
@@ -597,9 +668,19 @@ impl Vits {
                 *d = u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
             }
             let res = match Command::decode(dw) {
-                Ok(cmd) => self.execute(q, &cmd, mem, &mut kick),
-                Err(op) => Err(CmdError::UnknownCommand(op)),
+                Ok(cmd) => self.step(q, &cmd, mem, &mut kick, &mut budget),
+                Err(op) => {
+                    budget -= 1;
+                    Err(CmdError::UnknownCommand(op))
+                }
             };
+            if res == Ok(false) {
+                // A walk stopped midway: CREADR stays on its command.
+                self.unfinished
+                    .store(true, core::sync::atomic::Ordering::Release);
+                return kick;
+            }
+            q.walk = None;
             if let Err(e) = res {
                 // The error policy: ignore the command and continue.
                 vigil_vgic::guest_warn!("vits: command at CREADR {:#x} ignored: {e:?}", q.creadr);
@@ -613,6 +694,93 @@ impl Vits {
         kick
     }
 
+    /// Run the command at CREADR, or the next part of it if it walks
+    /// mappings, within `budget`. Ok(true): done; Ok(false): it stopped
+    /// midway and resumes on the next call.
+    fn step(
+        &self,
+        q: &mut CmdQueue,
+        cmd: &Command,
+        mem: &dyn GuestMemory,
+        kick: &mut Kick,
+        budget: &mut u32,
+    ) -> Result<bool, CmdError> {
+        let walk = q.walk.take().filter(|w| w.creadr == q.creadr);
+        let at = q.creadr;
+        let max = (*budget).max(1);
+        let (done, used, state) = match (*cmd, walk.map(|w| w.state)) {
+            (Command::Invall { icid }, w) => {
+                let after = match w {
+                    Some(WalkState::Scan(a)) => a,
+                    _ => None,
+                };
+                let (next, used) = self.cmd_invall(q, icid, mem, kick, after, max)?;
+                (next.is_none(), used, next.map(WalkState::Scan))
+            }
+            (
+                Command::Mapc {
+                    icid,
+                    rdbase,
+                    valid,
+                },
+                w,
+            ) => {
+                let resumed = match w {
+                    Some(WalkState::Scan(a)) => Some(a),
+                    _ => None,
+                };
+                let (next, used) = self.cmd_mapc(q, icid, rdbase, valid, kick, resumed, max)?;
+                (next.is_none(), used, next.map(WalkState::Scan))
+            }
+            (Command::Movall { rdbase1, rdbase2 }, _) => {
+                let (more, used) = self.cmd_movall(rdbase1, rdbase2, kick, max)?;
+                (!more, used, more.then_some(WalkState::Move))
+            }
+            (Command::Mapd { .. }, Some(WalkState::Unmap(ites))) => {
+                let (rest, used) = self.free_unmapped(ites, kick, max);
+                (rest.is_none(), used, rest.map(WalkState::Unmap))
+            }
+            (
+                Command::Mapd {
+                    device,
+                    size,
+                    itt_addr,
+                    valid,
+                },
+                _,
+            ) => {
+                let old = self.cmd_mapd(q, device, size, itt_addr, valid, mem)?;
+                let (rest, used) = self.free_unmapped(old, kick, max);
+                (rest.is_none(), used + 1, rest.map(WalkState::Unmap))
+            }
+            (cmd, _) => {
+                self.execute(q, &cmd, mem, kick)?;
+                (true, 1, None)
+            }
+        };
+        *budget = budget.saturating_sub(used.max(1));
+        q.walk = state.map(|state| Walk { creadr: at, state });
+        Ok(done)
+    }
+
+    /// Free the vGIC state of mappings whose route is gone (MAPD), at most
+    /// `max` of them: the rest, if any, and how many were freed.
+    fn free_unmapped(
+        &self,
+        mut ites: Vec<Ite>,
+        kick: &mut Kick,
+        max: u32,
+    ) -> (Option<Vec<Ite>>, u32) {
+        let n = ites.len().min(max as usize);
+        {
+            let mut st = self.vgic.lock();
+            for ite in ites.drain(..n) {
+                st.lpi_unmap(ite.intid, kick);
+            }
+        }
+        ((!ites.is_empty()).then_some(ites), n as u32)
+    }
+
     /// Run one command. Every check happens before any state changes, so an
     /// error has no side effect (vITS invariant 7).
     fn execute(
@@ -623,17 +791,11 @@ impl Vits {
         kick: &mut Kick,
     ) -> Result<(), CmdError> {
         match *cmd {
-            Command::Mapd {
-                device,
-                size,
-                itt_addr,
-                valid,
-            } => self.cmd_mapd(q, device, size, itt_addr, valid, mem, kick),
-            Command::Mapc {
-                icid,
-                rdbase,
-                valid,
-            } => self.cmd_mapc(q, icid, rdbase, valid, kick),
+            // Handled by `step`, which may split them.
+            Command::Mapd { .. }
+            | Command::Mapc { .. }
+            | Command::Invall { .. }
+            | Command::Movall { .. } => Ok(()),
             Command::Mapti {
                 device,
                 event,
@@ -652,11 +814,9 @@ impl Vits {
             } => self.cmd_movi(q, device, event, icid, kick),
             Command::Discard { device, event } => self.cmd_discard(device, event, kick),
             Command::Inv { device, event } => self.cmd_inv(device, event, mem, kick),
-            Command::Invall { icid } => self.cmd_invall(q, icid, mem, kick),
             Command::Int { device, event } => self.cmd_int(device, event, kick),
             Command::Clear { device, event } => self.cmd_clear(device, event, kick),
             Command::Sync { rdbase } => self.cmd_sync(rdbase),
-            Command::Movall { rdbase1, rdbase2 } => self.cmd_movall(rdbase1, rdbase2, kick),
         }
     }
 
@@ -726,8 +886,7 @@ impl Vits {
         itt_addr: u64,
         valid: bool,
         mem: &dyn GuestMemory,
-        kick: &mut Kick,
-    ) -> Result<(), CmdError> {
+    ) -> Result<Vec<Ite>, CmdError> {
         self.check_device_id(q, device, mem)?;
         let event_bits = size + 1;
         if valid {
@@ -746,18 +905,18 @@ impl Vits {
         {
             return Err(CmdError::TooManyDevices(device));
         }
+        let mut unmapped = Vec::new();
         if let Some(old) = routes.devices.remove(&device) {
             routes.mappings -= old.events.len() as u32;
             // vITS invariants 2 and 6: with the route lock held no injection
             // is in flight; each LPI loses this reference and is freed by
-            // the vGIC once nothing else (ITE, LR, queue entry) refers to it.
+            // the vGIC (`free_unmapped`, within the slice) once nothing else
+            // (ITE, LR, queue entry) refers to it. No later command runs
+            // before they all are.
             if let Some(m) = self.mirror_for(device) {
                 m.unmap_device(device);
             }
-            let mut st = self.vgic.lock();
-            for ite in old.events.values() {
-                st.lpi_unmap(ite.intid, kick);
-            }
+            unmapped.extend(old.events.values().copied());
         }
         if valid {
             if let Some(m) = self.mirror_for(device) {
@@ -771,10 +930,14 @@ impl Vits {
                 },
             );
         }
-        Ok(())
+        Ok(unmapped)
     }
 
-    /// MAPC (IHI 0069 §5.3, MAPC). Remapping a collection retargets its LPIs.
+    /// MAPC (IHI 0069 §5.3, MAPC). Remapping a collection retargets its
+    /// LPIs: a walk of every mapping, at most `max` per call. `resumed`:
+    /// the walk's cursor when this is a later part of the same command.
+    /// Returns the cursor to resume from (None: done) and the work done.
+    #[allow(clippy::too_many_arguments)]
     fn cmd_mapc(
         &self,
         q: &CmdQueue,
@@ -782,37 +945,46 @@ impl Vits {
         rdbase: u64,
         valid: bool,
         kick: &mut Kick,
-    ) -> Result<(), CmdError> {
-        self.check_icid(q, icid)?;
+        resumed: Option<Cursor>,
+        max: u32,
+    ) -> WalkResult {
         let mut routes = self.routes.lock();
-        if !valid {
-            routes.collections.remove(&icid);
-            return Ok(());
-        }
-        let vcpu = self.check_rdbase(rdbase)?;
-        let old = routes.collections.insert(icid, vcpu);
-        if old.is_some_and(|o| o != vcpu) {
-            let mut moved = Vec::new();
-            {
-                let mut st = self.vgic.lock();
-                for (&device, dev) in routes.devices.iter() {
-                    for (&event, ite) in dev.events.iter().filter(|(_, i)| i.icid == icid) {
-                        st.lpi_set_target(ite.intid, Some(vcpu), kick);
-                        if self.mirror_for(device).is_some() {
-                            moved.push((device, event));
-                        }
-                    }
+        let (vcpu, after) = match resumed {
+            Some(after) => match routes.collections.get(&icid) {
+                Some(&v) => (v, after),
+                None => return Ok((None, 1)),
+            },
+            None => {
+                self.check_icid(q, icid)?;
+                if !valid {
+                    routes.collections.remove(&icid);
+                    return Ok((None, 1));
                 }
-            }
-            // The mirror runs below the route lock only, never under the
-            // vGIC's (lock order, item 4).
-            if let Some(m) = self.mirror.get() {
-                for (device, event) in moved {
-                    m.move_event(device, event, vcpu);
+                let vcpu = self.check_rdbase(rdbase)?;
+                let old = routes.collections.insert(icid, vcpu);
+                if old.is_none_or(|o| o == vcpu) {
+                    return Ok((None, 1));
                 }
+                (vcpu, None)
+            }
+        };
+        let (hits, next, scanned) = scan(&routes, icid, after, max);
+        {
+            let mut st = self.vgic.lock();
+            for &(_, _, ite) in &hits {
+                st.lpi_set_target(ite.intid, Some(vcpu), kick);
             }
         }
-        Ok(())
+        drop(routes);
+        // The mirror runs below the route lock only, never under the
+        // vGIC's (lock order, item 4). Routes cannot change meanwhile:
+        // only this queue's commands change them, and they run in order.
+        for &(device, event, _) in &hits {
+            if let Some(m) = self.mirror_for(device) {
+                m.move_event(device, event, vcpu);
+            }
+        }
+        Ok((next.map(Some), scanned))
     }
 
     /// MAPTI / MAPI (IHI 0069 §5.3, MAPTI and MAPI). The LPI's priority and
@@ -953,39 +1125,38 @@ impl Vits {
 
     /// INVALL (IHI 0069 §5.3, INVALL): reload the configuration of every LPI
     /// mapped through collection `icid`. Pending state is untouched
-    /// (vITS invariant 9).
+    /// (vITS invariant 9). At most `max` mappings per call, from after
+    /// `after`; returns the cursor to resume from (None: done) and the
+    /// work done.
     fn cmd_invall(
         &self,
         q: &CmdQueue,
         icid: u16,
         mem: &dyn GuestMemory,
         kick: &mut Kick,
-    ) -> Result<(), CmdError> {
+        after: Option<(u32, u32)>,
+        max: u32,
+    ) -> WalkResult {
         self.check_icid(q, icid)?;
-        let ites: Vec<Ite> = {
+        let (hits, next, scanned) = {
             let routes = self.routes.lock();
             if !routes.collections.contains_key(&icid) {
                 return Err(CmdError::CollectionUnmapped(icid));
             }
-            routes
-                .devices
-                .values()
-                .flat_map(|d| d.events.values())
-                .filter(|i| i.icid == icid)
-                .copied()
-                .collect()
+            scan(&routes, icid, after, max)
         };
+        // Guest memory is read with no lock held.
         let propbaser = self.vgic.lock().propbaser();
-        let cfgs: Vec<LpiConfig> = ites
+        let cfgs: Vec<LpiConfig> = hits
             .iter()
-            .map(|i| lpi_config(propbaser, i.intid, mem))
+            .map(|&(_, _, i)| lpi_config(propbaser, i.intid, mem))
             .collect();
         let _routes = self.routes.lock();
         let mut st = self.vgic.lock();
-        for (ite, cfg) in ites.iter().zip(cfgs) {
+        for (&(_, _, ite), cfg) in hits.iter().zip(cfgs) {
             st.lpi_set_config(ite.intid, ite.gen, cfg, kick);
         }
-        Ok(())
+        Ok((next.map(Some), scanned))
     }
 
     /// INT (IHI 0069 §5.3, INT): as if the device had written TRANSLATER.
@@ -1024,15 +1195,28 @@ impl Vits {
 
     /// MOVALL (IHI 0069 §5.3, MOVALL): every LPI targeting `rdbase1` moves to
     /// `rdbase2`, pending state included, exactly once (vITS invariant 9).
-    fn cmd_movall(&self, rdbase1: u64, rdbase2: u64, kick: &mut Kick) -> Result<(), CmdError> {
+    /// At most `max` per call; returns whether some are left, and the
+    /// work done.
+    fn cmd_movall(
+        &self,
+        rdbase1: u64,
+        rdbase2: u64,
+        kick: &mut Kick,
+        max: u32,
+    ) -> Result<(bool, u32), CmdError> {
         let from = self.check_rdbase(rdbase1)?;
         let to = self.check_rdbase(rdbase2)?;
+        if from == to {
+            return Ok((false, 1));
+        }
         let _routes = self.routes.lock();
         let mut st = self.vgic.lock();
-        for intid in st.lpis_targeting(from) {
+        let lpis = st.lpis_targeting(from);
+        let n = lpis.len().min(max as usize);
+        for &intid in &lpis[..n] {
             st.lpi_set_target(intid, Some(to), kick);
         }
-        Ok(())
+        Ok((lpis.len() > n, n as u32))
     }
 }
 
@@ -1078,4 +1262,40 @@ fn merge_part(old: u64, value: u64, part: Part) -> u64 {
         Part::Low => (old & !0xffff_ffff) | (value & 0xffff_ffff),
         Part::High => (old & 0xffff_ffff) | (value << 32),
     }
+}
+
+/// The mappings of collection `icid` in (DeviceID, EventID) order after
+/// `after`, scanning at most `max` mappings: (DeviceID, EventID, ITE) of
+/// those that match, the cursor to resume from if the scan stopped early
+/// (None: it reached the end), and how many were scanned.
+#[allow(clippy::type_complexity)]
+fn scan(
+    routes: &Routes,
+    icid: u16,
+    after: Option<(u32, u32)>,
+    max: u32,
+) -> (Vec<(u32, u32, Ite)>, Option<(u32, u32)>, u32) {
+    use core::ops::Bound::{Excluded, Included, Unbounded};
+    let mut hits = Vec::new();
+    let mut scanned = 0u32;
+    let mut last = after;
+    let first = after.map_or(Unbounded, |(d, _)| Included(d));
+    for (&device, dev) in routes.devices.range((first, Unbounded)) {
+        let from = match after {
+            Some((d, e)) if d == device => Excluded(e),
+            _ => Unbounded,
+        };
+        for (&event, ite) in dev.events.range((from, Unbounded)) {
+            if scanned == max {
+                // More to scan: resume after the last one scanned.
+                return (hits, last, scanned);
+            }
+            scanned += 1;
+            last = Some((device, event));
+            if ite.icid == icid {
+                hits.push((device, event, *ite));
+            }
+        }
+    }
+    (hits, None, scanned)
 }

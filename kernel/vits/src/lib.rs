@@ -33,6 +33,6 @@ pub mod its;
 pub use cmd::Command;
 pub use its::{
     CmdError, Mirror, TranslateError, Vits, VitsConfig, GITS_SIZE, GITS_TRANSLATER, ITT_ENTRY_SIZE,
-    TABLE_ENTRY_SIZE, TABLE_PAGE, VITS_IIDR,
+    SLICE, TABLE_ENTRY_SIZE, TABLE_PAGE, VITS_IIDR,
 };
 pub use vigil_vgic::{GuestMemory, Kick, MemError};

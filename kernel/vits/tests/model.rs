@@ -285,6 +285,43 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    /// The same commands in one CWRITER write, run in slices of 1 to 4
+    /// units (issue 14, item 3) with `resume` until done: the same end
+    /// state as the reference model, whatever the slice boundaries.
+    #[test]
+    fn commands_in_slices_match_reference_model(
+        cmds in proptest::collection::vec(command(), 1..40),
+        slice in 1u32..5,
+    ) {
+        let r = Rig::with(NR_VCPUS, vigil_vits::VitsConfig {
+            slice: Some(slice),
+            ..vigil_vits::VitsConfig::default()
+        });
+        while r.its.has_unfinished_commands() {
+            r.its.resume(&*r.mem);
+        }
+        let mut m = Model::default();
+        for v in 0..NR_VCPUS {
+            m.collections.insert(v as u16, v);
+        }
+        for c in &cmds {
+            if !m.apply(c) {
+                m.errors += 1;
+            }
+        }
+        r.cmds(&cmds);
+        let mut calls = 0;
+        while r.its.has_unfinished_commands() {
+            r.its.resume(&*r.mem);
+            calls += 1;
+            prop_assert!(calls < 100_000, "the queue never finishes");
+        }
+        check(&r, &m);
+    }
+}
+
 // ---- fuzz: random raw commands and register writes never break the VM ----
 
 #[derive(Clone, Debug)]

@@ -29,6 +29,8 @@ pub fn new_vm_its(gic: &VmGic) -> VmIts {
             device_id_bits: 16,
             event_id_bits: 16,
             cpu_device_id: CPU_DEVICE_ID,
+            // Bounded work per trap; the rest at the VM's next entries.
+            slice: Some(vigil_vits::SLICE),
             ..VitsConfig::default()
         },
     ))

@@ -1036,6 +1036,11 @@ fn run(v: &'static Vcpu, shared: bool) {
         if !v.vm.is_running() || v.power.state() != PowerState::On {
             break;
         }
+        if v.vm.its.has_unfinished_commands() {
+            // The next slice of its ITS command queue (bounded work per
+            // entry: a long queue cannot hold this CPU past a time slice).
+            v.vm.kick(v.vm.its.resume(v.vm));
+        }
         vgic_glue::enter(&v.vm.gic, v.index);
         // SAFETY: the registers are this CPU's CURRENT_REGS entry, held
         // under the vCPU lock for the whole call; stage 2 and EL1 state
@@ -1057,12 +1062,15 @@ fn run(v: &'static Vcpu, shared: bool) {
             trap::Exit::Wait => {
                 // WFI: let another vCPU of this CPU run, or sleep until the
                 // vCPU has an interrupt to take (or is kicked).
+                // Queued ITS commands are work too: they run at the next
+                // entry, not while the vCPU sleeps.
                 if shared {
-                    if !v.vm.gic.has_deliverable(v.index) {
+                    if !v.vm.gic.has_deliverable(v.index) && !v.vm.its.has_unfinished_commands() {
                         break;
                     }
                 } else {
                     while !v.vm.gic.has_deliverable(v.index)
+                        && !v.vm.its.has_unfinished_commands()
                         && v.vm.is_running()
                         && v.power.state() == PowerState::On
                     {

@@ -93,7 +93,12 @@ impl Rig {
     /// (ICID v -> vCPU v), LPIs enabled on every redistributor, every LPI
     /// enabled at priority 0xa0 in the property table.
     pub fn new(n: usize) -> Self {
-        let r = Self::bare(n);
+        Self::with(n, VitsConfig::default())
+    }
+
+    /// As [`Rig::new`], with a vITS of shape `cfg`.
+    pub fn with(n: usize, cfg: VitsConfig) -> Self {
+        let r = Self::bare_with(n, cfg);
         r.setup_tables(false);
         r.enable_lpis();
         for v in 0..n {
@@ -108,8 +113,13 @@ impl Rig {
 
     /// Nothing configured.
     pub fn bare(n: usize) -> Self {
+        Self::bare_with(n, VitsConfig::default())
+    }
+
+    /// Nothing configured, a vITS of shape `cfg`.
+    pub fn bare_with(n: usize, cfg: VitsConfig) -> Self {
         let vgic = Arc::new(Vgic::new(&VgicConfig::simple(n)));
-        let its = Arc::new(Vits::new(vgic.clone(), VitsConfig::default()));
+        let its = Arc::new(Vits::new(vgic.clone(), cfg));
         Self {
             vgic,
             its,

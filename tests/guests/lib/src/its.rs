@@ -399,8 +399,20 @@ impl Its {
 
     /// Waits (bounded) until `GITS_CREADR` reaches our CWRITER.
     pub fn wait(&self) -> Result<(), ItsError> {
+        self.wait_for(CMD_TIMEOUT_US)
+    }
+
+    /// [`Its::kick`] waiting up to `timeout_us`.
+    pub fn kick_for(&mut self, timeout_us: u64) -> Result<(), ItsError> {
+        barrier();
+        write64(GITS_CWRITER, self.cwriter);
+        self.wait_for(timeout_us)
+    }
+
+    /// [`Its::wait`] up to `timeout_us`.
+    pub fn wait_for(&self, timeout_us: u64) -> Result<(), ItsError> {
         let mut creadr = 0;
-        let done = cpu::wait_until(CMD_TIMEOUT_US, || {
+        let done = cpu::wait_until(timeout_us, || {
             creadr = read64(GITS_CREADR);
             creadr & CREADR_STALLED != 0 || creadr == self.cwriter
         });

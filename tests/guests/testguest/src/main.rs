@@ -83,6 +83,7 @@ fn main(boot: &'static BootInfo) -> ! {
         "its-fuzz" => vits::fuzz(boot),
         "msi-stress" => passthrough::run(boot),
         "its-flood" => vits::flood(boot),
+        "its-hog" => vits::hog(boot),
         other => {
             println!("unknown scenario '{other}'");
             exit(1)

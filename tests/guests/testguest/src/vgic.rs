@@ -599,10 +599,10 @@ pub fn active(boot: &'static BootInfo) -> ! {
 }
 
 // ---------------------------------------------------------------------------
-// vtimer: the virtual timer, 100 times on each of 4 vCPUs.
+// vtimer: the virtual timer, 100 times on each of 4 vCPUs (or
+// `vigil.vtimer.cpus=<n>`, 1..=4).
 
 const VTIMER: &str = "vtimer";
-const VTIMER_CPUS: usize = 4;
 const VTIMER_SHOTS: u32 = 100;
 /// How far ahead each deadline is.
 const VTIMER_AHEAD_US: u64 = 300;
@@ -714,11 +714,14 @@ pub fn vtimer(boot: &'static BootInfo) -> ! {
     VT_TICKS_AHEAD.store(ahead.max(1), Ordering::Relaxed);
     println!("vtimer: counter at {freq} Hz, deadlines {VTIMER_AHEAD_US} us ({ahead} ticks) ahead, {VTIMER_SHOTS} per vCPU");
     gic::set_handler(gic::VTIMER_PPI, vtimer_handler);
-    start_secondaries(VTIMER, boot, VTIMER_CPUS, vtimer_secondary);
+    let cpus = boot
+        .bootarg("vigil.vtimer.cpus")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4usize)
+        .clamp(1, 4);
+    start_secondaries(VTIMER, boot, cpus, vtimer_secondary);
     vtimer_worker(0);
-    if !cpu::wait_until(30 * TIMEOUT_US, || {
-        VT_DONE.load(Ordering::Acquire) == VTIMER_CPUS
-    }) {
+    if !cpu::wait_until(30 * TIMEOUT_US, || VT_DONE.load(Ordering::Acquire) == cpus) {
         fail!(
             VTIMER,
             "only {} vCPUs finished",
@@ -727,7 +730,7 @@ pub fn vtimer(boot: &'static BootInfo) -> ! {
     }
     let us = |ticks: u64| ticks * 1_000_000 / freq.max(1);
     let mut worst = 0;
-    for c in 0..VTIMER_CPUS {
+    for c in 0..cpus {
         let n = VT_COUNT[c].load(Ordering::Relaxed);
         let late = VT_WORST[c].load(Ordering::Relaxed);
         let early = VT_EARLY[c].load(Ordering::Relaxed);
@@ -770,8 +773,8 @@ pub fn vtimer(boot: &'static BootInfo) -> ! {
         "a vCPU timed out"
     );
     println!(
-        "vtimer: {} interrupts on {VTIMER_CPUS} vCPUs, none early, worst lateness {worst} ticks ({} us)",
-        VTIMER_CPUS as u32 * VTIMER_SHOTS,
+        "vtimer: {} interrupts on {cpus} vCPUs, none early, worst lateness {worst} ticks ({} us)",
+        cpus as u32 * VTIMER_SHOTS,
         us(worst)
     );
     report::pass(VTIMER)

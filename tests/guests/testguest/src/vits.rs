@@ -1083,3 +1083,61 @@ pub fn flood(boot: &'static BootInfo) -> ! {
     s.check("unmap", r);
     report::pass(NAME)
 }
+
+/// `its-hog`: a VM that keeps the hypervisor as busy as one ITS command
+/// queue can: 16,384 mappings (the quota) through collection 0, then for
+/// `vigil.hog.ms` (default 3000) of its own time and at least once, whole
+/// queues of 256 INVALLs (each one re-reads the configuration of every
+/// mapping) in one CWRITER write. Run it on the
+/// physical CPU of a VM that measures its timer's lateness: EL2 must not
+/// run so much of it in one trap that the other VM waits past its slice.
+pub fn hog(boot: &'static BootInfo) -> ! {
+    const NAME: &str = "its-hog";
+    let ms: u64 = boot
+        .bootarg("vigil.hog.ms")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3000);
+    let mut s = Setup::new(NAME, boot, 1, 1);
+    let Some(itt) = s.mem.alloc(0x2_0000, 0x1_0000) else {
+        fail!(NAME, "no guest memory for the ITTs");
+    };
+    let mut mapped = 0u32;
+    for dev in 2..4u32 {
+        s.its.push(ItsCommand::mapd(
+            dev,
+            itt + u64::from(dev - 2) * 0x1_0000,
+            13,
+            true,
+        ));
+        for e in 0..8192u32 {
+            s.its.push(ItsCommand::mapti(dev, e, 8192 + mapped, 0));
+            mapped += 1;
+            if mapped.is_multiple_of(400) {
+                let r = s.its.kick();
+                s.check("map", r);
+            }
+        }
+    }
+    let r = s.its.kick();
+    s.check("map", r);
+    // 256 INVALLs per CWRITER write walk 4.2 million mappings, which once
+    // ran in one trap (about 3 s under TCG).
+    let slots = s.its.free_slots().min(256);
+    let start = cpu::now_us();
+    let (mut rounds, mut commands, mut worst_us) = (0u64, 0u64, 0u64);
+    while rounds == 0 || cpu::now_us() - start < ms * 1000 {
+        for _ in 0..slots {
+            s.its.push(ItsCommand::invall(0));
+        }
+        let t = cpu::now_us();
+        let r = s.its.kick_for(120_000_000);
+        s.check("invall", r);
+        worst_us = worst_us.max(cpu::now_us() - t);
+        rounds += 1;
+        commands += slots;
+    }
+    println!(
+        "its-hog: {mapped} mappings; {rounds} queues of {slots} INVALLs ({commands} commands) in {ms} ms, slowest queue {worst_us} us"
+    );
+    report::pass(NAME)
+}
