@@ -70,16 +70,56 @@ sysreg!(
     /// CNTHP_CVAL_EL2: EL2 physical timer compare value.
     cnthp_cval_el2, set_cnthp_cval_el2, "S3_4_C14_C2_2"
 );
-sysreg!(
-    /// HCR_EL2.
-    hcr_el2, set_hcr_el2, "hcr_el2"
+/// A register whose writes decide how guests are translated or trapped:
+/// the setter is `unsafe`, with the contract given at each one.
+macro_rules! sysreg_unsafe_set {
+    ($(#[$doc:meta])* $read:ident, $write:ident, $enc:literal, $contract:literal) => {
+        $(#[$doc])*
+        #[inline]
+        #[allow(dead_code)]
+        pub fn $read() -> u64 {
+            let v: u64;
+            // SAFETY: reading this register has no side effects.
+            unsafe { core::arch::asm!(concat!("mrs {}, ", $enc), out(reg) v, options(nostack)) };
+            v
+        }
+        $(#[$doc])*
+        ///
+        /// # Safety
+        #[doc = $contract]
+        #[inline]
+        pub unsafe fn $write(v: u64) {
+            // SAFETY: the caller's contract.
+            unsafe { core::arch::asm!(concat!("msr ", $enc, ", {}"), in(reg) v, options(nostack)) };
+        }
+    };
+}
+
+sysreg_unsafe_set!(
+    /// HCR_EL2: stage 2 on or off, what traps to EL2, where physical
+    /// interrupts go.
+    hcr_el2, set_hcr_el2, "hcr_el2",
+    "`v` must keep stage 2 enabled (VM) whenever a guest can run next, and \
+     route physical IRQs to EL2 (IMO): a VM must never run untranslated or \
+     take the host's interrupts. Follow with an ISB before the guest runs."
 );
 sysreg!(
     /// MDCR_EL2: what of the PMU and debug EL1 may reach.
     mdcr_el2, set_mdcr_el2, "mdcr_el2"
 );
-sysreg!(vtcr_el2, set_vtcr_el2, "vtcr_el2");
-sysreg!(vttbr_el2, set_vttbr_el2, "vttbr_el2");
+sysreg_unsafe_set!(
+    /// VTCR_EL2: the shape of stage-2 translation.
+    vtcr_el2, set_vtcr_el2, "vtcr_el2",
+    "`v` must describe the stage-2 tables every VTTBR_EL2 points at (granule, \
+     levels, IPA size), with no guest running on this CPU."
+);
+sysreg_unsafe_set!(
+    /// VTTBR_EL2: the running VM's stage-2 tables and VMID.
+    vttbr_el2, set_vttbr_el2, "vttbr_el2",
+    "`v` must point at live stage-2 tables that map only the memory of the \
+     VM about to run, with that VM's own VMID; no vCPU of another VM may run \
+     on this CPU until it is replaced."
+);
 sysreg!(vmpidr_el2, set_vmpidr_el2, "vmpidr_el2");
 sysreg!(cnthctl_el2, set_cnthctl_el2, "cnthctl_el2");
 sysreg!(cntvoff_el2, set_cntvoff_el2, "cntvoff_el2");

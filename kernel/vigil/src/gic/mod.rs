@@ -76,10 +76,15 @@ fn gic() -> &'static Gic {
     GIC.get().expect("GIC used before gic::init")
 }
 
-fn mmio<T>(addr: u64) -> &'static T {
-    // SAFETY: callers pass the base of a GIC register block taken from the
-    // device tree; it is mapped Device-nGnRE for the hypervisor's lifetime
-    // and accessed only through tock-registers' volatile accessors.
+/// The register block of type `T` at `addr`.
+///
+/// # Safety
+/// `addr` must be the base of a `T` block of this GIC (the distributor, or
+/// a redistributor found in the device tree's GICR range), mapped
+/// Device-nGnRE for the hypervisor's lifetime; `T` is a tock-registers
+/// struct, accessed only through its volatile accessors.
+unsafe fn mmio<T>(addr: u64) -> &'static T {
+    // SAFETY: the caller's contract.
     unsafe { &*(addr as *const T) }
 }
 
@@ -132,7 +137,9 @@ pub fn init(info: GicInfo, cpus: &CpuList) -> Result<(), GicError> {
     // name CPUs that are not up yet.
     for (cpu, &mpidr) in cpus.as_slice().iter().enumerate() {
         let addr = find_redistributor(&info, mpidr).ok_or(GicError::NoRedistributor(mpidr))?;
-        let r: &GicrRegs = mmio(addr);
+        // SAFETY: `find_redistributor` returned the base of a
+        // redistributor frame inside the device tree's GICR range.
+        let r: &GicrRegs = unsafe { mmio(addr) };
         GICR_OF_CPU[cpu].store(addr, Ordering::Relaxed);
         PROC_NUM_OF_CPU[cpu].store(
             gicr::typer_processor_number(r.typer.get()),
@@ -178,7 +185,9 @@ pub fn lpi_count() -> u32 {
 
 /// This CPU's redistributor.
 fn gicr_this() -> &'static GicrRegs {
-    mmio(GICR_OF_CPU[arch::cpu_index()].load(Ordering::Relaxed))
+    // SAFETY: `init` stored each CPU's redistributor base, found in the
+    // device tree's GICR range, before any CPU calls this.
+    unsafe { mmio(GICR_OF_CPU[arch::cpu_index()].load(Ordering::Relaxed)) }
 }
 
 /// Physical address of CPU `cpu`'s redistributor.
@@ -195,7 +204,9 @@ fn find_redistributor(info: &GicInfo, mpidr: u64) -> Option<u64> {
     let want = mpidr & vigil_platform::MPIDR_AFFINITY_MASK;
     let mut addr = info.gicr.base;
     while addr + GICR_STRIDE <= info.gicr.end() {
-        let r: &GicrRegs = mmio(addr);
+        // SAFETY: `addr` is a frame inside the device tree's GICR range
+        // (stride GICR_STRIDE), mapped as device memory.
+        let r: &GicrRegs = unsafe { mmio(addr) };
         let typer = r.typer.get();
         if gicr::typer_affinity(typer) == want {
             return Some(addr);
@@ -217,7 +228,8 @@ pub fn init_cpu() -> Result<(), GicError> {
     if addr != GICR_OF_CPU[arch::cpu_index()].load(Ordering::Relaxed) {
         return Err(GicError::NoRedistributor(mpidr));
     }
-    let r: &GicrRegs = mmio(addr);
+    // SAFETY: `find_redistributor` returned a frame in the GICR range.
+    let r: &GicrRegs = unsafe { mmio(addr) };
 
     // Wake the redistributor (IHI 0069 §11.1, "Power management").
     r.waker.set(r.waker.get() & !gicr::WAKER_PROCESSOR_SLEEP);
@@ -276,7 +288,9 @@ pub fn init_cpu() -> Result<(), GicError> {
     const HCR_AMO: u64 = 1 << 5;
     const HCR_IMO: u64 = 1 << 4;
     const HCR_FMO: u64 = 1 << 3;
-    sysreg::set_hcr_el2(sysreg::hcr_el2() | HCR_RW | HCR_AMO | HCR_IMO | HCR_FMO);
+    // SAFETY: adds routing of physical interrupts to EL2 and AArch64 EL1
+    // to what is there; stage 2 is not touched and no guest runs yet.
+    unsafe { sysreg::set_hcr_el2(sysreg::hcr_el2() | HCR_RW | HCR_AMO | HCR_IMO | HCR_FMO) };
     sysreg::isb();
     Ok(())
 }
@@ -331,7 +345,9 @@ pub fn enable_local(intid: u32) {
 
 /// Enable an SPI, routed to the CPU with affinity `mpidr`.
 pub fn enable_spi(intid: u32, mpidr: u64) {
-    let d = mmio::<GicdRegs>(gic().info.gicd.base);
+    // SAFETY: the distributor's base from the device tree, mapped as
+    // device memory by the MMU setup.
+    let d = unsafe { mmio::<GicdRegs>(gic().info.gicd.base) };
     d.irouter[intid as usize].set(mpidr & vigil_platform::MPIDR_AFFINITY_MASK);
     d.isenabler[(intid / 32) as usize].set(1 << (intid % 32));
 }

@@ -364,6 +364,31 @@ impl Vm {
     }
 }
 
+/// Copy guest RAM at host-physical `pa` into `buf` with atomic (relaxed)
+/// loads: the guest may be writing it at the same time, which is a data
+/// race for plain reads; atomics make it defined and only yield stale or
+/// mixed bytes, which the emulation treats as untrusted input anyway.
+fn copy_from_guest(pa: u64, buf: &mut [u8]) {
+    use core::sync::atomic::AtomicU8;
+    let mut i = 0;
+    while i < buf.len() {
+        let at = pa + i as u64;
+        if at.is_multiple_of(8) && buf.len() - i >= 8 {
+            // SAFETY: `at..at+8` is inside the VM's RAM (the caller checked
+            // the whole range), identity-mapped and 8-byte aligned; what
+            // may access it meanwhile is the guest, or this same kind of
+            // atomic read (images are written only while no vCPU runs).
+            let w = unsafe { AtomicU64::from_ptr(at as *mut u64) }.load(Ordering::Relaxed);
+            buf[i..i + 8].copy_from_slice(&w.to_ne_bytes());
+            i += 8;
+        } else {
+            // SAFETY: as above, one byte.
+            buf[i] = unsafe { AtomicU8::from_ptr(at as *mut u8) }.load(Ordering::Relaxed);
+            i += 1;
+        }
+    }
+}
+
 impl GuestMemory for Vm {
     fn is_ram(&self, gpa: u64, len: u64) -> bool {
         self.ram_pa(gpa, len).is_some()
@@ -373,11 +398,7 @@ impl GuestMemory for Vm {
         let pa = self
             .ram_pa(gpa, buf.len() as u64)
             .ok_or(MemError::OutOfRam)?;
-        // SAFETY: `pa..pa+len` is inside this VM's RAM, which is
-        // identity-mapped in the hypervisor; the guest may be writing it
-        // concurrently, which only yields stale bytes (the emulation
-        // treats guest tables as untrusted input).
-        unsafe { core::ptr::copy_nonoverlapping(pa as *const u8, buf.as_mut_ptr(), buf.len()) };
+        copy_from_guest(pa, buf);
         Ok(())
     }
 }
@@ -515,7 +536,9 @@ impl core::fmt::Display for VmError {
 
 /// Per-CPU EL2 settings for running guests. Every CPU, once.
 pub fn init_cpu() {
-    sysreg::set_vtcr_el2(stage2::vtcr());
+    // SAFETY: the format of every VM's stage-2 tables (stage2.rs); no
+    // guest runs yet on this CPU.
+    unsafe { sysreg::set_vtcr_el2(stage2::vtcr()) };
     // EL1 may use the physical counter and timer (CNTHCTL_EL2.EL1PCTEN,
     // EL1PCEN, E2H == 0 layout).
     sysreg::set_cnthctl_el2(sysreg::cnthctl_el2() | 3);
@@ -998,8 +1021,13 @@ fn load(v: &'static Vcpu, st: &mut VcpuState) {
     vgic_glue::forget_loaded();
     debug::switch_to(&v.debug, st.el1.mdscr);
     sysreg::set_vmpidr_el2((1 << 31) | v.mpidr);
-    sysreg::set_vttbr_el2(v.vm.vttbr);
-    sysreg::set_hcr_el2(trap::HCR_GUEST);
+    // SAFETY: the VM's own stage-2 tables and VMID (built at creation,
+    // never freed), for the vCPU about to run; HCR_GUEST keeps stage 2 on
+    // and IRQs at EL2. The ISB follows.
+    unsafe {
+        sysreg::set_vttbr_el2(v.vm.vttbr);
+        sysreg::set_hcr_el2(trap::HCR_GUEST);
+    }
     sysreg::isb();
     LOADED[cpu].store(me, Ordering::Relaxed);
     SWITCHES.fetch_add(1, Ordering::Relaxed);
