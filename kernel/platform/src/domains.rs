@@ -39,7 +39,8 @@ pub struct DomainConfig<'a> {
     pub pcpus: [u8; MAX_CPUS],
     pub identity_map: bool,
     pub test_device: bool,
-    /// Give it the host's PCIe bridge (needs `identity_map`: no SMMU).
+    /// Give it the host's PCIe bridge (its devices' DMA confined by the
+    /// SMMU, or, without one, only with `identity_map`).
     pub pci_passthrough: bool,
     /// Put its RAM at this physical address (`vigil,ram-base`; implies
     /// the identity map), e.g. for a guest linked at a fixed address.
@@ -60,9 +61,6 @@ pub enum DomainError<'a> {
     BadPcpus(&'a str),
     BadModule(&'a str),
     TooMany,
-    /// PCIe passthrough without an identity map: devices would DMA to the
-    /// wrong addresses (there is no SMMU).
-    PassthroughNeedsIdentity(&'a str),
     /// `vigil,virtio-blk` that is not the name of another VM.
     BadBackend(&'a str),
 }
@@ -78,10 +76,6 @@ impl core::fmt::Display for DomainError<'_> {
             }
             Self::BadModule(n) => write!(f, "VM {n}: a module has no usable reg"),
             Self::TooMany => write!(f, "more than {MAX_VMS} VMs described"),
-            Self::PassthroughNeedsIdentity(n) => write!(
-                f,
-                "VM {n}: vigil,pci-passthrough needs vigil,identity-map (devices DMA to physical addresses: there is no SMMU)"
-            ),
             Self::BadBackend(n) => write!(
                 f,
                 "VM {n}: vigil,virtio-blk must name another VM described before or after it"
@@ -172,9 +166,6 @@ fn parse<'a>(node: fdt::node::FdtNode<'_, 'a>) -> Result<DomainConfig<'a>, Domai
         Some(_) => return Err(DomainError::BadMemory(name)),
     };
     let identity_map = node.property("vigil,identity-map").is_some() || ram_base.is_some();
-    if node.property("vigil,pci-passthrough").is_some() && !identity_map {
-        return Err(DomainError::PassthroughNeedsIdentity(name));
-    }
     Ok(DomainConfig {
         name,
         memory,

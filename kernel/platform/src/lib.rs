@@ -115,6 +115,15 @@ pub struct GicInfo {
     pub its: Option<Region>,
 }
 
+/// An SMMUv3 (`arm,smmu-v3`): its registers and its wired interrupts as
+/// INTIDs (SPI number + 32), by `interrupt-names`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SmmuInfo {
+    pub regs: Region,
+    pub eventq_irq: Option<u32>,
+    pub gerror_irq: Option<u32>,
+}
+
 /// Architected timer interrupts, as INTIDs (PPI number + 16).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TimerIrqs {
@@ -138,6 +147,8 @@ pub struct Platform<'a> {
     pub timer: TimerIrqs,
     /// The PCIe host bridge, for passthrough.
     pub pcie: Option<pcie::PcieHost<'a>>,
+    /// The SMMUv3 the PCIe bridge's `iommu-map` names, if any.
+    pub smmu: Option<SmmuInfo>,
     pub bootargs: &'a str,
 }
 
@@ -290,7 +301,34 @@ pub fn discover(dtb: &[u8]) -> Result<Platform<'_>, Error> {
         psci,
         timer,
         pcie: pcie::discover(&fdt),
+        smmu: discover_smmu(&fdt),
         bootargs,
+    })
+}
+
+/// The first `arm,smmu-v3` node: registers, and the SPIs named "eventq"
+/// and "gerror" (3-cell GIC specifiers, type 0 = SPI).
+fn discover_smmu(fdt: &fdt::Fdt<'_>) -> Option<SmmuInfo> {
+    let node = fdt.find_compatible(&["arm,smmu-v3"])?;
+    let regs = reg_n(node, 0, "smmu").ok()?;
+    let raw = node.property("interrupts").map_or(&[][..], |p| p.value);
+    let names = node
+        .property("interrupt-names")
+        .map_or(&[][..], |p| p.value);
+    let spi = |want: &str| {
+        let i = names
+            .split(|&b| b == 0)
+            .position(|n| n == want.as_bytes())?;
+        let cell = |c: usize| {
+            raw.get(c * 4..c * 4 + 4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        (cell(i * 3)? == 0).then(|| cell(i * 3 + 1).map(|n| n + 32))?
+    };
+    Some(SmmuInfo {
+        regs,
+        eventq_irq: spi("eventq"),
+        gerror_irq: spi("gerror"),
     })
 }
 

@@ -22,6 +22,17 @@ pub struct PcieHost<'a> {
     /// `interrupt-map-mask` and `interrupt-map` as they are.
     pub interrupt_map_mask: &'a [u8],
     pub interrupt_map: &'a [u8],
+    /// The first `iommu-map` entry: requester IDs `rid..rid + len` are
+    /// StreamIDs `sid..sid + len` of the SMMU.
+    pub iommu_map: Option<IommuMap>,
+}
+
+/// One `iommu-map` entry (<rid-base &smmu sid-base length>).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IommuMap {
+    pub rid: u32,
+    pub sid: u32,
+    pub len: u32,
 }
 
 /// An address window of the bridge: CPU and PCI bus addresses of its
@@ -108,5 +119,14 @@ pub fn discover<'a>(fdt: &fdt::Fdt<'a>) -> Option<PcieHost<'a>> {
         mem32,
         interrupt_map_mask: node.property("interrupt-map-mask").map_or(&[], |p| p.value),
         interrupt_map: node.property("interrupt-map").map_or(&[], |p| p.value),
+        iommu_map: node
+            .property("iommu-map")
+            .map(|p| p.value)
+            .filter(|v| v.len() >= 16)
+            .map(|v| IommuMap {
+                rid: be32(v, 0),
+                sid: be32(v, 2),
+                len: be32(v, 3),
+            }),
     })
 }

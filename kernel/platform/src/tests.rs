@@ -11,6 +11,7 @@ struct Tree {
     with_gic: bool,
     with_memory: bool,
     with_timer: bool,
+    with_smmu: bool,
     psci_method: &'static str,
     bootargs: &'static str,
 }
@@ -23,6 +24,7 @@ impl Default for Tree {
             with_gic: true,
             with_memory: true,
             with_timer: true,
+            with_smmu: false,
             psci_method: "smc",
             bootargs: "vigil.test=smp",
         }
@@ -104,6 +106,41 @@ impl Tree {
             w.end_node(t).unwrap();
         }
 
+        if self.with_smmu {
+            // As QEMU's virt with iommu=smmuv3 (hw/arm/virt.c): SPIs 74-77.
+            let smmu = w.begin_node("smmuv3@9050000").unwrap();
+            w.property_string("compatible", "arm,smmu-v3").unwrap();
+            w.property_array_u64("reg", &[0x0905_0000, 0x2_0000])
+                .unwrap();
+            w.property_array_u32("interrupts", &[0, 74, 1, 0, 75, 1, 0, 76, 1, 0, 77, 1])
+                .unwrap();
+            w.property_string_list(
+                "interrupt-names",
+                std::vec![
+                    "eventq".into(),
+                    "priq".into(),
+                    "cmdq-sync".into(),
+                    "gerror".into()
+                ],
+            )
+            .unwrap();
+            w.property_u32("#iommu-cells", 1).unwrap();
+            w.property_u32("phandle", 0x8006).unwrap();
+            w.end_node(smmu).unwrap();
+            let pcie = w.begin_node("pcie@10000000").unwrap();
+            w.property_string("compatible", "pci-host-ecam-generic")
+                .unwrap();
+            w.property_array_u64("reg", &[0x40_1000_0000, 0x1000_0000])
+                .unwrap();
+            w.property_array_u32(
+                "ranges",
+                &[0x0200_0000, 0, 0x1000_0000, 0, 0x1000_0000, 0, 0x2eff_0000],
+            )
+            .unwrap();
+            w.property_array_u32("iommu-map", &[0, 0x8006, 0, 0x1_0000])
+                .unwrap();
+            w.end_node(pcie).unwrap();
+        }
         let psci = w.begin_node("psci").unwrap();
         w.property_string_list(
             "compatible",
@@ -366,6 +403,8 @@ fn domain_errors_are_specific() {
         "VM web: no multiboot,kernel module"
     );
     assert!(domains(&Tree::default().build()).unwrap().is_empty());
+    // Passthrough without an identity map parses: whether it can run
+    // (it needs the SMMU) is decided when the VM is built.
     let no_identity = tree_with_domains(|w| {
         let d = w.begin_node("pt").unwrap();
         w.property_string("compatible", "vigil,domain").unwrap();
@@ -374,8 +413,32 @@ fn domain_errors_are_specific() {
         w.property_null("vigil,pci-passthrough").unwrap();
         w.end_node(d).unwrap();
     });
+    assert_eq!(domains(&no_identity), Err(DomainError::NoKernel("pt")));
+}
+
+#[test]
+fn smmu_and_the_bridge_iommu_map_are_found() {
+    let dtb = Tree {
+        with_smmu: true,
+        ..Tree::default()
+    }
+    .build();
+    let p = discover(&dtb).unwrap();
     assert_eq!(
-        domains(&no_identity),
-        Err(DomainError::PassthroughNeedsIdentity("pt"))
+        p.smmu,
+        Some(SmmuInfo {
+            regs: Region::new(0x0905_0000, 0x2_0000),
+            eventq_irq: Some(74 + 32),
+            gerror_irq: Some(77 + 32),
+        })
     );
+    assert_eq!(
+        p.pcie.unwrap().iommu_map,
+        Some(pcie::IommuMap {
+            rid: 0,
+            sid: 0,
+            len: 0x1_0000
+        })
+    );
+    assert_eq!(discover(&Tree::default().build()).unwrap().smmu, None);
 }

@@ -18,6 +18,7 @@ mod mm;
 mod mmio;
 mod percpu;
 mod psci;
+mod smmu;
 mod smp;
 mod timer;
 mod vgic;
@@ -28,7 +29,13 @@ use vigil_board_qemu_virt as board;
 use vigil_platform::{BootArgs, Platform, Region};
 
 /// Options Vigil understands on its command line.
-const KNOWN_OPTIONS: &[&str] = &["vigil.test", "vigil.log", "vigil.its", "vigil.exit"];
+const KNOWN_OPTIONS: &[&str] = &[
+    "vigil.test",
+    "vigil.log",
+    "vigil.its",
+    "vigil.exit",
+    "vigil.dma_canary",
+];
 
 /// The device tree QEMU left at the base of RAM.
 fn device_tree() -> Result<&'static [u8], &'static str> {
@@ -164,6 +171,13 @@ extern "C" fn kmain() -> ! {
         gic::its::init(its.base, platform.cpus.len(), flat)
             .unwrap_or_else(|e| fatal(format_args!("boot: ITS: {e}")));
     }
+    if let Some(info) = platform.smmu {
+        if let Err(e) = smmu::init(info) {
+            log::error!(
+                "boot: SMMU: {e}; PCIe passthrough only to identity-mapped VMs, their DMA unconfined"
+            );
+        }
+    }
     arch::sysreg::irq_enable();
 
     smp::announce();
@@ -174,6 +188,15 @@ extern "C" fn kmain() -> ! {
         ktest::run(name, &platform);
     }
 
+    if let Some(a) = args.get("vigil.dma_canary") {
+        let addr = u64::from_str_radix(a.trim_start_matches("0x"), 16).unwrap_or_else(|_| {
+            fatal(format_args!(
+                "boot: vigil.dma_canary={a}: not a hex address"
+            ))
+        });
+        smmu::set_canary(addr)
+            .unwrap_or_else(|e| fatal(format_args!("boot: vigil.dma_canary={a}: {e}")));
+    }
     let domains = vigil_platform::domains(dtb)
         .unwrap_or_else(|e| fatal(format_args!("boot: guest description: {e}")));
     vm::passthrough::init();

@@ -267,7 +267,7 @@ impl Guest {
         }
     }
 
-    /// Give it the host's PCIe bridge (identity-mapped RAM).
+    /// Give it the host's PCIe bridge (its DMA translated by the SMMU).
     pub fn pci(mut self) -> Self {
         self.pci = true;
         self

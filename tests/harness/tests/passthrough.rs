@@ -33,7 +33,7 @@ fn msi_rows(run: &Run, label: &str) -> Vec<(String, u64)> {
 fn linux_reads_hwrng_through_a_passed_through_virtio_device() {
     let run = Qemu::with_guests(&[Guest::linux(2, "hwrng,poweroff").pci()])
         .qemu_arg("-device")
-        .qemu_arg("virtio-rng-pci")
+        .qemu_arg("virtio-rng-pci-non-transitional")
         .timeout(Duration::from_secs(150))
         .run();
     run.check(&[
@@ -55,7 +55,7 @@ fn linux_reads_hwrng_through_a_passed_through_virtio_device() {
         run.log
     );
     assert!(
-        run.lines_with("[1af4:1005]").next().is_some(),
+        run.lines_with("[1af4:1044]").next().is_some(),
         "Linux did not enumerate virtio-rng:\n{}",
         run.log
     );
@@ -72,6 +72,8 @@ fn linux_reads_hwrng_through_a_passed_through_virtio_device() {
             .map(|(_, c)| *c)
             .unwrap_or_else(|| panic!("no virtio input MSI row:\n{}", run.log))
     };
+    // The SMMU is the host's, not the guest's: Linux has no driver bound.
+    assert_eq!(run.lines_with("arm-smmu-v3").count(), 0, "{}", run.log);
     let (b, a) = (input(&before), input(&after));
     assert!(a > b, "ITS-MSI count did not rise: {b} -> {a}\n{}", run.log);
     assert_eq!(run.lines_with(" WARN ]").count(), 0, "{}", run.log);
@@ -79,8 +81,7 @@ fn linux_reads_hwrng_through_a_passed_through_virtio_device() {
 }
 
 /// The bridge cannot be given to two VMs: one clear error, before any VM
-/// is built. (A passthrough VM without an identity map is refused by the
-/// description parser: vigil-platform's PassthroughNeedsIdentity test.)
+/// is built.
 #[test]
 fn only_one_vm_gets_the_bridge() {
     let run = Qemu::with_guests(&[
@@ -109,7 +110,9 @@ fn only_one_vm_gets_the_bridge() {
 /// MAPD(V=0) and at the end.
 #[test]
 fn msi_stress_discard_mapti_mapd_while_a_device_raises_msis() {
-    let run = Qemu::with_guests(&[Guest::test_hi("msi-stress").cpus(2).pcpus(&[0, 1]).pci()])
+    // RAM at the usual IPA, not identity-mapped: the SMMU translates the
+    // device's MSI writes to the ITS doorbell (issue 15).
+    let run = Qemu::with_guests(&[Guest::test("msi-stress").cpus(2).pcpus(&[0, 1]).pci()])
         .qemu_arg("-device")
         .qemu_arg("edu")
         .timeout(Duration::from_secs(300))
@@ -136,7 +139,7 @@ fn msi_stress_discard_mapti_mapd_while_a_device_raises_msis() {
 /// no host LPI leaks and no anomaly is counted (issue 14, item 2).
 #[test]
 fn reset_storm_with_cpu_on_races_and_msis_in_flight() {
-    let run = Qemu::with_guests(&[Guest::test_hi("reset-storm")
+    let run = Qemu::with_guests(&[Guest::test("reset-storm")
         .cpus(4)
         .pcpus(&[0, 1, 2, 3])
         .pci()])
@@ -154,6 +157,65 @@ fn reset_storm_with_cpu_on_races_and_msis_in_flight() {
         run.lines_with("vm reset-storm: reset: images reloaded")
             .count(),
         100,
+        "{}",
+        run.log
+    );
+}
+
+/// Issue 15: a VM owning QEMU's `edu` device aims its DMA at another VM's
+/// RAM (a canary page at a known physical address), at a page of Vigil's
+/// own (`vigil.dma_canary`) and at an unmapped IPA, writing and reading.
+/// The SMMU blocks each transfer (a fault logged with edu's StreamID and
+/// the VM), the other VM and Vigil find their pages intact, and the
+/// attacker's DMA into its own RAM (not identity-mapped) still works.
+#[test]
+fn dma_attack_is_confined_by_the_smmu() {
+    let run = Qemu::new("vigil.dma_canary=0x50000000")
+        .guest(
+            Guest::test("dma-attack")
+                .named("attacker")
+                .mem_mib(64)
+                .pcpus(&[0])
+                .pci()
+                .bootargs(
+                    "vigil.guest=dma-attack vigil.dma.victim=0x63000000 vigil.dma.vigil=0x50000000",
+                ),
+        )
+        .guest(
+            Guest::test_hi("dma-canary")
+                .named("victim")
+                .mem_mib(64)
+                .pcpus(&[1])
+                .bootargs("vigil.guest=dma-canary vigil.dma.wait_ms=8000"),
+        )
+        .qemu_arg("-device")
+        .qemu_arg("edu,dma_mask=0xffffffffffff")
+        .timeout(Duration::from_secs(120))
+        .run();
+    run.check(&[
+        "vm attacker: its devices' DMA translated by the SMMU",
+        "[attacker] guest: dma-attack: DMA write and read of the other VM's RAM at 0x63000000: blocked",
+        "[attacker] guest: dma-attack: DMA write and read of Vigil's own memory at 0x50000000: blocked",
+        "[attacker] guest: dma-attack: DMA write and read of an unmapped IPA at 0x20000000: blocked",
+        "[attacker] guest: dma-attack: DMA within its own RAM (0x42800000 -> buffer -> 0x42802000): copied",
+        "[attacker] guest: dma-attack: PASS",
+        "[victim] guest: dma-canary: canary page at 0x63000000 intact after 8000 ms",
+        "[victim] guest: dma-canary: PASS",
+        "DMA canary: Vigil's page at 0x50000000 intact",
+    ])
+    .unwrap();
+    for at in ["0x63000000", "0x50000000", "0x20000000"] {
+        for dir in ["write", "read"] {
+            let line = format!(
+                "smmu: F_TRANSLATION of StreamID 0x8 (vm attacker): DMA {dir} at {at} blocked (stage 2)"
+            );
+            assert_eq!(run.lines_with(&line).count(), 1, "{line}\n{}", run.log);
+        }
+    }
+    // The victim checked after the attack was over.
+    let pos = |needle: &str| run.log.find(needle).unwrap();
+    assert!(
+        pos("dma-attack: PASS") < pos("dma-canary: canary page at 0x63000000 intact"),
         "{}",
         run.log
     );

@@ -118,7 +118,7 @@ fn pci_disk(image: &std::path::Path, i: usize) -> [String; 4] {
         "-drive".into(),
         format!("file={},if=none,format=raw,id=disk{i}", image.display()),
         "-device".into(),
-        format!("virtio-blk-pci,drive=disk{i}"),
+        format!("virtio-blk-pci-non-transitional,drive=disk{i}"),
     ]
 }
 

@@ -87,6 +87,9 @@ struct DeviceTable {
 }
 
 pub struct Its {
+    /// Physical address of the control frame (the translation frame,
+    /// with GITS_TRANSLATER, is the next 64 KiB).
+    base: u64,
     regs: Mmio<GitsRegs>,
     typer: GitsTyper,
     queue: Mutex<Queue>,
@@ -224,6 +227,7 @@ pub fn init(base: u64, cpus: usize, force_flat: bool) -> Result<&'static Its, It
     r.ctlr.set(1);
 
     let its = ITS.call_once(|| Its {
+        base,
         regs,
         typer,
         queue: Mutex::new(Queue {
@@ -264,6 +268,12 @@ pub struct ItsDevice {
 }
 
 impl Its {
+    /// Physical address of the translation frame (GITS_TRANSLATER at
+    /// +0x40), where devices write their MSIs.
+    pub fn translation_frame(&self) -> u64 {
+        self.base + 0x1_0000
+    }
+
     /// How a command names CPU `cpu`'s redistributor.
     pub fn rdbase(&self, cpu: usize) -> RdBase {
         RdBase::new(

@@ -343,6 +343,17 @@ pub fn enable_local(intid: u32) {
     gicr_this().isenabler0.set(1 << intid);
 }
 
+/// Make SPI `intid` edge-triggered (GICD_ICFGR<n>, two bits per INTID,
+/// bit 1 of each pair: IHI 0069 §12.9.9), for devices that pulse their
+/// line (QEMU's SMMUv3).
+pub fn set_spi_edge(intid: u32) {
+    // SAFETY: the distributor's base from the device tree, mapped as
+    // device memory by the MMU setup.
+    let d = unsafe { mmio::<GicdRegs>(gic().info.gicd.base) };
+    let (reg, bit) = ((intid / 16) as usize, 2 * (intid % 16) + 1);
+    d.icfgr[reg].set(d.icfgr[reg].get() | (1 << bit));
+}
+
 /// Enable an SPI, routed to the CPU with affinity `mpidr`.
 pub fn enable_spi(intid: u32, mpidr: u64) {
     // SAFETY: the distributor's base from the device tree, mapped as

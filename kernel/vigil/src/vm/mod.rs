@@ -109,6 +109,33 @@ pub struct Vm {
     boot: (u64, u64),
     /// Its allowance of guest-caused warnings.
     log_limit: LogLimit,
+    /// Its passed-through devices' DMA: the SMMU's stage-2 tables for them
+    /// (its RAM and the ITS doorbell) and the StreamIDs they translate.
+    dma: Option<Dma>,
+}
+
+/// A VM's devices behind the SMMU.
+struct Dma {
+    vmid: u16,
+    sids: core::ops::Range<u32>,
+    /// Kept alive while the SMMU may walk them.
+    tables: Stage2Tables,
+}
+
+impl Dma {
+    fn assign(&self, vm: usize) -> Result<(), crate::smmu::SmmuError> {
+        match crate::smmu::get() {
+            Some(s) => s.assign(self.sids.clone(), vm, self.vmid, self.tables.root()),
+            None => Ok(()),
+        }
+    }
+
+    fn unassign(&self) -> Result<(), crate::smmu::SmmuError> {
+        match crate::smmu::get() {
+            Some(s) => s.unassign(self.sids.clone(), self.vmid),
+            None => Ok(()),
+        }
+    }
 }
 
 const NO_RESET: usize = usize::MAX;
@@ -131,6 +158,13 @@ pub enum VmState {
 const RESET_ACK_MS: u64 = 2000;
 
 impl Vm {
+    /// This VM's id (its index in the description).
+    fn id(&self) -> usize {
+        (0..count())
+            .find(|&i| vm_by_id(i).is_some_and(|v| core::ptr::eq(v, self)))
+            .unwrap_or(0)
+    }
+
     pub fn vcpus(&self) -> &[&'static Vcpu] {
         self.vcpus.get().map_or(&[], |v| v.as_slice())
     }
@@ -184,6 +218,15 @@ impl Vm {
             log::error!("vm {}: stopped: {}", self.name, reason);
         }
         self.report_health();
+        if let Some(dma) = &self.dma {
+            // Its devices may not DMA into memory nobody owns any more.
+            if let Err(e) = dma.unassign() {
+                log::error!("vm {}: stop: SMMU: {e}", self.name);
+            }
+            if let Some(s) = crate::smmu::get() {
+                s.drain_events();
+            }
+        }
         self.power_off_vcpus();
         if let Some(l) = self.client_of {
             l.client_stopped();
@@ -297,6 +340,14 @@ impl Vm {
         for v in self.vcpus() {
             v.power.set_off();
         }
+        // Its passed-through devices stop DMA into this RAM while the
+        // images are reloaded (the SMMU aborts them) and get it back after.
+        if let Some(dma) = &self.dma {
+            if let Err(e) = dma.unassign() {
+                self.stop(format_args!("reset: SMMU: {e}"), STATUS_GUEST_FAULT);
+                return;
+            }
+        }
         // A client's device resets first: its service must stop writing
         // into this RAM before the images are loaded into it.
         if let Some(l) = self.client_of {
@@ -330,6 +381,12 @@ impl Vm {
         self.its.reset();
         self.gic.reset();
         vgic_glue::link_timers(&self.gic);
+        if let Some(dma) = &self.dma {
+            if let Err(e) = dma.assign(self.id()) {
+                self.stop(format_args!("reset: SMMU: {e}"), STATUS_GUEST_FAULT);
+                return;
+            }
+        }
         for l in &self.service_of {
             l.service_reset();
         }
@@ -506,6 +563,10 @@ pub enum VmError {
     NoStage2,
     NoPcie,
     PcieTaken,
+    /// Passthrough to a VM whose RAM is not identity-mapped, with no SMMU
+    /// to translate its devices' DMA.
+    NoSmmu,
+    Smmu(crate::smmu::SmmuError),
     /// A VM serves more than one virtio client, or is a client and a
     /// service at once.
     Backend(&'static str),
@@ -526,6 +587,11 @@ impl core::fmt::Display for VmError {
                 "PCIe passthrough asked for, but the machine has no PCIe host bridge"
             ),
             Self::PcieTaken => write!(f, "only one VM can have the PCIe host bridge"),
+            Self::NoSmmu => write!(
+                f,
+                "PCIe passthrough to a VM without vigil,identity-map needs the SMMU (QEMU: -machine virt,iommu=smmuv3 -global arm-smmuv3.stage=2)"
+            ),
+            Self::Smmu(e) => write!(f, "{e}"),
             Self::Backend(n) => write!(
                 f,
                 "vm {n}: a service VM serves at most 4 clients (of at most 64 GiB each) and is no client itself"
@@ -755,6 +821,18 @@ fn create(
             }
         }
     }
+    let dma = match (&pcie, crate::smmu::get()) {
+        (Some(p), Some(smmu)) => Some(dma_tables(vmid, p, smmu, ipa, pa, size)?),
+        (Some(_), None) if !d.identity_map => return Err(VmError::NoSmmu),
+        (Some(_), None) => {
+            log::warn!(
+                "vm {}: PCIe passthrough without an SMMU: its devices' DMA reaches all memory",
+                d.name
+            );
+            None
+        }
+        _ => None,
+    };
     let client_of = virtio::link_of_client(id);
     let service_of: Vec<_> = virtio::links_of_service(id).collect();
     let windows: Vec<u64> = service_of.iter().map(|l| l.window()).collect();
@@ -832,6 +910,7 @@ fn create(
         service_of,
         boot: (entry, placement.dtb),
         log_limit: LogLimit::new(),
+        dma,
     }));
     let mut vcpus = Vec::new();
     for i in 0..d.cpus {
@@ -866,6 +945,16 @@ fn create(
     }
     vm.vcpus.call_once(|| vcpus);
     VM_BY_ID[id].call_once(|| vm);
+    if let Some(dma) = &vm.dma {
+        dma.assign(id).map_err(VmError::Smmu)?;
+        log::info!(
+            "vm {}: its devices' DMA translated by the SMMU (StreamIDs {:#x}..{:#x}, VMID {}): its RAM and the ITS doorbell only",
+            vm.name,
+            dma.sids.start,
+            dma.sids.end,
+            dma.vmid
+        );
+    }
     for v in vm.vcpus() {
         RUNQ[v.pcpu].lock().push(v);
     }
@@ -887,6 +976,48 @@ fn create(
     Ok(vm)
 }
 
+/// The SMMU's view of VM `id`'s passed-through devices: stage-2 tables
+/// that map its RAM (IPA `ipa`, host-physical `pa`, `size` bytes) and the
+/// ITS translation frame at the vITS's address (the doorbell their MSIs
+/// write), nothing else; and their StreamIDs: every requester ID on the
+/// bridge's buses, through its `iommu-map`. The STEs are written once
+/// the VM exists ([`Dma::assign`]).
+fn dma_tables(
+    vmid: u16,
+    p: &PcieHost<'_>,
+    smmu: &crate::smmu::Smmu,
+    ipa: u64,
+    pa: u64,
+    size: u64,
+) -> Result<Dma, VmError> {
+    if ipa + size > 1u64 << smmu.ias() {
+        return Err(VmError::Smmu(crate::smmu::SmmuError::IpaTooLarge(
+            ipa + size,
+        )));
+    }
+    let mut tables = Stage2Tables::new(vmid);
+    tables.map_ram(ipa, pa, size).map_err(VmError::Map)?;
+    if let Some(its) = crate::gic::its::get() {
+        tables
+            .map_device(
+                layout::ITS_BASE + 0x1_0000,
+                its.translation_frame(),
+                0x1_0000,
+            )
+            .map_err(VmError::Map)?;
+    }
+    let rids = (p.bus_range.0 << 8)..((p.bus_range.1 + 1) << 8);
+    let sids = match p.iommu_map {
+        Some(m) => {
+            let lo = rids.start.max(m.rid);
+            let hi = rids.end.min(m.rid + m.len);
+            (lo - m.rid + m.sid)..(hi.max(lo) - m.rid + m.sid)
+        }
+        None => 0..0,
+    };
+    Ok(Dma { vmid, sids, tables })
+}
+
 /// Called when a VM stops: when none is left, end the run with the worst
 /// status any VM reported.
 fn vm_stopped() {
@@ -898,6 +1029,7 @@ fn vm_stopped() {
         .map(|v| v.exit_status.load(Ordering::Acquire))
         .max()
         .unwrap_or(0);
+    crate::smmu::check_canary();
     log::info!(
         "all VMs stopped after {} guest exits and {} vCPU switches; exiting with status {status}",
         EXITS.load(Ordering::Relaxed),

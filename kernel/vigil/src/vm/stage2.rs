@@ -63,6 +63,11 @@ impl Stage2Tables {
         self.map(ipa, pa, size, DEVICE)
     }
 
+    /// Physical address of the root table.
+    pub fn root(&self) -> u64 {
+        self.map.root_address().0 as u64
+    }
+
     /// VTTBR_EL2: table base and VMID (Arm ARM D24.2.201).
     pub fn vttbr(&self) -> u64 {
         self.map.root_address().0 as u64 | (self.vmid as u64) << 48

@@ -11,6 +11,7 @@ extern crate alloc;
 mod bench;
 mod blksvc;
 mod debug;
+mod dma;
 mod echo;
 mod isolation;
 mod mmio;
@@ -76,6 +77,8 @@ fn main(boot: &'static BootInfo) -> ! {
         "vtimer" => vgic::vtimer(boot),
         "ptimer" => ptimer::run(boot),
         "debug" => debug::run(boot),
+        "dma-attack" => dma::attack(boot),
+        "dma-canary" => dma::canary(boot),
         "uart-level" => vgic::uart_level(boot),
         "bench" => bench::run(boot),
         "bench-yield" => bench::run_yield(boot),
