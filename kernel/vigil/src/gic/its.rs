@@ -293,6 +293,12 @@ impl Its {
         self.queue.lock().wraps
     }
 
+    /// A stalled queue (GITS_CREADR.Stalled) is reported and recovered:
+    /// the command it stopped at is replaced by a SYNC to this CPU's
+    /// redistributor (always valid) and the queue is restarted with
+    /// GITS_CWRITER.Retry (IHI 0069 §6.3.3, "Command errors"), so the
+    /// commands after it, and every later caller, still run. The stall is
+    /// returned as the error of the batch that hit it.
     fn check_stalled(&self, q: &Queue) -> Result<(), ItsError> {
         let creadr = self.regs.creadr.get();
         if creadr & 1 != 0 {
@@ -303,6 +309,35 @@ impl Its {
                 // SAFETY: `at` is a command slot inside the queue.
                 *w = unsafe { core::ptr::read_volatile((at + 8 * i as u64) as *const u64) };
             }
+            let sync = ItsCommand::sync(self.rdbase(arch::cpu_index()));
+            for (i, w) in sync.0.iter().enumerate() {
+                // SAFETY: the slot the ITS stopped at, inside the queue this
+                // driver owns; the ITS re-reads it only after the Retry.
+                unsafe { core::ptr::write_volatile((at + 8 * i as u64) as *mut u64, *w) };
+            }
+            if q.clean {
+                clean_to_poc(at, 32);
+            }
+            // SAFETY: a barrier only orders memory accesses.
+            unsafe { core::arch::asm!("dsb ishst", options(nostack)) };
+            self.regs.cwriter.set(q.cwriter | 1);
+            let target = q.cwriter;
+            let resumed = arch::wait_until(ITS_TIMEOUT_MS, || {
+                let c = self.regs.creadr.get();
+                c & 1 != 0 || c & OFFSET_MASK == target
+            });
+            log::error!(
+                "ITS stalled at command offset {offset:#x} ({:#018x} {:#018x} {:#018x} {:#018x}); replaced by a SYNC and retried: {}",
+                command[0],
+                command[1],
+                command[2],
+                command[3],
+                if resumed && self.regs.creadr.get() & 1 == 0 {
+                    "the queue runs again"
+                } else {
+                    "the queue is still stuck"
+                }
+            );
             return Err(ItsError::Stalled { offset, command });
         }
         Ok(())
