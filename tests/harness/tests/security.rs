@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vigil_harness::{
-    errors_as_expected, image, run_with_timeout, workspace_root, Ending, Guest, Qemu, Run,
+    errors_as_expected, image, run_with_input, run_with_timeout, workspace_root, Ending, Guest,
+    Input, Qemu, Run,
 };
 
 /// A fresh directory for one test's host files.
@@ -290,5 +291,81 @@ fn gdb_stub_listens_on_localhost_only() {
         found,
         vec![format!("127.0.0.1:{port}")],
         "the gdbstub must listen on localhost only"
+    );
+}
+
+/// Issue 19, item 5: Ctrl-C is a byte for the guest (QEMU's stdio has
+/// `signal=off`): it interrupts a `sleep 100` in the shell, which then
+/// answers; Ctrl-A x quits the run with status 1, not the 0 of a clean
+/// poweroff.
+#[test]
+fn ctrl_c_reaches_the_guest_and_ctrl_a_x_quits_with_status_1() {
+    let mut cmd = Command::new(workspace_root().join("scripts/run"));
+    cmd.env("VIGIL_IMAGE", image());
+    let inputs = [
+        Input {
+            after: "VIGIL-INIT: shell".into(),
+            nth: 1,
+            bytes: b"echo start-$((2 * 3)); sleep 100\n".to_vec(),
+        },
+        Input {
+            after: "start-6".into(),
+            nth: 1,
+            bytes: b"\x03".to_vec(),
+        },
+        Input {
+            after: "^C".into(),
+            nth: 1,
+            bytes: b"echo alive-$((3 * 3))\n".to_vec(),
+        },
+        Input {
+            after: "alive-9".into(),
+            nth: 1,
+            bytes: b"\x01x".to_vec(),
+        },
+    ];
+    // Well under the sleep: only an interrupted sleep lets `alive` out.
+    let run = run_with_input(cmd, Duration::from_secs(90), &inputs);
+    assert_eq!(run.ending, Ending::Exited(1), "{}", run.log);
+    assert!(
+        run.lines_with("alive-9").any(|l| !l.contains("$((")),
+        "{}",
+        run.log
+    );
+    assert_eq!(
+        run.lines_with("console: Ctrl-A x: quitting (status 1)")
+            .count(),
+        1,
+        "{}",
+        run.log
+    );
+}
+
+/// Issue 19, item 9: `scripts/run --pci -- ARGS` gives the guest the
+/// PCIe bridge and QEMU the device: Linux finds it.
+#[test]
+fn scripts_run_passes_qemu_arguments_and_a_pci_device_reaches_the_guest() {
+    let mut cmd = Command::new(workspace_root().join("scripts/run"));
+    cmd.env("VIGIL_IMAGE", image()).args([
+        "--pci",
+        "--bootargs",
+        "console=ttyAMA0 vigil.init=poweroff",
+        "--",
+        "-device",
+        "virtio-rng-pci-non-transitional",
+    ]);
+    let run = run_with_timeout(cmd, Duration::from_secs(120));
+    assert_eq!(run.ending, Ending::Exited(0), "{}", run.log);
+    assert!(
+        run.lines_with("[1af4:1044]").next().is_some(),
+        "{}",
+        run.log
+    );
+    assert!(
+        run.lines_with("vm linux: its devices' DMA translated by the SMMU")
+            .next()
+            .is_some(),
+        "{}",
+        run.log
     );
 }

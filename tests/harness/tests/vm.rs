@@ -214,6 +214,26 @@ fn system_reset_restarts_the_vm() {
     .unwrap();
 }
 
+/// Issue 19, item 6: when the VM with the focus powers off, typing goes to
+/// a VM still running (and the console says so), instead of being lost.
+#[test]
+fn focus_moves_on_when_its_vm_powers_off() {
+    let run = Qemu::with_guests(&[
+        Guest::test("echo").named("first").pcpus(&[0]),
+        Guest::test("echo").named("second").pcpus(&[1]),
+    ])
+    .type_after_nth("guest: echo: ready", 2, "quit\n")
+    .type_after("console input now goes to vm second", "world\nquit\n")
+    .run();
+    run.check(&[
+        "[first] guest: echo: PASS",
+        "console input now goes to vm second",
+        "[second] guest: echo: world",
+        "[second] guest: echo: PASS",
+    ])
+    .unwrap();
+}
+
 /// Console input goes to the VM with the focus; Ctrl-A n moves the focus
 /// to the next VM.
 #[test]

@@ -228,6 +228,10 @@ impl Vm {
             }
         }
         self.power_off_vcpus();
+        // Typing into a VM that is gone would be lost: the focus moves on.
+        if vm_by_id(FOCUS.load(Ordering::Relaxed)).is_some_and(|v| core::ptr::eq(v, self)) {
+            next_focus();
+        }
         if let Some(l) = self.client_of {
             l.client_stopped();
         }
@@ -1065,14 +1069,22 @@ pub fn console_input_pump() {
             return;
         };
         // Ctrl-A is the escape: Ctrl-A n moves the focus to the next VM,
-        // Ctrl-A Ctrl-A types one Ctrl-A (QEMU's own escape is not used:
-        // its monitor is off).
+        // Ctrl-A x quits, Ctrl-A Ctrl-A types one Ctrl-A (QEMU's own
+        // escape is not used: its monitor is off, and Ctrl-C is a byte for
+        // the guest, `signal=off`).
         if ESCAPED.swap(false, Ordering::Relaxed) {
             match b {
                 b'n' => {
                     next_focus();
                     // The loop goes on with the new VM's FIFO.
                     return console_input_pump();
+                }
+                b'x' => {
+                    // The quit key (as QEMU's own mux has it): the run
+                    // ends, as a failure, so a script can tell it from a
+                    // clean poweroff.
+                    log::warn!("console: Ctrl-A x: quitting (status 1)");
+                    exit::exit(1)
                 }
                 CTRL_A => vm.uart.receive(CTRL_A),
                 other => {
