@@ -149,6 +149,8 @@ pub struct Platform<'a> {
     pub pcie: Option<pcie::PcieHost<'a>>,
     /// The SMMUv3 the PCIe bridge's `iommu-map` names, if any.
     pub smmu: Option<SmmuInfo>,
+    /// The host's real-time clock (`arm,pl031`), read for VMs' clocks.
+    pub rtc: Option<Region>,
     pub bootargs: &'a str,
 }
 
@@ -302,6 +304,9 @@ pub fn discover(dtb: &[u8]) -> Result<Platform<'_>, Error> {
         timer,
         pcie: pcie::discover(&fdt),
         smmu: discover_smmu(&fdt),
+        rtc: fdt
+            .find_compatible(&["arm,pl031"])
+            .and_then(|n| reg_n(n, 0, "pl031").ok()),
         bootargs,
     })
 }

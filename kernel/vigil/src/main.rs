@@ -188,6 +188,9 @@ extern "C" fn kmain() -> ! {
         ktest::run(name, &platform);
     }
 
+    if let Some(r) = platform.rtc {
+        vm::rtc::set_host(r.base);
+    }
     if let Some(a) = args.get("vigil.dma_canary") {
         let addr = u64::from_str_radix(a.trim_start_matches("0x"), 16).unwrap_or_else(|_| {
             fatal(format_args!(

@@ -175,6 +175,14 @@ pub fn build(cfg: &GuestDt<'_>) -> Result<Vec<u8>, Error> {
     w.property_string_list("clock-names", strings(&["uartclk", "apb_pclk"]))?;
     w.end_node(uart)?;
 
+    let rtc = w.begin_node(&node_name("pl031", RTC_BASE))?;
+    w.property_string_list("compatible", strings(&["arm,pl031", "arm,primecell"]))?;
+    w.property_array_u64("reg", &[RTC_BASE, RTC_SIZE])?;
+    w.property_array_u32("interrupts", &[SPI, RTC_SPI, LEVEL_HIGH])?;
+    w.property_u32("clocks", PHANDLE_CLK)?;
+    w.property_string("clock-names", "apb_pclk")?;
+    w.end_node(rtc)?;
+
     if let Some(p) = &cfg.pcie {
         let pci = w.begin_node(&node_name("pcie", p.ecam.0))?;
         w.property_string("compatible", "pci-host-ecam-generic")?;

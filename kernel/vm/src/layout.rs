@@ -15,6 +15,10 @@ pub const UART_BASE: u64 = 0x0900_0000;
 pub const UART_SIZE: u64 = 0x1000;
 /// Its SPI (INTID 33, SPI 1), as on QEMU `virt`.
 pub const UART_SPI: u32 = 1;
+/// The real-time clock (an emulated PL031, as QEMU's virt has it).
+pub const RTC_BASE: u64 = 0x0901_0000;
+pub const RTC_SIZE: u64 = 0x1000;
+pub const RTC_SPI: u32 = 2;
 /// Vigil's MMIO test device, present only in test VMs.
 pub const TEST_DEVICE_BASE: u64 = 0x0a00_0000;
 pub const TEST_DEVICE_SIZE: u64 = 0x1000;

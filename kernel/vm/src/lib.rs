@@ -13,4 +13,5 @@ pub mod fdt;
 pub mod idregs;
 pub mod image;
 pub mod layout;
+pub mod pl031;
 pub mod psci;

@@ -221,3 +221,33 @@ fn typing_reaches_the_guest_shell_and_reboot_and_poweroff_work() {
         1
     );
 }
+
+/// Issue 19, item 8: the guest has a clock. Its PL031 (emulated per VM,
+/// counting from the host's) set Linux's time at boot: `date` is within a
+/// minute of the host's.
+#[test]
+fn the_guest_clock_follows_the_host() {
+    let run = boot(1, "clock,poweroff");
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let line = run
+        .lines_with("VIGIL-INIT: clock ")
+        .next()
+        .unwrap_or_else(|| panic!("no clock line:\n{}", run.log));
+    let mut words = line.split("VIGIL-INIT: clock ").nth(1).unwrap().split(' ');
+    let guest: i64 = words.next().and_then(|w| w.parse().ok()).unwrap();
+    assert!(
+        line.contains("rtc-pl031"),
+        "rtc0 is not the PL031: {line}\n{}",
+        run.log
+    );
+    // The run took at most its elapsed time since the guest read it.
+    let slack = run.elapsed.as_secs() as i64 + 60;
+    assert!(
+        (host - guest).abs() <= slack,
+        "guest clock {guest}, host {host} (allowed {slack} s apart)\n{}",
+        run.log
+    );
+}

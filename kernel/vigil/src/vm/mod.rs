@@ -9,6 +9,7 @@ mod debug;
 pub(crate) mod mmio;
 pub mod passthrough;
 mod pl011;
+pub mod rtc;
 mod stage2;
 mod switch;
 mod sysregs;
@@ -851,6 +852,11 @@ fn create(
     }
     let mut bus = MmioBus::default();
     bus.add(layout::UART_BASE, layout::UART_SIZE, uart);
+    bus.add(
+        layout::RTC_BASE,
+        layout::RTC_SIZE,
+        Box::leak(Box::new(rtc::Rtc::new())),
+    );
     bus.add(
         layout::GICD_BASE,
         layout::GICD_SIZE,
