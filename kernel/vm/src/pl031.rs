@@ -46,7 +46,7 @@ impl Pl031 {
             CR => 1, // started (RTCCR.RTCstart reads 1 once running)
             IMSC => self.imsc,
             RIS | MIS => 0,
-            0xfe0..=0xffc if off % 4 == 0 => ID[((off - 0xfe0) / 4) as usize],
+            0xfe0..=0xffc if off.is_multiple_of(4) => ID[((off - 0xfe0) / 4) as usize],
             _ => 0,
         }
     }
