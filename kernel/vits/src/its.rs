@@ -644,8 +644,10 @@ impl Vits {
             return kick;
         }
         let mut budget = self.cfg.slice.unwrap_or(u32::MAX);
-        self.unfinished
-            .store(false, core::sync::atomic::Ordering::Release);
+        if self.has_unfinished_commands() {
+            self.unfinished
+                .store(false, core::sync::atomic::Ordering::Release);
+        }
         while !q.stalled && q.creadr != q.cwriter {
             if budget == 0 {
                 // The rest waits for the next slice; CREADR shows how far
@@ -668,6 +670,12 @@ impl Vits {
                 *d = u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
             }
             let res = match Command::decode(dw) {
+                // The common case: a command that walks nothing, none
+                // half-done.
+                Ok(cmd) if q.walk.is_none() && !walks(&cmd) => {
+                    budget -= 1;
+                    self.execute(q, &cmd, mem, &mut kick).map(|()| true)
+                }
                 Ok(cmd) => self.step(q, &cmd, mem, &mut kick, &mut budget),
                 Err(op) => {
                     budget -= 1;
@@ -680,7 +688,9 @@ impl Vits {
                     .store(true, core::sync::atomic::Ordering::Release);
                 return kick;
             }
-            q.walk = None;
+            if q.walk.is_some() {
+                q.walk = None;
+            }
             if let Err(e) = res {
                 // The error policy: ignore the command and continue.
                 vigil_vgic::guest_warn!("vits: command at CREADR {:#x} ignored: {e:?}", q.creadr);
@@ -705,7 +715,10 @@ impl Vits {
         kick: &mut Kick,
         budget: &mut u32,
     ) -> Result<bool, CmdError> {
-        let walk = q.walk.take().filter(|w| w.creadr == q.creadr);
+        let walk = match q.walk.take() {
+            Some(w) if w.creadr == q.creadr => Some(w),
+            _ => None,
+        };
         let at = q.creadr;
         let max = (*budget).max(1);
         let (done, used, state) = match (*cmd, walk.map(|w| w.state)) {
@@ -1262,6 +1275,17 @@ fn merge_part(old: u64, value: u64, part: Part) -> u64 {
         Part::Low => (old & !0xffff_ffff) | (value & 0xffff_ffff),
         Part::High => (old & 0xffff_ffff) | (value << 32),
     }
+}
+
+/// Whether `cmd` may walk mappings (and so run in parts: `Vits::step`).
+fn walks(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Mapd { .. }
+            | Command::Mapc { .. }
+            | Command::Invall { .. }
+            | Command::Movall { .. }
+    )
 }
 
 /// The mappings of collection `icid` in (DeviceID, EventID) order after

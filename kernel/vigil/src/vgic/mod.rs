@@ -188,18 +188,17 @@ impl GuestTimer {
 /// The EL1 physical timer's PPI.
 pub const PTIMER_INTID: u32 = 30;
 
-/// Per timer, per physical CPU: whether its physical interrupt was left
-/// active for the guest to deactivate through its hardware-linked LR.
-static HELD: [[AtomicUsize; MAX_CPUS]; 2] =
-    [const { [const { AtomicUsize::new(0) }; MAX_CPUS] }; 2];
+/// Per physical CPU, one bit per timer (`1 << GuestTimer as usize`):
+/// whose physical interrupt was left active for the guest to deactivate
+/// through its hardware-linked LR.
+static HELD: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
 /// Per physical CPU: whether the last entry wrote any list register or
 /// maintenance request. If not, the exit has nothing to fold.
 static WROTE_LRS: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(1) }; MAX_CPUS];
-/// Per timer, per physical CPU: the timer line last given to the vGIC for
-/// the vCPU loaded here (0 unknown, 1 low, 2 high), so an unchanged line
-/// costs no vGIC lock.
-static LINE: [[AtomicUsize; MAX_CPUS]; 2] =
-    [const { [const { AtomicUsize::new(0) }; MAX_CPUS] }; 2];
+/// Per physical CPU: the timer lines last given to the vGIC for the vCPU
+/// loaded here, two bits per timer at `2 * GuestTimer as usize` (bit 0:
+/// known, bit 1: high; 0 unknown), so unchanged lines cost one compare.
+static LINES: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
 
 /// Virtual priority bits and list registers, from ICH_VTR_EL2. Every CPU.
 pub fn init_cpu() {
@@ -248,19 +247,36 @@ pub fn link_timers(g: &Vgic) {
 }
 
 /// Give the vGIC the live timers' lines for vCPU `v` (loaded here) where
-/// they changed. At every entry, and at every exit: a guest that masks its
-/// timer and then reads GICR_ISPENDR0 must see the level line low.
+/// they changed. At every entry, and before the guest reads the emulated
+/// distributor or redistributor: a guest that masks its timer and then
+/// reads GICR_ISPENDR0 must see the level line low.
+#[inline(always)]
 fn sample_timers(g: &Vgic, v: usize, cpu: usize) {
+    // Both lines in one word: the common case (nothing changed, nothing
+    // held) is two MRS, two loads and two compares, inline.
+    let line = |t: GuestTimer| (1 | (t.asserted() as usize) << 1) << (2 * t as usize);
+    let now = line(GuestTimer::Physical) | line(GuestTimer::Virtual);
+    if LINES[cpu].load(Ordering::Relaxed) != now || HELD[cpu].load(Ordering::Relaxed) != 0 {
+        timer_lines_changed(g, v, cpu, now);
+    }
+}
+
+#[inline(never)]
+fn timer_lines_changed(g: &Vgic, v: usize, cpu: usize, now: usize) {
+    let known = LINES[cpu].swap(now, Ordering::Relaxed);
     for t in GuestTimer::ALL {
-        let line = if t.asserted() { 2 } else { 1 };
-        if LINE[t as usize][cpu].swap(line, Ordering::Relaxed) != line {
-            g.set_line(v, t.intid(), line == 2);
+        let shift = 2 * t as usize;
+        if (known >> shift) & 3 != (now >> shift) & 3 {
+            g.set_line(v, t.intid(), (now >> shift) & 2 != 0);
         }
-        if HELD[t as usize][cpu].load(Ordering::Relaxed) != 0 && !g.in_flight(v, t.intid()) {
+    }
+    let held = HELD[cpu].load(Ordering::Relaxed);
+    for t in GuestTimer::ALL {
+        if held & (1 << t as usize) != 0 && !g.in_flight(v, t.intid()) {
             // The guest will never deactivate it now (the line dropped
-            // before it took it): release the physical interrupt ourselves.
+            // before it took it): release the physical interrupt.
             gic::deactivate(t.intid());
-            HELD[t as usize][cpu].store(0, Ordering::Relaxed);
+            HELD[cpu].fetch_and(!(1 << t as usize), Ordering::Relaxed);
         }
     }
 }
@@ -291,24 +307,22 @@ pub fn enter(g: &Vgic, v: usize) {
 /// previous one's timer lines.
 pub fn forget_loaded() {
     let cpu = crate::arch::cpu_index();
-    for t in GuestTimer::ALL {
-        LINE[t as usize][cpu].store(0, Ordering::Relaxed);
-    }
+    LINES[cpu].store(0, Ordering::Relaxed);
     WROTE_LRS[cpu].store(1, Ordering::Relaxed);
 }
 
 /// Timer `t`'s line of the vCPU loaded here is high (its physical
 /// interrupt fired).
 pub fn timer_line_high(g: &Vgic, v: usize, t: GuestTimer) {
-    LINE[t as usize][crate::arch::cpu_index()].store(2, Ordering::Relaxed);
+    let shift = 2 * t as usize;
+    LINES[crate::arch::cpu_index()].fetch_or(3 << shift, Ordering::Relaxed);
     let _ = g.set_line(v, t.intid(), true);
 }
 
-/// After an exit of vCPU `v`: sample its timers, read the list registers
-/// back and fold them into the software state. Returns the vCPUs to kick.
+/// After an exit of vCPU `v`: read the list registers back and fold them
+/// into the software state. Returns the vCPUs to kick.
 pub fn exit(g: &Vgic, v: usize) -> Kick {
     let cpu = crate::arch::cpu_index();
-    sample_timers(g, v, cpu);
     if WROTE_LRS[cpu].load(Ordering::Relaxed) == 0 {
         // Every LR was empty and no maintenance was asked for: the guest
         // cannot have changed anything (the fast path of most exits).
@@ -355,7 +369,7 @@ fn on_timer(intid: u32) {
     };
     let cpu = crate::arch::cpu_index();
     if crate::vm::timer_fired(t) {
-        HELD[t as usize][cpu].store(1, Ordering::Relaxed);
+        HELD[cpu].fetch_or(1 << t as usize, Ordering::Relaxed);
     } else {
         // No vCPU owns the timer here (its VM stopped): silence it.
         t.silence();
@@ -384,7 +398,14 @@ impl MmioDevice for GicdFrame {
 pub struct GicrFrames(pub VmGic);
 
 impl MmioDevice for GicrFrames {
-    fn read(&self, _ctx: &MmioCtx<'_>, offset: u64, width: u8) -> u64 {
+    fn read(&self, ctx: &MmioCtx<'_>, offset: u64, width: u8) -> u64 {
+        // GICR_ISPENDR0/ICPENDR0/ISACTIVER0/ICACTIVER0 show the PPIs'
+        // state (with ARE, only here): the reading vCPU's timer lines
+        // first (they are loaded here; other vCPUs' are as of their last
+        // entry).
+        if matches!(offset % vigil_vgic::GICR_STRIDE, 0x1_0200..=0x1_03ff) {
+            sample_timers(&self.0, ctx.vcpu, crate::arch::cpu_index());
+        }
         self.0.gicr_read(offset, width)
     }
 
@@ -398,8 +419,9 @@ impl MmioDevice for GicrFrames {
 /// timers raise their own).
 pub fn release_timers() {
     let cpu = crate::arch::cpu_index();
+    let held = HELD[cpu].swap(0, Ordering::Relaxed);
     for t in GuestTimer::ALL {
-        if HELD[t as usize][cpu].swap(0, Ordering::Relaxed) != 0 {
+        if held & (1 << t as usize) != 0 {
             gic::deactivate(t.intid());
         }
     }
