@@ -432,22 +432,25 @@ impl Vm {
 /// mixed bytes, which the emulation treats as untrusted input anyway.
 fn copy_from_guest(pa: u64, buf: &mut [u8]) {
     use core::sync::atomic::AtomicU8;
-    let mut i = 0;
-    while i < buf.len() {
-        let at = pa + i as u64;
-        if at.is_multiple_of(8) && buf.len() - i >= 8 {
-            // SAFETY: `at..at+8` is inside the VM's RAM (the caller checked
-            // the whole range), identity-mapped and 8-byte aligned; what
-            // may access it meanwhile is the guest, or this same kind of
-            // atomic read (images are written only while no vCPU runs).
-            let w = unsafe { AtomicU64::from_ptr(at as *mut u64) }.load(Ordering::Relaxed);
-            buf[i..i + 8].copy_from_slice(&w.to_ne_bytes());
-            i += 8;
-        } else {
-            // SAFETY: as above, one byte.
-            buf[i] = unsafe { AtomicU8::from_ptr(at as *mut u8) }.load(Ordering::Relaxed);
-            i += 1;
-        }
+    let whole = if pa.is_multiple_of(8) {
+        buf.len() & !7
+    } else {
+        0
+    };
+    let (words, rest) = buf.split_at_mut(whole);
+    for (k, chunk) in words.chunks_exact_mut(8).enumerate() {
+        // SAFETY: inside the VM's RAM (the caller checked the whole range),
+        // identity-mapped and 8-byte aligned; what may access it meanwhile
+        // is the guest, or this same kind of atomic read (images are
+        // written only while no vCPU runs).
+        let w =
+            unsafe { AtomicU64::from_ptr((pa + 8 * k as u64) as *mut u64) }.load(Ordering::Relaxed);
+        chunk.copy_from_slice(&w.to_ne_bytes());
+    }
+    let at = pa + whole as u64;
+    for (k, b) in rest.iter_mut().enumerate() {
+        // SAFETY: as above, one byte.
+        *b = unsafe { AtomicU8::from_ptr((at + k as u64) as *mut u8) }.load(Ordering::Relaxed);
     }
 }
 
