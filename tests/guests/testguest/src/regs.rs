@@ -5,7 +5,8 @@
 //! VMs with different seeds on one physical CPU), and check that nothing
 //! changed: a register leaking between VMs shows up as another seed's
 //! value. Its EL1 physical timer stays masked: a PPI 30 pending here
-//! would be another VM's.
+//! would be another VM's. Odd seeds keep an SGI active (running priority
+//! 0x80), even seeds must see none: active priorities are per VM.
 
 use vigil_guest::{fail, gic, println, report, BootInfo};
 
@@ -89,6 +90,8 @@ fn force(name: &str) -> u64 {
 }
 
 const PTIMER_PPI: u32 = 30;
+/// The SGI an odd-seeded VM keeps active.
+const HELD_SGI: u32 = 3;
 
 pub fn run(boot: &'static BootInfo) -> ! {
     let seed: u64 = boot
@@ -97,6 +100,26 @@ pub fn run(boot: &'static BootInfo) -> ! {
         .unwrap_or(1);
     gic::init_distributor();
     gic::init_cpu();
+    // Odd seeds hold an SGI active (acknowledged, not EOIed) through every
+    // round: their running priority is 0x80, from ICH_AP1R0 bit 16; even
+    // seeds must stay idle (0xff) on the same physical CPU.
+    let hold = seed % 2 == 1;
+    if hold {
+        gic::set_priority(HELD_SGI, 0x80);
+        gic::enable(HELD_SGI);
+        gic::send_sgi(HELD_SGI, vigil_guest::cpu::mpidr());
+        let ok = vigil_guest::cpu::wait_until(5_000_000, || {
+            let intid: u64;
+            // SAFETY: acknowledging with IRQs masked in PSTATE only makes
+            // the SGI active; this scenario EOIs it at the end.
+            unsafe { core::arch::asm!("mrs {}, S3_0_C12_C12_0", out(reg) intid) };
+            intid & 0xff_ffff == u64::from(HELD_SGI)
+        });
+        if !ok {
+            fail!(NAME, "SGI {HELD_SGI} to itself never became pending");
+        }
+    }
+    let want_rpr = if hold { 0x80 } else { 0xff };
     let mut sys_want = [0u64; 16];
     let mut sys_got = [0u64; 16];
     for round in 0..ROUNDS {
@@ -218,6 +241,18 @@ pub fn run(boot: &'static BootInfo) -> ! {
                 "round {round}: PPI {PTIMER_PPI} pending (GICR_ISPENDR0 {pending:#x}) though this VM's physical timer is masked"
             );
         }
+        let rpr = gic::running_priority() & 0xff;
+        if rpr != want_rpr {
+            fail!(
+                NAME,
+                "round {round}: running priority {rpr:#x}, expected {want_rpr:#x} (active priorities of another VM?)"
+            );
+        }
+    }
+    if hold {
+        // SAFETY: ends the SGI acknowledged above (EOImode 0: drop and
+        // deactivate).
+        unsafe { core::arch::asm!("msr S3_0_C12_C12_1, {}", in(reg) u64::from(HELD_SGI)) };
     }
     println!(
         "regs: {ROUNDS} rounds of {SPINS} spins: x0-x17, x20-x28, q0-q31, FPCR and {} EL1/EL0 system registers intact (seed {seed})",
