@@ -87,6 +87,7 @@ fn main(boot: &'static BootInfo) -> ! {
         "msi-stress" => passthrough::run(boot),
         "its-flood" => vits::flood(boot),
         "its-hog" => vits::hog(boot),
+        "its-orphan" => vits::orphan(boot),
         other => {
             println!("unknown scenario '{other}'");
             exit(1)

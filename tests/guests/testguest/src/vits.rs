@@ -1141,3 +1141,31 @@ pub fn hog(boot: &'static BootInfo) -> ! {
     );
     report::pass(NAME)
 }
+
+/// `its-orphan` (a VM with the PCIe bridge): MAPD of a device with 2^16
+/// events, more than the host has LPIs for, so the hypervisor's physical
+/// MAPD fails; then MAPTI, MOVI, CLEAR and DISCARD of one of its events
+/// and MAPD(V=0). The vITS runs them all (the guest's view is whole); the
+/// hypervisor must mirror none of them onto the physical ITS, which has no
+/// such device (the harness watches QEMU's ITS for complaints).
+pub fn orphan(boot: &'static BootInfo) -> ! {
+    const NAME: &str = "its-orphan";
+    const DEV: u32 = 0x10;
+    let mut s = Setup::new(NAME, boot, 2, 2);
+    let Some(itt) = s.mem.alloc(s.its.itt_bytes(16), 0x1_0000) else {
+        fail!(NAME, "no guest memory for the ITT");
+    };
+    let rd0 = s.rd[0];
+    let r = s.its.send_all(&[
+        ItsCommand::mapd(DEV, itt, 16, true),
+        ItsCommand::mapti(DEV, 1, gic::LPI_BASE + 5, 0),
+        ItsCommand::movi(DEV, 1, 1),
+        ItsCommand::clear(DEV, 1),
+        ItsCommand::discard(DEV, 1),
+        ItsCommand::mapd(DEV, 0, 1, false),
+        ItsCommand::sync(rd0),
+    ]);
+    s.check("commands", r);
+    println!("{NAME}: MAPD (2^16 events), MAPTI, MOVI, CLEAR, DISCARD, MAPD(V=0) of DeviceID {DEV:#x} completed");
+    report::pass(NAME)
+}
