@@ -1,12 +1,7 @@
 //! Calls to the firmware's PSCI (Arm DEN 0022) over SMC, the conduit QEMU
 //! offers at EL2.
 
-/// PSCI function IDs (DEN 0022, table 5.1), SMC64 where there is a choice.
-pub mod fid {
-    pub const PSCI_VERSION: u32 = 0x8400_0000;
-    pub const CPU_ON_64: u32 = 0xc400_0003;
-    pub const SYSTEM_OFF: u32 = 0x8400_0008;
-}
+use vigil_vm::psci::{fid, ret};
 
 /// PSCI return codes (DEN 0022, table 5.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,15 +21,15 @@ pub enum PsciError {
 impl PsciError {
     fn from_code(code: i64) -> Self {
         match code {
-            -1 => Self::NotSupported,
-            -2 => Self::InvalidParameters,
-            -3 => Self::Denied,
-            -4 => Self::AlreadyOn,
-            -5 => Self::OnPending,
-            -6 => Self::InternalFailure,
-            -7 => Self::NotPresent,
-            -8 => Self::Disabled,
-            -9 => Self::InvalidAddress,
+            ret::NOT_SUPPORTED => Self::NotSupported,
+            ret::INVALID_PARAMETERS => Self::InvalidParameters,
+            ret::DENIED => Self::Denied,
+            ret::ALREADY_ON => Self::AlreadyOn,
+            ret::ON_PENDING => Self::OnPending,
+            ret::INTERNAL_FAILURE => Self::InternalFailure,
+            ret::NOT_PRESENT => Self::NotPresent,
+            ret::DISABLED => Self::Disabled,
+            ret::INVALID_ADDRESS => Self::InvalidAddress,
             c => Self::Unknown(c),
         }
     }
@@ -63,7 +58,7 @@ fn smc(fid: u32, a1: u64, a2: u64, a3: u64) -> i64 {
 
 /// (major, minor)
 pub fn version() -> (u16, u16) {
-    let v = smc(fid::PSCI_VERSION, 0, 0, 0) as u32;
+    let v = smc(fid::VERSION, 0, 0, 0) as u32;
     ((v >> 16) as u16, v as u16)
 }
 

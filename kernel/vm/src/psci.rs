@@ -32,7 +32,51 @@ pub mod ret {
     pub const INVALID_PARAMETERS: i64 = -2;
     pub const DENIED: i64 = -3;
     pub const ALREADY_ON: i64 = -4;
+    pub const ON_PENDING: i64 = -5;
+    pub const INTERNAL_FAILURE: i64 = -6;
+    pub const NOT_PRESENT: i64 = -7;
+    pub const DISABLED: i64 = -8;
     pub const INVALID_ADDRESS: i64 = -9;
+}
+
+/// AFFINITY_INFO results (DEN 0022 §5.7.2).
+pub mod affinity {
+    pub const ON: i64 = 0;
+    pub const OFF: i64 = 1;
+    pub const ON_PENDING: i64 = 2;
+}
+
+/// Vigil's own hypercalls (SMCCC vendor-specific hypervisor service,
+/// owning entity 6: function IDs 0xC600_0000..).
+pub mod hypercall {
+    /// x1 = the status QEMU exits with when this VM powers off.
+    pub const EXIT_STATUS: u32 = 0xc600_0001;
+    /// Does nothing, returns 0: the cheapest round trip.
+    pub const NULL: u32 = 0xc600_0002;
+    /// Returns 0 after letting another vCPU of this physical CPU run, if
+    /// one is runnable (for measuring a vCPU switch).
+    pub const YIELD: u32 = 0xc600_0003;
+    /// Returns how many host LPIs are free (after reclaiming those no
+    /// handler can see any more): lets a passthrough test prove that
+    /// unmapping gave every one back.
+    pub const HOST_LPIS_FREE: u32 = 0xc600_0004;
+    /// Returns the calling VM's vGIC/vITS anomaly count (0 unless the
+    /// emulation has a bug): lets a scenario check itself.
+    pub const ANOMALIES: u32 = 0xc600_0005;
+}
+
+/// SMCCC (DEN 0028) calls Vigil answers besides PSCI, and the range PSCI
+/// owns.
+pub mod smccc {
+    pub const VERSION: u32 = 0x8000_0000;
+    pub const ARCH_FEATURES: u32 = 0x8000_0001;
+    /// NOT_SUPPORTED as an SMCCC return value.
+    pub const NOT_SUPPORTED: u64 = u64::MAX;
+    /// PSCI owns function numbers 0x00-0x1f of the standard secure
+    /// service, in both calling conventions (SMCCC table 6-4).
+    pub fn is_psci(fid: u32) -> bool {
+        fid & 0xbfff_ffe0 == super::fid::VERSION
+    }
 }
 
 /// PSCI 1.1.

@@ -118,27 +118,12 @@ fn wfx(_v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
 
 /// Vigil's own hypercalls (SMCCC vendor-specific hypervisor service,
 /// owning entity 6).
-pub mod hypercall {
-    /// x1 = the status QEMU exits with when this VM powers off.
-    pub const EXIT_STATUS: u32 = 0xc600_0001;
-    /// Does nothing, returns 0: the cheapest round trip.
-    pub const NULL: u32 = 0xc600_0002;
-    /// Returns 0 after letting another vCPU of this physical CPU run, if
-    /// one is runnable (for measuring a vCPU switch).
-    pub const YIELD: u32 = 0xc600_0003;
-    /// Returns how many host LPIs are free (after reclaiming those no
-    /// handler can see any more): lets a passthrough test prove that
-    /// unmapping gave every one back.
-    pub const HOST_LPIS_FREE: u32 = 0xc600_0004;
-    /// Returns the calling VM's vGIC/vITS anomaly count (0 unless the
-    /// emulation has a bug): lets a scenario check itself.
-    pub const ANOMALIES: u32 = 0xc600_0005;
-}
+pub use vigil_vm::psci::hypercall;
 
-/// SMCCC (DEN 0028) functions Vigil answers besides PSCI.
-const SMCCC_VERSION: u32 = 0x8000_0000;
-const SMCCC_ARCH_FEATURES: u32 = 0x8000_0001;
-const SMCCC_NOT_SUPPORTED: u64 = u64::MAX; // -1
+use vigil_vm::psci::smccc::{
+    self, ARCH_FEATURES as SMCCC_ARCH_FEATURES, NOT_SUPPORTED as SMCCC_NOT_SUPPORTED,
+    VERSION as SMCCC_VERSION,
+};
 
 fn hvc(v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
     // ELR already points after the HVC.
@@ -159,9 +144,7 @@ fn smc(v: &'static Vcpu, regs: &mut GuestRegs, _esr: Esr) -> Exit {
 /// An SMCCC call (function ID in w0).
 fn service_call(v: &'static Vcpu, regs: &mut GuestRegs) -> Exit {
     let fid = regs.x[0] as u32;
-    // PSCI owns function numbers 0x00-0x1f of the standard service, in
-    // both calling conventions (SMCCC table 6-4).
-    if fid & 0xbfff_ffe0 == 0x8400_0000 {
+    if smccc::is_psci(fid) {
         if let Some(outcome) = psci::call(v.vm, v.index, fid, regs.x[1], regs.x[2], regs.x[3]) {
             return psci_outcome(v, regs, outcome);
         }

@@ -2,30 +2,34 @@
 
 use crate::smccc;
 
-pub const PSCI_VERSION: u32 = 0x8400_0000;
-pub const CPU_SUSPEND_64: u32 = 0xC400_0001;
-pub const CPU_OFF: u32 = 0x8400_0002;
-pub const CPU_ON_64: u32 = 0xC400_0003;
-pub const AFFINITY_INFO_64: u32 = 0xC400_0004;
-pub const SYSTEM_OFF: u32 = 0x8400_0008;
-pub const SYSTEM_RESET: u32 = 0x8400_0009;
-pub const PSCI_FEATURES: u32 = 0x8400_000A;
+// The function IDs and codes are the hypervisor's own definitions
+// (vigil_vm::psci), under the names the tests use.
+use vigil_vm::psci::{affinity, fid, ret};
 
-pub const SUCCESS: i64 = 0;
-pub const NOT_SUPPORTED: i64 = -1;
-pub const INVALID_PARAMETERS: i64 = -2;
-pub const DENIED: i64 = -3;
-pub const ALREADY_ON: i64 = -4;
-pub const ON_PENDING: i64 = -5;
-pub const INTERNAL_FAILURE: i64 = -6;
-pub const NOT_PRESENT: i64 = -7;
-pub const DISABLED: i64 = -8;
-pub const INVALID_ADDRESS: i64 = -9;
+pub const PSCI_VERSION: u32 = fid::VERSION;
+pub const CPU_SUSPEND_64: u32 = fid::CPU_SUSPEND_64;
+pub const CPU_OFF: u32 = fid::CPU_OFF;
+pub const CPU_ON_64: u32 = fid::CPU_ON_64;
+pub const AFFINITY_INFO_64: u32 = fid::AFFINITY_INFO_64;
+pub const SYSTEM_OFF: u32 = fid::SYSTEM_OFF;
+pub const SYSTEM_RESET: u32 = fid::SYSTEM_RESET;
+pub const PSCI_FEATURES: u32 = fid::FEATURES;
+
+pub const SUCCESS: i64 = ret::SUCCESS;
+pub const NOT_SUPPORTED: i64 = ret::NOT_SUPPORTED;
+pub const INVALID_PARAMETERS: i64 = ret::INVALID_PARAMETERS;
+pub const DENIED: i64 = ret::DENIED;
+pub const ALREADY_ON: i64 = ret::ALREADY_ON;
+pub const ON_PENDING: i64 = ret::ON_PENDING;
+pub const INTERNAL_FAILURE: i64 = ret::INTERNAL_FAILURE;
+pub const NOT_PRESENT: i64 = ret::NOT_PRESENT;
+pub const DISABLED: i64 = ret::DISABLED;
+pub const INVALID_ADDRESS: i64 = ret::INVALID_ADDRESS;
 
 /// AFFINITY_INFO results.
-pub const AFFINITY_ON: i64 = 0;
-pub const AFFINITY_OFF: i64 = 1;
-pub const AFFINITY_ON_PENDING: i64 = 2;
+pub const AFFINITY_ON: i64 = affinity::ON;
+pub const AFFINITY_OFF: i64 = affinity::OFF;
+pub const AFFINITY_ON_PENDING: i64 = affinity::ON_PENDING;
 
 /// A PSCI return code's name, for log lines.
 pub fn error_name(code: i64) -> &'static str {

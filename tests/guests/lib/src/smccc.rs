@@ -1,4 +1,5 @@
-//! SMCCC calls over HVC #0 and Vigil's own hypercalls.
+//! SMCCC calls over HVC #0 and Vigil's own hypercalls (their IDs are
+//! `vigil_vm::psci::hypercall`'s).
 //!
 //! Under Vigil every HVC returns (an unknown function gives -1). On bare
 //! QEMU `virt` without EL2 (PSCI conduit HVC), QEMU 10 answers every HVC
@@ -9,16 +10,17 @@
 //! [`NOT_SUPPORTED`], so the library works in all three cases.
 
 use core::arch::asm;
+pub use vigil_vm::psci::hypercall;
 
 use crate::exceptions::{expect_exception, Exception};
 
 /// SMCCC/PSCI NOT_SUPPORTED.
-pub const NOT_SUPPORTED: i64 = -1;
+pub const NOT_SUPPORTED: i64 = vigil_vm::psci::ret::NOT_SUPPORTED;
 
 /// Vigil: x1 = the status QEMU exits with when this VM powers off.
-pub const VIGIL_EXIT_STATUS: u32 = 0xC600_0001;
+pub const VIGIL_EXIT_STATUS: u32 = hypercall::EXIT_STATUS;
 /// Vigil: does nothing, returns 0.
-pub const VIGIL_NULL: u32 = 0xC600_0002;
+pub const VIGIL_NULL: u32 = hypercall::NULL;
 
 /// `hvc #0` with x0 = `function`, x1..x3 = `args`; returns x0, or the
 /// exception if the HVC itself trapped (UNDEF: nothing at EL2 handles it).
@@ -76,7 +78,7 @@ pub fn vigil_exit_status(status: u64) -> Result<u64, Exception> {
 
 /// Vigil: returns how many host LPIs are free on the physical ITS (0
 /// without one), after giving back those no handler can still use.
-pub const VIGIL_HOST_LPIS_FREE: u32 = 0xC600_0004;
+pub const VIGIL_HOST_LPIS_FREE: u32 = hypercall::HOST_LPIS_FREE;
 
 /// VIGIL_HOST_LPIS_FREE: the free host LPIs on the physical ITS.
 pub fn vigil_host_lpis_free() -> Result<u64, Exception> {
@@ -85,7 +87,7 @@ pub fn vigil_host_lpis_free() -> Result<u64, Exception> {
 
 /// Vigil: returns the calling VM's vGIC/vITS anomaly count (emulation
 /// states that must never occur; 0 unless Vigil has a bug).
-pub const VIGIL_ANOMALIES: u32 = 0xC600_0005;
+pub const VIGIL_ANOMALIES: u32 = hypercall::ANOMALIES;
 
 /// VIGIL_ANOMALIES, or None where Vigil does not answer it.
 pub fn vigil_anomalies() -> Option<u64> {

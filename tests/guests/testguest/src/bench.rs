@@ -32,7 +32,7 @@ const BENCH: &str = "bench";
 const YIELD: &str = "bench-yield";
 /// Vigil: returns after letting another runnable vCPU of this physical CPU
 /// run.
-const VIGIL_YIELD: u32 = 0xC600_0003;
+const VIGIL_YIELD: u32 = vigil_guest::smccc::hypercall::YIELD;
 /// Iterations of each row.
 const ITERS: u64 = 1000;
 /// Batches of the its_cmd row.
