@@ -17,7 +17,7 @@ use vigil_gic::regs::{self, baser, GitsRegs, GitsTyper, Shareability};
 
 use crate::arch;
 use crate::arch::mmu::clean_to_poc;
-use crate::mmio::Mmio;
+use crate::regblock::RegBlock;
 
 /// Size of the command queue: 2048 commands.
 const QUEUE_SIZE: u64 = 64 * 1024;
@@ -90,7 +90,7 @@ pub struct Its {
     /// Physical address of the control frame (the translation frame,
     /// with GITS_TRANSLATER, is the next 64 KiB).
     base: u64,
-    regs: Mmio<GitsRegs>,
+    regs: RegBlock<GitsRegs>,
     typer: GitsTyper,
     queue: Mutex<Queue>,
     devices: DeviceTable,
@@ -171,7 +171,7 @@ fn setup_baser(
 pub fn init(base: u64, cpus: usize, force_flat: bool) -> Result<&'static Its, ItsError> {
     // SAFETY: `base` is the ITS frame from the device tree, mapped as
     // device memory for the hypervisor's lifetime.
-    let regs = unsafe { Mmio::<GitsRegs>::new(base) };
+    let regs = unsafe { RegBlock::<GitsRegs>::new(base) };
     let r: &GitsRegs = &regs;
     let typer = GitsTyper(r.typer.get());
     if !typer.physical() {

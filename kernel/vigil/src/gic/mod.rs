@@ -16,7 +16,7 @@ use vigil_gic::{LPI_BASE, SPURIOUS};
 use vigil_platform::{CpuList, GicInfo, MAX_CPUS};
 
 use crate::arch::{self, sysreg};
-use crate::mmio::Mmio;
+use crate::regblock::RegBlock;
 
 /// Default priority of host interrupts (lower is more urgent).
 pub const DEFAULT_PRIORITY: u8 = 0xa0;
@@ -101,7 +101,7 @@ fn wait_gicd_rwp(gicd: &GicdRegs) -> Result<(), GicError> {
 pub fn init(info: GicInfo, cpus: &CpuList) -> Result<(), GicError> {
     // SAFETY: the distributor frame from the device tree, mapped as
     // device memory for the hypervisor's lifetime.
-    let gicd = unsafe { Mmio::<GicdRegs>::new(info.gicd.base) };
+    let gicd = unsafe { RegBlock::<GicdRegs>::new(info.gicd.base) };
     let arch_rev = (gicd.pidr2.get() >> 4) & 0xf;
     if arch_rev != 3 && arch_rev != 4 {
         return Err(GicError::NotGicV3(gicd.pidr2.get()));

@@ -9,7 +9,7 @@
 //! the VM's vGIC; LPI injection (`raise`) takes routes and vGIC only.
 
 use alloc::sync::Arc;
-use vigil_vits::{Kick, TranslateError, Vits, VitsConfig};
+use vigil_vits::{Kick, Vits, VitsConfig};
 
 use crate::vgic::VmGic;
 use crate::vm::mmio::{MmioCtx, MmioDevice};
@@ -47,14 +47,4 @@ impl MmioDevice for ItsFrames {
     fn write(&self, ctx: &MmioCtx<'_>, offset: u64, width: u8, value: u64) -> Kick {
         self.0.mmio_write(offset, width, value, ctx.mem)
     }
-}
-
-/// Raise the vLPI that (device, event) maps to in VM `vm`'s ITS, as a
-/// device's MSI would, from any CPU; kicks the target vCPU. Errors are
-/// what the architecture drops silently (unmapped device or event).
-#[allow(dead_code)] // the seam for passthrough devices and paravirtual services
-pub fn raise(vm: usize, its: &Vits, device: u32, event: u32) -> Result<(), TranslateError> {
-    let kick = its.translate(device, event)?;
-    crate::vm::kick_vm(vm, kick);
-    Ok(())
 }

@@ -87,7 +87,6 @@ pub struct Vm {
     pub gic: VmGic,
     /// The VM's virtual ITS (its frames are on `bus`; the hypervisor
     /// raises device LPIs through it).
-    #[allow(dead_code)] // read by passthrough and paravirtual devices
     pub its: crate::vits::VmIts,
     /// Running, resetting or stopped (see [`VmState`]).
     state: AtomicU8,

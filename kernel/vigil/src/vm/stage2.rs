@@ -58,7 +58,6 @@ impl Stage2Tables {
     }
 
     /// Map device MMIO straight through (passthrough).
-    #[allow(dead_code)] // used by PCIe passthrough
     pub fn map_device(&mut self, ipa: u64, pa: u64, size: u64) -> Result<(), MapError> {
         self.map(ipa, pa, size, DEVICE)
     }

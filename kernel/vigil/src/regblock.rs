@@ -1,16 +1,18 @@
-//! A handle on a memory-mapped register block that can live in statics.
+//! A handle on a device's memory-mapped register block that can live in
+//! statics (the physical GIC and ITS). Not to be confused with `vm::mmio`,
+//! the bus of emulated devices a guest's MMIO traps reach.
 
 use core::marker::PhantomData;
 use core::ops::Deref;
 
 /// A register block of type `T` (a tock-registers struct) at a fixed
 /// device address.
-pub struct Mmio<T> {
+pub struct RegBlock<T> {
     addr: usize,
     _regs: PhantomData<*const T>,
 }
 
-impl<T> Mmio<T> {
+impl<T> RegBlock<T> {
     /// # Safety
     /// `addr` must be the base of a `T` register block, mapped as device
     /// memory for as long as the handle is used.
@@ -22,7 +24,7 @@ impl<T> Mmio<T> {
     }
 }
 
-impl<T> Deref for Mmio<T> {
+impl<T> Deref for RegBlock<T> {
     type Target = T;
 
     fn deref(&self) -> &T {
@@ -34,6 +36,6 @@ impl<T> Deref for Mmio<T> {
 // SAFETY: the block is device memory accessed only through volatile
 // register accessors; the device serialises concurrent accesses, and
 // drivers lock where an access sequence must be atomic.
-unsafe impl<T> Sync for Mmio<T> {}
+unsafe impl<T> Sync for RegBlock<T> {}
 // SAFETY: as above; the handle is just an address.
-unsafe impl<T> Send for Mmio<T> {}
+unsafe impl<T> Send for RegBlock<T> {}
