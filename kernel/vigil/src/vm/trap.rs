@@ -17,6 +17,7 @@ use super::{Vcpu, STATUS_GUEST_FAULT};
 use crate::arch::exceptions::{ec_name, VectorKind};
 use crate::arch::sysreg;
 use crate::gic;
+use aarch64_cpu::registers::HCR_EL2;
 
 /// HCR_EL2 while a guest runs (Arm ARM D24.2.48): stage 2 on (VM), set/way
 /// invalidation as clean+invalidate (SWIO), physical IRQ/FIQ/SError to EL2
@@ -24,20 +25,20 @@ use crate::gic;
 /// shareable), trap WFI (TWI), SMC (TSC), implementation-defined registers
 /// (TIDCP) and ID registers (TID3), EL1 is AArch64 (RW), pointer
 /// authentication not trapped (API/APK).
-pub const HCR_GUEST: u64 = (1 << 0)
-    | (1 << 1)
-    | (1 << 3)
-    | (1 << 4)
-    | (1 << 5)
-    | (1 << 9)
-    | (1 << 10)
-    | (1 << 13)
-    | (1 << 18)
-    | (1 << 19)
-    | (1 << 20)
-    | (1 << 31)
-    | (1 << 40)
-    | (1 << 41);
+pub const HCR_GUEST: u64 = HCR_EL2::VM::Enable.value
+    | HCR_EL2::SWIO::SET.value
+    | HCR_EL2::FMO::EnableVirtualFIQ.value
+    | HCR_EL2::IMO::EnableVirtualIRQ.value
+    | HCR_EL2::AMO::SET.value
+    | HCR_EL2::FB::SET.value
+    | HCR_EL2::BSU::InnerShareable.value
+    | HCR_EL2::TWI::SET.value
+    | HCR_EL2::TID3::SET.value
+    | HCR_EL2::TSC::SET.value
+    | HCR_EL2::TIDCP::SET.value
+    | HCR_EL2::RW::EL1IsAarch64.value
+    | HCR_EL2::APK::DisableTrapPointerAuthKeyRegsToEl2.value
+    | HCR_EL2::API::DisableTrapPointerAuthInstToEl2.value;
 
 /// What the run loop does next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
