@@ -27,7 +27,15 @@ const DEVICE: S2 = S2::VALID
 /// level 0), inner-shareable write-back walks, 4 KiB granule, PS 48-bit,
 /// RES1 bit 31.
 pub fn vtcr() -> u64 {
-    (1 << 31) | (5 << 16) | (3 << 12) | (1 << 10) | (1 << 8) | (2 << 6) | 16
+    use aarch64_cpu::registers::VTCR_EL2;
+    VTCR_EL2::RES1::SET.value
+        | VTCR_EL2::PS::PA_48B_256TB.value
+        | VTCR_EL2::TG0::Granule4KB.value
+        | VTCR_EL2::SH0::Inner.value
+        | VTCR_EL2::ORGN0::NormalWBRAWA.value
+        | VTCR_EL2::IRGN0::NormalWBRAWA.value
+        | VTCR_EL2::SL0::Granule4KBLevel0.value
+        | VTCR_EL2::T0SZ.val(16).value
 }
 
 pub struct Stage2Tables {
