@@ -186,7 +186,7 @@ fn dma_attack_is_confined_by_the_smmu() {
                 .named("victim")
                 .mem_mib(64)
                 .pcpus(&[1])
-                .bootargs("vigil.guest=dma-canary vigil.dma.wait_ms=8000"),
+                .bootargs("vigil.guest=dma-canary vigil.dma.wait_ms=12000"),
         )
         .qemu_arg("-device")
         .qemu_arg("edu,dma_mask=0xffffffffffff")
@@ -199,7 +199,7 @@ fn dma_attack_is_confined_by_the_smmu() {
         "[attacker] guest: dma-attack: DMA write and read of an unmapped IPA at 0x20000000: blocked",
         "[attacker] guest: dma-attack: DMA within its own RAM (0x42800000 -> buffer -> 0x42802000): copied",
         "[attacker] guest: dma-attack: PASS",
-        "[victim] guest: dma-canary: canary page at 0x63000000 intact after 8000 ms",
+        "[victim] guest: dma-canary: canary page at 0x63000000 intact after 12000 ms",
         "[victim] guest: dma-canary: PASS",
         "DMA canary: Vigil's page at 0x50000000 intact",
     ])
