@@ -16,25 +16,11 @@ use shuttle::thread;
 use vigil_vits::hostlpi::{HostRoutes, Route};
 use vigil_vits::{Command, Mirror};
 
-fn hook(contended: bool) {
-    if shuttle::current::try_get_current_task().is_none() {
-        return;
-    }
-    if contended {
-        thread::yield_now();
-    } else {
-        AtomicBool::new(false).load(Ordering::SeqCst);
-    }
-}
-
 const ITERS: usize = 400;
 
+/// Run `f` under shuttle (see `common::explore`).
 fn explore(f: impl Fn() + Send + Sync + 'static) {
-    vigil_vgic::sync::set_yield_hook(hook);
-    let f = Arc::new(f);
-    let g = f.clone();
-    shuttle::check_random(move || f(), ITERS);
-    shuttle::check_pct(move || g(), ITERS, 3);
+    common::explore(ITERS, f);
 }
 
 /// The one host LPI of these tests.
@@ -132,6 +118,24 @@ fn take_host_lpi(r: &Rig, routes: &HostRoutes, phys: &Phys) {
     routes.end_ack(CPU);
 }
 
+/// Device 1's event 0 mapped to LPI0 and its host LPI raised (pending),
+/// then taken on CPU `CPU` while `guest` runs commands on this thread:
+/// what vCPU 0 then takes (the vGIC stays consistent).
+fn race_pending_host_lpi(guest: impl FnOnce(&Rig)) -> Vec<u32> {
+    let (r, routes, phys) = rig();
+    r.mapd(1, 3);
+    r.mapti(1, 0, LPI0, 0);
+    // The device raises its MSI: a host LPI for this mapping.
+    phys.pending.store(true, Ordering::SeqCst);
+    let (r2, rt2, p2) = (r.clone(), routes.clone(), phys.clone());
+    let cpu = thread::spawn(move || take_host_lpi(&r2, &rt2, &p2));
+    guest(&r);
+    cpu.join().unwrap();
+    let got = r.drain(0);
+    assert_eq!(r.vgic.lock().anomalies(), 0);
+    got
+}
+
 /// (H1, H2) A host LPI raised for (DeviceID 1, EventID 0) is being taken
 /// while the guest runs `DISCARD; MAPTI` of the same event to another
 /// vINTID: it may reach the old mapping (before the DISCARD), never the
@@ -142,22 +146,14 @@ fn take_host_lpi(r: &Rig, routes: &HostRoutes, phys: &Phys) {
 #[test]
 fn host_lpi_taken_across_discard_mapti_never_reaches_the_new_mapping() {
     explore(|| {
-        let (r, routes, phys) = rig();
-        r.mapd(1, 3);
-        r.mapti(1, 0, LPI0, 0);
-        // The device raises its MSI: a host LPI for the old mapping.
-        phys.pending.store(true, Ordering::SeqCst);
-        let (r2, rt2, p2) = (r.clone(), routes.clone(), phys.clone());
-        let cpu = thread::spawn(move || take_host_lpi(&r2, &rt2, &p2));
-        r.discard(1, 0);
-        r.mapti(1, 0, LPI0 + 1, 0);
-        cpu.join().unwrap();
-        let got = r.drain(0);
+        let got = race_pending_host_lpi(|r| {
+            r.discard(1, 0);
+            r.mapti(1, 0, LPI0 + 1, 0);
+        });
         assert!(
             !got.contains(&(LPI0 + 1)),
             "the old mapping's host LPI was raised through the new one: {got:?}"
         );
-        assert_eq!(r.vgic.lock().anomalies(), 0);
     });
 }
 
@@ -170,27 +166,20 @@ fn host_lpi_taken_across_discard_mapti_never_reaches_the_new_mapping() {
 #[test]
 fn host_lpi_of_an_unmapped_device_never_reaches_the_device_reusing_its_block() {
     explore(|| {
-        let (r, routes, phys) = rig();
-        r.mapd(1, 3);
-        r.mapti(1, 0, LPI0, 0);
-        phys.pending.store(true, Ordering::SeqCst);
-        let (r2, rt2, p2) = (r.clone(), routes.clone(), phys.clone());
-        let cpu = thread::spawn(move || take_host_lpi(&r2, &rt2, &p2));
-        r.cmd(Command::Mapd {
-            device: 1,
-            size: 3,
-            itt_addr: 0,
-            valid: false,
+        let got = race_pending_host_lpi(|r| {
+            r.cmd(Command::Mapd {
+                device: 1,
+                size: 3,
+                itt_addr: 0,
+                valid: false,
+            });
+            r.mapd(2, 3);
+            r.mapti(2, 0, LPI0 + 1, 0);
         });
-        r.mapd(2, 3);
-        r.mapti(2, 0, LPI0 + 1, 0);
-        cpu.join().unwrap();
-        let got = r.drain(0);
         assert!(
             !got.contains(&(LPI0 + 1)),
             "device 1's host LPI reached device 2's mapping: {got:?}"
         );
-        assert_eq!(r.vgic.lock().anomalies(), 0);
     });
 }
 

@@ -14,29 +14,11 @@ use shuttle::thread;
 use vigil_vgic::sim::SimCpu;
 use vigil_vits::{Command, TranslateError};
 
-/// The scheduling hook of `vigil_vgic::sync`: inside a shuttle execution,
-/// every lock acquisition is a scheduling point (a shuttle atomic access),
-/// and spinning on a held lock yields to the holder.
-fn hook(contended: bool) {
-    if shuttle::current::try_get_current_task().is_none() {
-        return;
-    }
-    if contended {
-        thread::yield_now();
-    } else {
-        AtomicBool::new(false).load(Ordering::SeqCst);
-    }
-}
-
 const ITERS: usize = 300;
 
-/// Run `f` under shuttle with both the random and the PCT scheduler.
+/// Run `f` under shuttle (see `common::explore`).
 fn explore(f: impl Fn() + Send + Sync + 'static) {
-    vigil_vgic::sync::set_yield_hook(hook);
-    let f = Arc::new(f);
-    let g = f.clone();
-    shuttle::check_random(move || f(), ITERS);
-    shuttle::check_pct(move || g(), ITERS, 3);
+    common::explore(ITERS, f);
 }
 
 fn wait(flag: &AtomicBool) {

@@ -531,31 +531,29 @@ pub fn set_uart_line(vm: usize, level: bool) -> Kick {
     }
 }
 
+/// The vCPU whose state is loaded on this CPU, if any.
+fn loaded() -> Option<&'static Vcpu> {
+    let loaded = LOADED[arch::cpu_index()].load(Ordering::Relaxed);
+    // SAFETY: LOADED only holds 0 or addresses of leaked, never-freed
+    // vCPUs.
+    (loaded != 0).then(|| unsafe { &*(loaded as *const Vcpu) })
+}
+
 /// Guest timer `t`'s physical interrupt fired on this CPU: raise the
 /// virtual one of the vCPU loaded here. Returns whether one is loaded.
 pub fn timer_fired(t: vgic_glue::GuestTimer) -> bool {
-    let loaded = LOADED[arch::cpu_index()].load(Ordering::Relaxed);
-    if loaded == 0 {
-        return false;
+    match loaded() {
+        Some(v) if !v.vm.is_stopped() => {
+            vgic_glue::timer_line_high(&v.vm.gic, v.index, t);
+            true
+        }
+        _ => false,
     }
-    // SAFETY: LOADED only holds addresses of leaked, never-freed vCPUs.
-    let v: &Vcpu = unsafe { &*(loaded as *const Vcpu) };
-    if v.vm.is_stopped() {
-        return false;
-    }
-    vgic_glue::timer_line_high(&v.vm.gic, v.index, t);
-    true
 }
 
 /// The VM whose trap runs on this CPU, to charge a guest-caused warning to.
 fn warning_context() -> Option<log_limit::Context> {
-    let loaded = LOADED[arch::cpu_index()].load(Ordering::Relaxed);
-    if loaded == 0 {
-        return None;
-    }
-    // SAFETY: LOADED only holds addresses of leaked, never-freed vCPUs.
-    let v: &'static Vcpu = unsafe { &*(loaded as *const Vcpu) };
-    Some((v.vm.name, &v.vm.log_limit))
+    loaded().map(|v| (v.vm.name, &v.vm.log_limit))
 }
 
 /// Why a VM could not be built.

@@ -223,3 +223,29 @@ impl Rig {
             .write(PROP_TABLE + u64::from(intid - LPI0), &[byte]);
     }
 }
+
+/// The scheduling hook of `vigil_vgic::sync` for the shuttle tests: inside
+/// a shuttle execution, every lock acquisition is a scheduling point (a
+/// shuttle atomic access), and spinning on a held lock yields to the
+/// holder.
+fn shuttle_hook(contended: bool) {
+    use shuttle::sync::atomic::{AtomicBool, Ordering};
+    if shuttle::current::try_get_current_task().is_none() {
+        return;
+    }
+    if contended {
+        shuttle::thread::yield_now();
+    } else {
+        AtomicBool::new(false).load(Ordering::SeqCst);
+    }
+}
+
+/// Run `f` under shuttle, `iters` times with the random and with the PCT
+/// scheduler.
+pub fn explore(iters: usize, f: impl Fn() + Send + Sync + 'static) {
+    vigil_vgic::sync::set_yield_hook(shuttle_hook);
+    let f = Arc::new(f);
+    let g = f.clone();
+    shuttle::check_random(move || f(), iters);
+    shuttle::check_pct(move || g(), iters, 3);
+}

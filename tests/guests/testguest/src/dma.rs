@@ -18,6 +18,8 @@
 
 use vigil_guest::{cpu, ensure, fail, mmio, println, report, BootInfo};
 
+use vigil_guest::its::{mem_read64, mem_write64};
+
 use crate::passthrough::setup_edu_for;
 
 const ATTACK: &str = "dma-attack";
@@ -36,16 +38,6 @@ pub const CANARY_OFFSET: u64 = 48 << 20;
 
 fn canary_word(i: u64) -> u64 {
     0xc0de_ca4a_0000_0000 | i
-}
-
-fn rd(a: u64) -> u64 {
-    // SAFETY: `a` is guest RAM this scenario owns (above the image).
-    unsafe { core::ptr::read_volatile(a as *const u64) }
-}
-
-fn wr(a: u64, v: u64) {
-    // SAFETY: as in `rd`.
-    unsafe { core::ptr::write_volatile(a as *mut u64, v) }
 }
 
 struct Edu(u64);
@@ -86,12 +78,12 @@ impl Edu {
 
 fn fill(at: u64, tag: u64) {
     for i in 0..LEN / 8 {
-        wr(at + 8 * i, tag ^ i);
+        mem_write64(at + 8 * i, tag ^ i);
     }
 }
 
 fn holds(at: u64, tag: u64) -> bool {
-    (0..LEN / 8).all(|i| rd(at + 8 * i) == tag ^ i)
+    (0..LEN / 8).all(|i| mem_read64(at + 8 * i) == tag ^ i)
 }
 
 pub fn attack(boot: &'static BootInfo) -> ! {
@@ -126,12 +118,12 @@ pub fn attack(boot: &'static BootInfo) -> ! {
         edu.load(target);
         fill(probe, 0x5a5a_5a5a_5a5a_5a5a);
         edu.store(probe);
-        let zeros = (0..LEN / 8).all(|i| rd(probe + 8 * i) == 0);
+        let zeros = (0..LEN / 8).all(|i| mem_read64(probe + 8 * i) == 0);
         ensure!(
             ATTACK,
             zeros || holds(probe, MINE),
             "DMA read of {what} at {target:#x} brought data (first word {:#x})",
-            rd(probe)
+            mem_read64(probe)
         );
         println!("{ATTACK}: DMA write and read of {what} at {target:#x}: blocked");
     }
@@ -145,7 +137,7 @@ pub fn attack(boot: &'static BootInfo) -> ! {
         ATTACK,
         holds(copy, OWN),
         "DMA within its own RAM ({pattern:#x} -> {copy:#x}) did not copy (first word {:#x})",
-        rd(copy)
+        mem_read64(copy)
     );
     println!("{ATTACK}: DMA within its own RAM ({pattern:#x} -> buffer -> {copy:#x}): copied");
     report::pass(ATTACK)
@@ -159,12 +151,12 @@ pub fn canary(boot: &'static BootInfo) -> ! {
     let at = boot.ram.start + CANARY_OFFSET;
     ensure!(CANARY, at + 0x1000 <= boot.ram.end, "needs 49 MiB of RAM");
     for i in 0..512 {
-        wr(at + 8 * i, canary_word(i));
+        mem_write64(at + 8 * i, canary_word(i));
     }
     println!("{CANARY}: canary page at {at:#x}, checked in {wait_ms} ms");
     cpu::wait_until(wait_ms * 1000, || false);
     let bad = (0..512)
-        .filter(|&i| rd(at + 8 * i) != canary_word(i))
+        .filter(|&i| mem_read64(at + 8 * i) != canary_word(i))
         .count();
     ensure!(
         CANARY,
