@@ -104,6 +104,26 @@ sysreg_unsafe_set!(
      take the host's interrupts. Follow with an ISB before the guest runs."
 );
 sysreg!(
+    /// MDCCINT_EL1 (debug communications channel interrupts).
+    read_mdccint, write_mdccint, "S2_0_C0_C2_0"
+);
+sysreg!(
+    /// OSLAR_EL1 (write 1 to set the OS lock, 0 to clear it).
+    _read_oslar, write_oslar, "S2_0_C1_C0_4"
+);
+sysreg!(
+    /// OSLSR_EL1 (bit 1: the OS lock is set).
+    read_oslsr, _write_oslsr, "S2_0_C1_C1_4"
+);
+sysreg!(
+    /// DBGCLAIMCLR_EL1 (reads the claim tags; writing 1s clears them).
+    read_claimclr, write_claimclr, "S2_0_C7_C9_6"
+);
+sysreg!(
+    /// DBGCLAIMSET_EL1 (writing 1s sets claim tags).
+    _read_claimset, write_claimset, "S2_0_C7_C8_6"
+);
+sysreg!(
     /// MDCR_EL2: what of the PMU and debug EL1 may reach.
     mdcr_el2, set_mdcr_el2, "mdcr_el2"
 );

@@ -75,29 +75,6 @@ indexed!(read_bcr, write_bcr, "5"; 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
 indexed!(read_wvr, write_wvr, "6"; 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 indexed!(read_wcr, write_wcr, "7"; 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 
-macro_rules! one {
-    ($read:ident, $write:ident, $enc:literal) => {
-        #[allow(dead_code)]
-        fn $read() -> u64 {
-            let v: u64;
-            // SAFETY: reading a debug register from EL2 has no side effects.
-            unsafe { core::arch::asm!(concat!("mrs {}, ", $enc), out(reg) v, options(nomem, nostack)) };
-            v
-        }
-        #[allow(dead_code)]
-        fn $write(v: u64) {
-            // SAFETY: as for the indexed debug registers.
-            unsafe { core::arch::asm!(concat!("msr ", $enc, ", {}"), in(reg) v, options(nomem, nostack)) };
-        }
-    };
-}
-
-one!(read_mdccint, write_mdccint, "S2_0_C0_C2_0");
-one!(_read_oslar, write_oslar, "S2_0_C1_C0_4");
-one!(read_oslsr, _write_oslsr, "S2_0_C1_C1_4");
-one!(read_claimclr, write_claimclr, "S2_0_C7_C9_6");
-one!(_read_claimset, write_claimset, "S2_0_C7_C8_6");
-
 /// OSLSR_EL1.OSLK.
 const OSLK: u64 = 1 << 1;
 
@@ -137,9 +114,9 @@ impl DebugRegs {
             self.wvr[n] = read_wvr(n);
             self.wcr[n] = read_wcr(n);
         }
-        self.mdccint = read_mdccint();
-        self.claim = read_claimclr() & 0xff;
-        self.os_lock = read_oslsr() & OSLK != 0;
+        self.mdccint = sysreg::read_mdccint();
+        self.claim = sysreg::read_claimclr() & 0xff;
+        self.os_lock = sysreg::read_oslsr() & OSLK != 0;
     }
 
     fn restore(&self) {
@@ -151,10 +128,10 @@ impl DebugRegs {
             write_wvr(n, self.wvr[n]);
             write_wcr(n, self.wcr[n]);
         }
-        write_mdccint(self.mdccint);
-        write_claimclr(0xff);
-        write_claimset(self.claim);
-        write_oslar(self.os_lock as u64);
+        sysreg::write_mdccint(self.mdccint);
+        sysreg::write_claimclr(0xff);
+        sysreg::write_claimset(self.claim);
+        sysreg::write_oslar(self.os_lock as u64);
     }
 }
 

@@ -72,6 +72,8 @@ struct VcpuState {
 
 /// A virtual machine.
 pub struct Vm {
+    /// Its index in the descriptions (VM_BY_ID).
+    id: usize,
     pub name: &'static str,
     /// Guest RAM: IPA and the host-physical address backing it.
     pub ram_ipa: u64,
@@ -158,13 +160,6 @@ pub enum VmState {
 const RESET_ACK_MS: u64 = 2000;
 
 impl Vm {
-    /// This VM's id (its index in the description).
-    fn id(&self) -> usize {
-        (0..count())
-            .find(|&i| vm_by_id(i).is_some_and(|v| core::ptr::eq(v, self)))
-            .unwrap_or(0)
-    }
-
     pub fn vcpus(&self) -> &[&'static Vcpu] {
         self.vcpus.get().map_or(&[], |v| v.as_slice())
     }
@@ -386,7 +381,7 @@ impl Vm {
         self.gic.reset();
         vgic_glue::link_timers(&self.gic);
         if let Some(dma) = &self.dma {
-            if let Err(e) = dma.assign(self.id()) {
+            if let Err(e) = dma.assign(self.id) {
                 self.stop(format_args!("reset: SMMU: {e}"), STATUS_GUEST_FAULT);
                 return;
             }
@@ -900,6 +895,7 @@ fn create(
     }
 
     let vm: &'static Vm = Box::leak(Box::new(Vm {
+        id,
         name: d.name,
         ram_ipa: ipa,
         ram_pa: pa,
