@@ -80,7 +80,10 @@ register_structs! {
         (0x0010 => _reserved0),
         (0x0080 => pub cbaser: ReadWrite<u64>),
         (0x0088 => pub cwriter: ReadWrite<u64>),
-        (0x0090 => pub creadr: ReadOnly<u64>),
+        // Read-only in the architecture; QEMU accepts writes when
+        // GICD_CTLR.DS is 1, and keeps Stalled until one (see the ITS
+        // driver's stall recovery).
+        (0x0090 => pub creadr: ReadWrite<u64>),
         (0x0098 => _reserved1),
         (0x0100 => pub baser: [ReadWrite<u64>; 8]),
         (0x0140 => _reserved2),

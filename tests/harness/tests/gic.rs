@@ -82,6 +82,26 @@ fn command_queue_wraps_at_least_twice() {
     assert!(wraps >= 2, "{line}");
 }
 
+/// A stalled physical ITS (a MAPTI it cannot write) is reported once and
+/// recovered: the commands after the stalled one, and the next batch, run.
+#[test]
+fn stalled_its_queue_is_recovered() {
+    let run = Qemu::scenario("its-stall")
+        .expect_error("replaced by a SYNC and retried: the queue runs again")
+        .run();
+    run.check(&[
+        "its-stall: stall recovered; the commands after it ran",
+        "ktest: its-stall: PASS",
+    ])
+    .unwrap();
+    assert_eq!(
+        run.lines_with("ITS stalled at command offset").count(),
+        1,
+        "{}",
+        run.log
+    );
+}
+
 #[test]
 fn bad_its_option_is_one_clear_error() {
     let run = Qemu::new("vigil.its=deep").run();

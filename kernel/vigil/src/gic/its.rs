@@ -297,12 +297,27 @@ impl Its {
     /// the command it stopped at is replaced by a SYNC to this CPU's
     /// redistributor (always valid) and the queue is restarted with
     /// GITS_CWRITER.Retry (IHI 0069 §6.3.3, "Command errors"), so the
-    /// commands after it, and every later caller, still run. The stall is
-    /// returned as the error of the batch that hit it.
+    /// commands after it, and every later caller, still run. A later
+    /// command of the batch may stall in turn; each is recovered the same
+    /// way. The first stall is returned as the error of the batch.
+    ///
+    /// QEMU's ITS ignores Retry: it resumes on any CWRITER write but keeps
+    /// Stalled set, clearing it only when CREADR is written (which it
+    /// allows with GICD_CTLR.DS == 1; the write is ignored where CREADR is
+    /// read-only, as the architecture has it). So a stall is a Stalled bit
+    /// with commands still unread, and once the queue is through, a Stalled
+    /// bit left over is cleared by writing CREADR.
     fn check_stalled(&self, q: &Queue) -> Result<(), ItsError> {
-        let creadr = self.regs.creadr.get();
-        if creadr & 1 != 0 {
-            let offset = creadr & OFFSET_MASK;
+        let target = q.cwriter;
+        let mut first = None;
+        // Each round skips one command, so a batch cannot loop for longer
+        // than the queue holds.
+        for _ in 0..q.ring.capacity() {
+            let c = self.regs.creadr.get();
+            let offset = c & OFFSET_MASK;
+            if c & 1 == 0 || offset == target {
+                break;
+            }
             let at = q.base + offset;
             let mut command = [0u64; 4];
             for (i, w) in command.iter_mut().enumerate() {
@@ -320,27 +335,34 @@ impl Its {
             }
             // SAFETY: a barrier only orders memory accesses.
             unsafe { core::arch::asm!("dsb ishst", options(nostack)) };
-            self.regs.cwriter.set(q.cwriter | 1);
-            let target = q.cwriter;
-            let resumed = arch::wait_until(ITS_TIMEOUT_MS, || {
+            self.regs.cwriter.set(target | 1);
+            arch::wait_until(ITS_TIMEOUT_MS, || {
                 let c = self.regs.creadr.get();
-                c & 1 != 0 || c & OFFSET_MASK == target
+                c & OFFSET_MASK == target || (c & 1 != 0 && c & OFFSET_MASK != offset)
             });
-            log::error!(
-                "ITS stalled at command offset {offset:#x} ({:#018x} {:#018x} {:#018x} {:#018x}); replaced by a SYNC and retried: {}",
-                command[0],
-                command[1],
-                command[2],
-                command[3],
-                if resumed && self.regs.creadr.get() & 1 == 0 {
-                    "the queue runs again"
-                } else {
-                    "the queue is still stuck"
-                }
-            );
-            return Err(ItsError::Stalled { offset, command });
+            first.get_or_insert((offset, command));
         }
-        Ok(())
+        let c = self.regs.creadr.get();
+        if c & 1 != 0 && c & OFFSET_MASK == target {
+            self.regs.creadr.set(target);
+        }
+        let Some((offset, command)) = first else {
+            return Ok(());
+        };
+        let c = self.regs.creadr.get();
+        log::error!(
+            "ITS stalled at command offset {offset:#x} ({:#018x} {:#018x} {:#018x} {:#018x}); replaced by a SYNC and retried: {}",
+            command[0],
+            command[1],
+            command[2],
+            command[3],
+            if c & 1 == 0 && c & OFFSET_MASK == target {
+                "the queue runs again"
+            } else {
+                "the queue is still stuck"
+            }
+        );
+        Err(ItsError::Stalled { offset, command })
     }
 
     /// Queue `cmds` plus a SYNC, and wait until the ITS has consumed them

@@ -8,7 +8,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use vigil_gic::its_cmd::ItsCommand;
 use vigil_platform::{Platform, MAX_CPUS};
 
-use crate::gic::its::{self, Its};
+use crate::gic::its::{self, Its, ItsError};
 use crate::{arch, gic, timer};
 
 /// SGIs the tests use: 0..=7 travel the ring, 8 asks a CPU to broadcast
@@ -417,4 +417,45 @@ pub fn its_wrap(_: &Platform<'_>) -> Result<(), &'static str> {
         return Err("the queue did not wrap twice");
     }
     Ok(())
+}
+
+/// A physical address no RAM or device backs (bit 51: above every region of
+/// QEMU's `virt`), where an ITS write fails.
+const UNBACKED: u64 = 1 << 51;
+
+/// A stalled physical command queue is recovered (IHI 0069 §6.3.3,
+/// "Command errors": the ITS stops at the command, sets GITS_CREADR.Stalled
+/// and resumes on a GITS_CWRITER write with Retry). A MAPTI into an ITT in
+/// unbacked memory makes QEMU's ITS stall (it cannot write the ITE). The
+/// batch that hit it gets `ItsError::Stalled`; the command after it in that
+/// batch, and the next batch, still run, and their LPI is delivered.
+pub fn its_stall(_: &Platform<'_>) -> Result<(), &'static str> {
+    const BAD: u32 = DEV + 1;
+    let its = its_or_err()?;
+    let base = lpi_setup(its)?;
+    let dev = its.map_device(DEV, 6).map_err(|_| "MAPD failed")?;
+    let bad = its.map_device(BAD, 6).map_err(|_| "MAPD failed")?;
+    run(its, &[ItsCommand::mapti(DEV, 0, base, 0)])?;
+    // BAD's ITT moves to memory the ITS cannot write.
+    run(its, &[ItsCommand::mapd(BAD, UNBACKED, 6, true)])?;
+    match its.run(&[
+        ItsCommand::mapti(BAD, 1, base + 1, 0),
+        ItsCommand::int(DEV, 0),
+    ]) {
+        Err(ItsError::Stalled { command, .. }) if command[0] & 0xff == 0x0a => {}
+        Err(e) => {
+            log::error!("its-stall: {e}");
+            return Err("the stall was reported as another error");
+        }
+        Ok(()) => return Err("the MAPTI into unbacked memory did not stall the ITS"),
+    }
+    // The INT queued behind the stalled MAPTI ran after the Retry...
+    expect_count(0, 1)?;
+    // ...and so does the next caller's batch.
+    run(its, &[ItsCommand::int(DEV, 0)])?;
+    expect_count(0, 2)?;
+    log::info!("its-stall: stall recovered; the commands after it ran");
+    its.unmap_device(bad).map_err(|_| "MAPD(V=0) failed")?;
+    its.unmap_device(dev).map_err(|_| "MAPD(V=0) failed")?;
+    lpi_teardown(its, base)
 }

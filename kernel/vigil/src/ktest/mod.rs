@@ -22,6 +22,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("lpi", gic::lpi),
     ("lpi-storm", gic::lpi_storm),
     ("its-wrap", gic::its_wrap),
+    ("its-stall", gic::its_stall),
     ("data-abort", data_abort),
     ("panic", deliberate_panic),
     ("fail", deliberate_failure),
