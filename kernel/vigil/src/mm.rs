@@ -14,6 +14,12 @@ static HEAP: LockedHeap<32> = LockedHeap::empty();
 /// RAM and device tables come from frames directly.
 pub const HEAP_SIZE: u64 = 64 << 20;
 
+/// Bytes of the heap allocated now (what the allocator handed out,
+/// rounded to its block sizes).
+pub fn heap_in_use() -> usize {
+    HEAP.lock().stats_alloc_actual()
+}
+
 static FRAMES: Mutex<Option<FrameAllocator<'static>>> = Mutex::new(None);
 
 extern "C" {

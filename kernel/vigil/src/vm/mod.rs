@@ -1041,7 +1041,62 @@ fn vm_stopped() {
         EXITS.load(Ordering::Relaxed),
         SWITCHES.load(Ordering::Relaxed)
     );
+    release_all();
     exit::exit(status);
+}
+
+/// Heap in use once every VM was created, before any ran.
+static HEAP_AT_START: AtomicUsize = AtomicUsize::new(0);
+/// Host LPIs free at the same moment.
+static HOST_LPIS_AT_START: AtomicU32 = AtomicU32::new(0);
+
+fn host_lpis_free() -> u32 {
+    passthrough::free_host_lpis()
+}
+
+/// Give back what the guests made Vigil allocate (vITS devices, ITTs and
+/// mappings, vGIC state, host LPIs), putting every VM's interrupt state
+/// back as it was created, as a reset does, and log whether the heap is
+/// back where it was before any VM ran: a difference is memory a
+/// guest made Vigil allocate and never free. Runs on the CPU of the last
+/// VM's stop, once the other CPUs' vCPUs are out (this CPU's own, if it
+/// stopped its VM from a trap, holds no vGIC or vITS lock there).
+fn release_all() {
+    let me = arch::cpu_index();
+    let out = arch::wait_until(2_000, || {
+        (0..count())
+            .filter_map(vm_by_id)
+            .flat_map(|vm| vm.vcpus().iter())
+            .all(|v| v.pcpu == me || !v.running.load(Ordering::SeqCst))
+    });
+    if !out {
+        log::warn!("exit: vCPUs still in their guests after 2 s; interrupt state not released");
+        return;
+    }
+    for vm in (0..count()).filter_map(vm_by_id) {
+        // Back to the state it was created in, as a reset does (the vITS
+        // first: its mappings feed the vGIC).
+        vm.its.reset();
+        vm.gic.reset();
+        vgic_glue::link_timers(&vm.gic);
+    }
+    virtio::release_all();
+    // Host LPIs first: counting them reclaims the quarantine, whose list
+    // is heap too.
+    let (lpis, lpis0) = (host_lpis_free(), HOST_LPIS_AT_START.load(Ordering::Relaxed));
+    let (heap, heap0) = (
+        crate::mm::heap_in_use(),
+        HEAP_AT_START.load(Ordering::Relaxed),
+    );
+    if heap != heap0 || lpis != lpis0 {
+        log::error!(
+            "exit: every VM's vITS and vGIC state released, but heap in use {heap} bytes ({heap0} before the VMs ran) and {lpis} host LPIs free ({lpis0} before): a leak"
+        );
+    } else {
+        log::info!(
+            "exit: every VM's vITS and vGIC state released; heap back to {heap} bytes in use, {lpis} host LPIs free, as before the VMs ran"
+        );
+    }
 }
 
 /// How many VMs exist.
@@ -1279,6 +1334,8 @@ pub fn started() -> bool {
 
 /// Let every CPU into [`schedule`].
 pub fn start(online: usize) {
+    HEAP_AT_START.store(crate::mm::heap_in_use(), Ordering::Relaxed);
+    HOST_LPIS_AT_START.store(host_lpis_free(), Ordering::Relaxed);
     crate::timer::set_hook(on_tick);
     STARTED.store(true, Ordering::Release);
     for cpu in 0..online {

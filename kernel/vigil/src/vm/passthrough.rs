@@ -225,8 +225,17 @@ impl Mirror for PhysMirror {
 
     fn unmap_device(&self, device: u32) {
         let Some(its) = its::get() else { return };
-        let Some(d) = self.devices.lock().remove(&device) else {
-            return;
+        let d = {
+            let mut devices = self.devices.lock();
+            let Some(d) = devices.remove(&device) else {
+                return;
+            };
+            // An empty BTreeMap keeps its root node; a VM without devices
+            // holds no heap (the exit's leak check counts every byte).
+            if devices.is_empty() {
+                *devices = BTreeMap::new();
+            }
+            d
         };
         // DISCARD every event (which also clears a pending host LPI at the
         // redistributor; MAPD(V=0) alone leaves those), unmap the device

@@ -98,6 +98,16 @@ pub fn create_links(pairs: &[(usize, usize, u64)]) {
     });
 }
 
+/// Every link back to its state at creation (at Vigil's exit, once no VM
+/// runs): what the guests made it allocate is given back.
+pub fn release_all() {
+    for l in links() {
+        let mut s = l.state.lock();
+        s.transport = None;
+        s.reset_unread = false;
+    }
+}
+
 impl Link {
     /// The window BAR 2 spans (the client's RAM rounded up to a power of
     /// two), for the service's device tree.
