@@ -13,6 +13,7 @@ mod blksvc;
 mod debug;
 mod dma;
 mod echo;
+mod hostile;
 mod isolation;
 mod mmio;
 mod passthrough;
@@ -59,6 +60,7 @@ fn main(boot: &'static BootInfo) -> ! {
         "blk-service" => blksvc::run(boot),
         "virtio-hostile" => vhostile::run(boot),
         "echo" => echo::run(boot),
+        "hostile" => hostile::run(boot),
         "psci" => psci::run(boot),
         "mmio" => mmio::run(boot),
         "mmio-ram" => mmio::run_on_ram(boot),
