@@ -165,16 +165,14 @@ impl Vm {
     }
 
     /// Make the vCPUs in `vcpus` look at their interrupts: their CPUs
-    /// leave the guest, or wake from WFI.
+    /// leave the guest, or wake from WFI. One SGI write per cluster of
+    /// target CPUs; vCPUs sharing a CPU kick it once.
     pub fn kick(&self, vcpus: Kick) {
         if vcpus.is_empty() {
             return;
         }
-        for i in vcpus.iter() {
-            if let Some(v) = self.vcpus().get(i) {
-                kick(v.pcpu);
-            }
-        }
+        let all = self.vcpus();
+        kick_cpus(vcpus.iter().filter_map(|i| all.get(i)).map(|v| v.pcpu));
     }
 
     pub fn state(&self) -> VmState {
@@ -273,8 +271,8 @@ impl Vm {
     fn power_off_vcpus(&self) {
         for v in self.vcpus() {
             v.power.set_off();
-            kick(v.pcpu);
         }
+        kick_cpus(self.vcpus().iter().map(|v| v.pcpu));
     }
 }
 
@@ -500,6 +498,12 @@ fn kick(pcpu: usize) {
         return;
     }
     gic::send_sgi(SGI_KICK, pcpu);
+}
+
+/// [`kick`] for several CPUs at once (this one left out).
+fn kick_cpus(pcpus: impl Iterator<Item = usize>) {
+    let me = arch::cpu_index();
+    gic::send_sgi_to(SGI_KICK, pcpus.filter(|&p| p != me));
 }
 
 fn on_kick(_intid: u32) {}
@@ -1278,12 +1282,12 @@ pub fn started() -> bool {
 }
 
 /// Let every CPU into [`schedule`].
-pub fn start(online: usize) {
+pub fn start() {
     crate::timer::set_hook(on_tick);
     STARTED.store(true, Ordering::Release);
-    for cpu in 0..online {
-        kick(cpu);
-    }
+    // Every other CPU at once (IRM = 1): one write however many there
+    // are.
+    gic::broadcast_sgi(SGI_KICK);
 }
 
 /// The scheduler loop of every physical CPU once VMs exist. Interrupts
