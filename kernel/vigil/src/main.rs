@@ -190,8 +190,13 @@ extern "C" fn kmain() -> ! {
     arch::sysreg::irq_enable();
 
     smp::announce();
+    let started = arch::counter();
     let online = smp::start_secondaries(&platform.cpus, 0);
-    log::info!("{online} of {} CPUs online", platform.cpus.len());
+    log::info!(
+        "{online} of {} CPUs online, in {} ms",
+        platform.cpus.len(),
+        (arch::counter() - started) * 1000 / arch::counter_freq()
+    );
 
     if let Some(name) = args.get("vigil.test") {
         ktest::run(name, &platform);
