@@ -20,7 +20,7 @@ pub fn to_cpu(intid: u8, mpidr: u64) -> u64 {
 }
 
 /// Most groups [`to_cpus`] holds before it writes.
-pub const MAX_GROUPS: usize = 64;
+pub const MAX_GROUPS: usize = 16;
 
 /// Send SGI `intid` to every CPU in `targets` (MPIDR_EL1 values): call
 /// `write` with one ICC_SGI1R_EL1 value per group of targets that share

@@ -168,11 +168,22 @@ impl Vm {
     /// leave the guest, or wake from WFI. One SGI write per cluster of
     /// target CPUs; vCPUs sharing a CPU kick it once.
     pub fn kick(&self, vcpus: Kick) {
+        // Every exit comes here, nearly always with nothing to kick.
         if vcpus.is_empty() {
             return;
         }
         let all = self.vcpus();
-        kick_cpus(vcpus.iter().filter_map(|i| all.get(i)).map(|v| v.pcpu));
+        let mut two = vcpus.iter();
+        match (two.next(), two.next()) {
+            (None, _) => {}
+            // The usual case (a unicast IPI, an LPI): no grouping to do.
+            (Some(i), None) => {
+                if let Some(v) = all.get(i) {
+                    kick(v.pcpu);
+                }
+            }
+            _ => kick_cpus(vcpus.iter().filter_map(|i| all.get(i)).map(|v| v.pcpu)),
+        }
     }
 
     pub fn state(&self) -> VmState {
