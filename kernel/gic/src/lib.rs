@@ -11,6 +11,7 @@
 pub mod its_cmd;
 pub mod lpi;
 pub mod queue;
+pub mod redist;
 pub mod regs;
 pub mod sgi;
 

@@ -27,6 +27,10 @@
 //! ```
 
 use crate::{Region, MAX_CPUS};
+
+/// Most vCPUs a VM has (the virtual GIC's and the vCPU bookkeeping's
+/// limit; distinct from the physical [`MAX_CPUS`]).
+pub const MAX_VCPUS: usize = 8;
 use alloc::vec::Vec;
 
 /// One VM to create at boot.
@@ -35,8 +39,9 @@ pub struct DomainConfig<'a> {
     pub name: &'a str,
     pub memory: u64,
     pub cpus: usize,
-    /// Physical CPU of each vCPU (vCPU i runs on `pcpus[i]`).
-    pub pcpus: [u8; MAX_CPUS],
+    /// Physical CPU of each vCPU (vCPU i runs on `pcpus[i]`), each below
+    /// [`MAX_CPUS`].
+    pub pcpus: [u16; MAX_VCPUS],
     pub identity_map: bool,
     pub test_device: bool,
     /// Give it the host's PCIe bridge (its devices' DMA confined by the
@@ -70,7 +75,7 @@ impl core::fmt::Display for DomainError<'_> {
         match self {
             Self::NoKernel(n) => write!(f, "VM {n}: no multiboot,kernel module"),
             Self::BadMemory(n) => write!(f, "VM {n}: memory must be <hi lo> KiB, at least 2 MiB"),
-            Self::BadCpus(n) => write!(f, "VM {n}: cpus must be 1..={MAX_CPUS}"),
+            Self::BadCpus(n) => write!(f, "VM {n}: cpus must be 1..={MAX_VCPUS}"),
             Self::BadPcpus(n) => {
                 write!(f, "VM {n}: vigil,pcpus must list one physical CPU per vCPU")
             }
@@ -105,9 +110,9 @@ fn parse<'a>(node: fdt::node::FdtNode<'_, 'a>) -> Result<DomainConfig<'a>, Domai
     let cpus = node
         .property("cpus")
         .and_then(|p| p.as_usize())
-        .filter(|&c| (1..=MAX_CPUS).contains(&c))
+        .filter(|&c| (1..=MAX_VCPUS).contains(&c))
         .ok_or(DomainError::BadCpus(name))?;
-    let mut pcpus = [0u8; MAX_CPUS];
+    let mut pcpus = [0u16; MAX_VCPUS];
     match node.property("vigil,pcpus") {
         Some(p) => {
             let list: &[u8] = p.value;
@@ -118,12 +123,12 @@ fn parse<'a>(node: fdt::node::FdtNode<'_, 'a>) -> Result<DomainConfig<'a>, Domai
                 if v as usize >= MAX_CPUS {
                     return Err(DomainError::BadPcpus(name));
                 }
-                *slot = v as u8;
+                *slot = v as u16;
             }
         }
         None => {
             for (i, slot) in pcpus.iter_mut().enumerate().take(cpus) {
-                *slot = i as u8;
+                *slot = i as u16;
             }
         }
     }

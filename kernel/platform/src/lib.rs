@@ -14,13 +14,21 @@ mod domains;
 pub mod pcie;
 
 pub use bootargs::BootArgs;
-pub use domains::{domains, for_each_domain, DomainConfig, DomainError, MAX_VMS};
+pub use domains::{domains, for_each_domain, DomainConfig, DomainError, MAX_VCPUS, MAX_VMS};
 
 use core::fmt;
 
-/// Most CPUs Vigil manages. QEMU's `virt` board with GICv3 allows more, but
-/// per-CPU stacks are reserved statically for this many.
-pub const MAX_CPUS: usize = 8;
+/// Most physical CPUs Vigil manages: QEMU `virt`'s limit with GICv3. A
+/// compile-time cap as Linux's NR_CPUS is: it sizes only small per-CPU
+/// arrays of atomics (8 bytes a CPU each) and the CPU list parsed here
+/// before the heap exists; the large per-CPU data (stacks, the `PerCpu`
+/// records, LPI pending tables) is allocated at boot for the CPUs the
+/// device tree lists. Guests' vCPUs have their own limit, [`MAX_VCPUS`].
+pub const MAX_CPUS: usize = 512;
+
+/// Most redistributor regions taken from `#redistributor-regions`
+/// (QEMU `virt` uses two once the low region's 123 are not enough).
+pub const MAX_GICR_REGIONS: usize = 8;
 
 /// A physical address range `[base, base + size)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +59,9 @@ pub enum PsciConduit {
     Hvc,
 }
 
-/// Fixed-capacity list of CPU MPIDR affinity values, in device-tree order.
+/// Fixed-capacity list of CPU MPIDR affinity values, in device-tree order,
+/// no two with the same affinity. Fixed capacity because it is parsed
+/// before the heap exists (4 KiB at [`MAX_CPUS`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuList {
     mpidr: [u64; MAX_CPUS],
@@ -87,7 +97,20 @@ impl CpuList {
         &self.mpidr[..self.len]
     }
 
+    /// Two CPUs with the same affinity fields, if any. Sorts a copy: O(n
+    /// log n), no allocation.
+    fn duplicate(&self) -> Option<u64> {
+        let mut affs = [0u64; MAX_CPUS];
+        let affs = &mut affs[..self.len];
+        for (a, &m) in affs.iter_mut().zip(self.as_slice()) {
+            *a = m & MPIDR_AFFINITY_MASK;
+        }
+        affs.sort_unstable();
+        affs.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+    }
+
     /// Logical index of the CPU whose MPIDR affinity fields equal `mpidr`'s.
+    /// A linear search (used once, for the boot CPU).
     pub fn index_of(&self, mpidr: u64) -> Option<usize> {
         let want = mpidr & MPIDR_AFFINITY_MASK;
         self.as_slice()
@@ -109,10 +132,38 @@ pub const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GicInfo {
     pub gicd: Region,
-    /// The first redistributor region (QEMU `virt` has one contiguous region).
-    pub gicr: Region,
+    /// The redistributor regions, in device-tree order: `reg` entries 1 to
+    /// `#redistributor-regions` (Linux binding arm,gic-v3). QEMU `virt`
+    /// adds a high region at 256 GiB for CPUs past the low one's 123.
+    gicr: [Region; MAX_GICR_REGIONS],
+    gicr_count: usize,
+    /// `redistributor-stride`, when the tree gives one (padding between
+    /// redistributors); else each is as large as its frames.
+    pub gicr_stride: Option<u64>,
     /// The ITS control frame and translation frame (128 KiB), when present.
     pub its: Option<Region>,
+}
+
+impl GicInfo {
+    pub fn new(gicd: Region, gicr: &[Region], its: Option<Region>) -> Result<Self, Error> {
+        let mut info = Self {
+            gicd,
+            gicr: [Region::new(0, 0); MAX_GICR_REGIONS],
+            gicr_count: gicr.len(),
+            gicr_stride: None,
+            its,
+        };
+        info.gicr
+            .get_mut(..gicr.len())
+            .ok_or(Error::TooManyGicrRegions)?
+            .copy_from_slice(gicr);
+        Ok(info)
+    }
+
+    /// Every redistributor region.
+    pub fn redistributor_regions(&self) -> &[Region] {
+        &self.gicr[..self.gicr_count]
+    }
 }
 
 /// An SMMUv3 (`arm,smmu-v3`): its registers and its wired interrupts as
@@ -162,7 +213,14 @@ pub enum Error {
     NoMemory,
     NoCpus,
     TooManyCpus,
+    /// Two CPUs with this MPIDR affinity.
+    DuplicateCpu(u64),
     NoGicV3,
+    /// `#redistributor-regions` is 0, above [`MAX_GICR_REGIONS`], or more
+    /// than `reg` holds.
+    TooManyGicrRegions,
+    /// `redistributor-stride` is not a non-zero multiple of 64 KiB.
+    BadGicrStride,
     MissingReg(&'static str),
     NoUart,
     BadPsciMethod,
@@ -177,6 +235,14 @@ impl fmt::Display for Error {
             Error::NoMemory => write!(f, "device tree has no /memory region"),
             Error::NoCpus => write!(f, "device tree has no CPUs under /cpus"),
             Error::TooManyCpus => write!(f, "more than {MAX_CPUS} CPUs in the device tree"),
+            Error::DuplicateCpu(m) => write!(f, "two CPUs in the device tree have MPIDR {m:#x}"),
+            Error::TooManyGicrRegions => write!(
+                f,
+                "GIC #redistributor-regions must be 1..={MAX_GICR_REGIONS} and match its reg"
+            ),
+            Error::BadGicrStride => {
+                write!(f, "GIC redistributor-stride is not a multiple of 64 KiB")
+            }
             Error::NoGicV3 => write!(f, "no arm,gic-v3 interrupt controller in the device tree"),
             Error::MissingReg(what) => write!(f, "{what} node has no usable reg property"),
             Error::NoUart => write!(f, "no arm,pl011 UART in the device tree"),
@@ -248,14 +314,11 @@ pub fn discover(dtb: &[u8]) -> Result<Platform<'_>, Error> {
     if cpus.is_empty() {
         return Err(Error::NoCpus);
     }
+    if let Some(m) = cpus.duplicate() {
+        return Err(Error::DuplicateCpu(m));
+    }
 
-    let gic_node = fdt.find_compatible(&["arm,gic-v3"]).ok_or(Error::NoGicV3)?;
-    let gicd = reg_n(gic_node, 0, "GIC distributor")?;
-    let gicr = reg_n(gic_node, 1, "GIC redistributor")?;
-    let its = match fdt.find_compatible(&["arm,gic-v3-its"]) {
-        Some(n) => Some(reg_n(n, 0, "GIC ITS")?),
-        None => None,
-    };
+    let gic = discover_gic(&fdt)?;
 
     // Prefer the console /chosen names; fall back to the first PL011.
     let chosen = find_path(&fdt, "/chosen");
@@ -297,7 +360,7 @@ pub fn discover(dtb: &[u8]) -> Result<Platform<'_>, Error> {
     Ok(Platform {
         memory,
         cpus,
-        gic: GicInfo { gicd, gicr, its },
+        gic,
         uart,
         uart_irq,
         psci,
@@ -309,6 +372,36 @@ pub fn discover(dtb: &[u8]) -> Result<Platform<'_>, Error> {
             .and_then(|n| reg_n(n, 0, "pl031").ok()),
         bootargs,
     })
+}
+
+/// The GICv3 node: the distributor, then `#redistributor-regions` (default
+/// 1) redistributor regions in `reg`; the ITS child, if any.
+fn discover_gic(fdt: &fdt::Fdt<'_>) -> Result<GicInfo, Error> {
+    let node = fdt.find_compatible(&["arm,gic-v3"]).ok_or(Error::NoGicV3)?;
+    let gicd = reg_n(node, 0, "GIC distributor")?;
+    let count = match node.property("#redistributor-regions") {
+        None => 1,
+        Some(p) => p.as_usize().ok_or(Error::TooManyGicrRegions)?,
+    };
+    if count == 0 || count > MAX_GICR_REGIONS {
+        return Err(Error::TooManyGicrRegions);
+    }
+    let mut gicr = [Region::new(0, 0); MAX_GICR_REGIONS];
+    for (i, r) in gicr.iter_mut().enumerate().take(count) {
+        *r = reg_n(node, 1 + i, "GIC redistributor")?;
+    }
+    let its = match fdt.find_compatible(&["arm,gic-v3-its"]) {
+        Some(n) => Some(reg_n(n, 0, "GIC ITS")?),
+        None => None,
+    };
+    let mut info = GicInfo::new(gicd, &gicr[..count], its)?;
+    if let Some(p) = node.property("redistributor-stride") {
+        let stride = cells_value(p.value)
+            .filter(|&s| s != 0 && s % 0x1_0000 == 0)
+            .ok_or(Error::BadGicrStride)?;
+        info.gicr_stride = Some(stride);
+    }
+    Ok(info)
 }
 
 /// The first `arm,smmu-v3` node: registers, and the SPIs named "eventq"

@@ -6,7 +6,13 @@ use vm_fdt::FdtWriter;
 
 /// Options for building a QEMU `virt`-shaped device tree.
 struct Tree {
-    cpus: Vec<u32>,
+    /// MPIDRs; `reg` takes two cells if any has Aff3, as QEMU writes it.
+    cpus: Vec<u64>,
+    /// Redistributor regions; `#redistributor-regions` is written when
+    /// there is more than one, or when `gicr_count` says so.
+    gicr: Vec<(u64, u64)>,
+    gicr_count: Option<u32>,
+    gicr_stride: Option<u64>,
     with_its: bool,
     with_gic: bool,
     with_memory: bool,
@@ -20,6 +26,9 @@ impl Default for Tree {
     fn default() -> Self {
         Self {
             cpus: std::vec![0, 1, 2, 3],
+            gicr: std::vec![(0x080a_0000, 0xf6_0000)],
+            gicr_count: None,
+            gicr_stride: None,
             with_its: true,
             with_gic: true,
             with_memory: true,
@@ -53,13 +62,20 @@ impl Tree {
         }
 
         let cpus = w.begin_node("cpus").unwrap();
-        w.property_u32("#address-cells", 1).unwrap();
+        let two_cells = self.cpus.iter().any(|&m| m >> 32 != 0);
+        w.property_u32("#address-cells", if two_cells { 2 } else { 1 })
+            .unwrap();
         w.property_u32("#size-cells", 0).unwrap();
-        for &id in &self.cpus {
-            let cpu = w.begin_node(&std::format!("cpu@{id:x}")).unwrap();
+        for (i, &id) in self.cpus.iter().enumerate() {
+            // QEMU names them by index (cpu@16 is MPIDR 0x100).
+            let cpu = w.begin_node(&std::format!("cpu@{i}")).unwrap();
             w.property_string("device_type", "cpu").unwrap();
             w.property_string("compatible", "arm,cortex-a57").unwrap();
-            w.property_u32("reg", id).unwrap();
+            if two_cells {
+                w.property_u64("reg", id).unwrap();
+            } else {
+                w.property_u32("reg", id as u32).unwrap();
+            }
             w.property_string("enable-method", "psci").unwrap();
             w.end_node(cpu).unwrap();
         }
@@ -71,8 +87,21 @@ impl Tree {
             w.property_u32("#address-cells", 2).unwrap();
             w.property_u32("#size-cells", 2).unwrap();
             w.property_null("ranges").unwrap();
-            w.property_array_u64("reg", &[0x0800_0000, 0x1_0000, 0x080a_0000, 0xf6_0000])
-                .unwrap();
+            let mut reg = std::vec![0x0800_0000, 0x1_0000];
+            for &(base, size) in &self.gicr {
+                reg.extend([base, size]);
+            }
+            w.property_array_u64("reg", &reg).unwrap();
+            match self.gicr_count {
+                Some(n) => w.property_u32("#redistributor-regions", n).unwrap(),
+                None if self.gicr.len() > 1 => w
+                    .property_u32("#redistributor-regions", self.gicr.len() as u32)
+                    .unwrap(),
+                None => {}
+            }
+            if let Some(stride) = self.gicr_stride {
+                w.property_u64("redistributor-stride", stride).unwrap();
+            }
             if self.with_its {
                 let its = w.begin_node("its@8080000").unwrap();
                 w.property_string("compatible", "arm,gic-v3-its").unwrap();
@@ -166,7 +195,11 @@ fn discovers_qemu_virt_layout() {
     assert_eq!(p.memory, Region::new(0x4000_0000, 0x8000_0000));
     assert_eq!(p.cpus.as_slice(), &[0, 1, 2, 3]);
     assert_eq!(p.gic.gicd, Region::new(0x0800_0000, 0x1_0000));
-    assert_eq!(p.gic.gicr, Region::new(0x080a_0000, 0xf6_0000));
+    assert_eq!(
+        p.gic.redistributor_regions(),
+        &[Region::new(0x080a_0000, 0xf6_0000)]
+    );
+    assert_eq!(p.gic.gicr_stride, None);
     assert_eq!(p.gic.its, Some(Region::new(0x0808_0000, 0x2_0000)));
     assert_eq!(p.uart, Region::new(0x0900_0000, 0x1000));
     assert_eq!(p.uart_irq, Some(33));
@@ -244,10 +277,15 @@ fn errors_are_specific() {
     };
     assert_eq!(discover(&no_cpus.build()), Err(Error::NoCpus));
     let too_many = Tree {
-        cpus: (0..9).collect(),
+        cpus: (0..MAX_CPUS as u64 + 1).map(qemu_mpidr).collect(),
         ..Tree::default()
     };
     assert_eq!(discover(&too_many.build()), Err(Error::TooManyCpus));
+    let twice = Tree {
+        cpus: std::vec![0, 1, 0x100, 0x1],
+        ..Tree::default()
+    };
+    assert_eq!(discover(&twice.build()), Err(Error::DuplicateCpu(1)));
     let no_timer = Tree {
         with_timer: false,
         ..Tree::default()
@@ -441,4 +479,145 @@ fn smmu_and_the_bridge_iommu_map_are_found() {
         })
     );
     assert_eq!(discover(&Tree::default().build()).unwrap().smmu, None);
+}
+
+/// QEMU virt's MPIDR for CPU `i` with GICv3: clusters of 16 (Aff1 = i / 16,
+/// Aff0 = i % 16; hw/arm/virt.c, virt_cpu_mp_affinity).
+fn qemu_mpidr(i: u64) -> u64 {
+    ((i / 16) << 8) | (i % 16)
+}
+
+/// QEMU virt with `-smp 256`: the tree it writes (seen with dumpdtb):
+/// 256 CPUs in 16 clusters and two redistributor regions, the low one
+/// (123 redistributors) and 64 MiB at 256 GiB.
+#[test]
+fn many_cpus_in_clusters_and_two_redistributor_regions() {
+    let dtb = Tree {
+        cpus: (0..256).map(qemu_mpidr).collect(),
+        gicr: std::vec![(0x080a_0000, 0xf6_0000), (0x40_0000_0000, 0x400_0000)],
+        ..Tree::default()
+    }
+    .build();
+    let p = discover(&dtb).unwrap();
+    assert_eq!(p.cpus.len(), 256);
+    assert_eq!(p.cpus.as_slice()[16], 0x100);
+    assert_eq!(p.cpus.as_slice()[255], 0xf0f);
+    assert_eq!(p.cpus.index_of(0x8000_0f0f), Some(255));
+    assert_eq!(p.cpus.index_of(0x8000_0010), None, "Aff0 stops at 15");
+    assert_eq!(
+        p.gic.redistributor_regions(),
+        &[
+            Region::new(0x080a_0000, 0xf6_0000),
+            Region::new(0x40_0000_0000, 0x400_0000)
+        ]
+    );
+    // The most there may be.
+    let dtb = Tree {
+        cpus: (0..MAX_CPUS as u64).map(qemu_mpidr).collect(),
+        ..Tree::default()
+    }
+    .build();
+    assert_eq!(discover(&dtb).unwrap().cpus.len(), MAX_CPUS);
+}
+
+#[test]
+fn aff2_and_aff3_cpus_take_two_reg_cells() {
+    let dtb = Tree {
+        cpus: std::vec![0x0, 0x01_0000, 0x01_0000_0000, 0x02_0003_0405],
+        ..Tree::default()
+    }
+    .build();
+    let p = discover(&dtb).unwrap();
+    assert_eq!(
+        p.cpus.as_slice(),
+        &[0x0, 0x01_0000, 0x01_0000_0000, 0x02_0003_0405]
+    );
+    assert_eq!(p.cpus.index_of(0x8200_0000_0000 | 0x02_0003_0405), Some(3));
+    assert_eq!(p.cpus.index_of(0x01_0000_0000), Some(2));
+}
+
+#[test]
+fn redistributor_region_count_and_stride_are_checked() {
+    // #redistributor-regions counts reg entries after the distributor's;
+    // one only: the second region is not taken.
+    let one = Tree {
+        gicr: std::vec![(0x080a_0000, 0xf6_0000), (0x40_0000_0000, 0x400_0000)],
+        gicr_count: Some(1),
+        ..Tree::default()
+    };
+    assert_eq!(
+        discover(&one.build()).unwrap().gic.redistributor_regions(),
+        &[Region::new(0x080a_0000, 0xf6_0000)]
+    );
+    let more_than_reg = Tree {
+        gicr_count: Some(3),
+        gicr: std::vec![(0x080a_0000, 0xf6_0000), (0x40_0000_0000, 0x400_0000)],
+        ..Tree::default()
+    };
+    assert_eq!(
+        discover(&more_than_reg.build()),
+        Err(Error::MissingReg("GIC redistributor"))
+    );
+    for n in [0, MAX_GICR_REGIONS as u32 + 1] {
+        let t = Tree {
+            gicr_count: Some(n),
+            ..Tree::default()
+        };
+        assert_eq!(discover(&t.build()), Err(Error::TooManyGicrRegions), "{n}");
+    }
+    let many: Vec<(u64, u64)> = (0..MAX_GICR_REGIONS as u64)
+        .map(|i| (0x1000_0000 * (i + 1), 0x2_0000))
+        .collect();
+    let t = Tree {
+        gicr: many.clone(),
+        ..Tree::default()
+    };
+    let regions: Vec<Region> = many.iter().map(|&(b, s)| Region::new(b, s)).collect();
+    assert_eq!(
+        discover(&t.build()).unwrap().gic.redistributor_regions(),
+        &regions[..]
+    );
+
+    let strided = Tree {
+        gicr_stride: Some(0x4_0000),
+        ..Tree::default()
+    };
+    assert_eq!(
+        discover(&strided.build()).unwrap().gic.gicr_stride,
+        Some(0x4_0000)
+    );
+    for bad in [0, 0x1000] {
+        let t = Tree {
+            gicr_stride: Some(bad),
+            ..Tree::default()
+        };
+        assert_eq!(discover(&t.build()), Err(Error::BadGicrStride), "{bad:#x}");
+    }
+    assert!(GicInfo::new(Region::new(0, 0), &regions, None).is_ok());
+    assert_eq!(
+        GicInfo::new(
+            Region::new(0, 0),
+            &[Region::new(0, 0); MAX_GICR_REGIONS + 1],
+            None
+        ),
+        Err(Error::TooManyGicrRegions)
+    );
+}
+
+#[test]
+fn vcpu_pinning_reaches_every_physical_cpu() {
+    // vCPUs (at most MAX_VCPUS) may be pinned to any physical CPU below
+    // MAX_CPUS, past the 255 a byte would hold.
+    let last = MAX_CPUS as u32 - 1;
+    let dtb = tree_with_domains(|w| domain(w, "big", 2, Some(&[300, last]), true));
+    let d = domains(&dtb).unwrap();
+    assert_eq!(&d[0].pcpus[..2], &[300, last as u16]);
+    let dtb = tree_with_domains(|w| domain(w, "big", 1, Some(&[last + 1]), true));
+    assert_eq!(domains(&dtb), Err(DomainError::BadPcpus("big")));
+    let n = MAX_VCPUS as u32;
+    let pcpus: Vec<u32> = (0..n).collect();
+    let dtb = tree_with_domains(|w| domain(w, "full", n, Some(&pcpus), true));
+    assert_eq!(domains(&dtb).unwrap()[0].cpus, MAX_VCPUS);
+    let dtb = tree_with_domains(|w| domain(w, "over", n + 1, None, true));
+    assert_eq!(domains(&dtb), Err(DomainError::BadCpus("over")));
 }

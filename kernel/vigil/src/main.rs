@@ -111,16 +111,26 @@ extern "C" fn kmain() -> ! {
             "boot: linker script and boot code disagree on stacks"
         ));
     }
-    let devices = [
-        arch::mmu::DeviceRange {
-            start: board::LOW_DEVICE_SPACE.0,
-            end: board::LOW_DEVICE_SPACE.1,
-        },
-        arch::mmu::DeviceRange {
-            start: board::HIGH_DEVICE_SPACE.0,
-            end: board::HIGH_DEVICE_SPACE.1,
-        },
-    ];
+    // Per-CPU records and stacks for the CPUs the device tree lists.
+    percpu::init(&platform.cpus);
+    arch::boot::alloc_stacks(platform.cpus.len()).unwrap_or_else(|e| {
+        fatal(format_args!(
+            "boot: stacks for {} CPUs: {e}",
+            platform.cpus.len()
+        ))
+    });
+    // The board's device space, and the GIC's frames wherever the device
+    // tree puts them (the redistributor regions above all: QEMU adds one
+    // at 256 GiB past 123 CPUs).
+    let gic_frames = core::iter::once(platform.gic.gicd)
+        .chain(platform.gic.redistributor_regions().iter().copied())
+        .chain(platform.gic.its);
+    let devices: alloc::vec::Vec<arch::mmu::DeviceRange> =
+        [board::LOW_DEVICE_SPACE, board::HIGH_DEVICE_SPACE]
+            .into_iter()
+            .chain(gic_frames.map(|r| (r.base, r.end())))
+            .map(|(start, end)| arch::mmu::DeviceRange { start, end })
+            .collect();
     arch::mmu::init((platform.memory.base, platform.memory.end()), &devices)
         .unwrap_or_else(|e| fatal(format_args!("boot: page tables: {e}")));
 
@@ -140,10 +150,9 @@ extern "C" fn kmain() -> ! {
         mem.free_frames
     );
     log::info!(
-        "GICD {:#x}, GICR {:#x} (+{:#x}), ITS {}, UART {:#x}",
+        "GICD {:#x}, GICR {}, ITS {}, UART {:#x}",
         platform.gic.gicd.base,
-        platform.gic.gicr.base,
-        platform.gic.gicr.size,
+        Regions(platform.gic.redistributor_regions()),
         OptAddr(platform.gic.its),
         platform.uart.base
     );
@@ -181,8 +190,13 @@ extern "C" fn kmain() -> ! {
     arch::sysreg::irq_enable();
 
     smp::announce();
+    let started = arch::counter();
     let online = smp::start_secondaries(&platform.cpus, 0);
-    log::info!("{online} of {} CPUs online", platform.cpus.len());
+    log::info!(
+        "{online} of {} CPUs online, in {} ms",
+        platform.cpus.len(),
+        (arch::counter() - started) * 1000 / arch::counter_freq()
+    );
 
     if let Some(name) = args.get("vigil.test") {
         ktest::run(name, &platform);
@@ -214,13 +228,28 @@ extern "C" fn kmain() -> ! {
         console::set_rx_interrupt(true);
         gic::enable_spi(intid, arch::mpidr());
     }
-    vm::start(online);
+    vm::start();
     vm::schedule()
 }
 
 /// Bytes typed on the console go to the VM with the focus.
 fn on_console_rx(_intid: u32) {
     vm::console_input_pump();
+}
+
+/// Regions as "base (+size)", comma-separated.
+struct Regions<'a>(&'a [Region]);
+
+impl core::fmt::Display for Regions<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{:#x} (+{:#x})", r.base, r.size)?;
+        }
+        Ok(())
+    }
 }
 
 struct OptAddr(Option<Region>);

@@ -93,6 +93,17 @@ pub fn alloc_frames(count: u64, align: u64) -> Result<u64, FrameError> {
     Ok(addr)
 }
 
+/// Allocate `count` frames aligned to `align` bytes, not cleared (memory
+/// that is written before it is read, or that must be had before the MMU
+/// is on, when clearing it through device-type accesses would be slow).
+pub fn alloc_frames_uncleared(count: u64, align: u64) -> Result<u64, FrameError> {
+    FRAMES
+        .lock()
+        .as_mut()
+        .expect("frame allocator used before mm::init")
+        .alloc(count, align)
+}
+
 /// Allocate the frames of `[addr, addr + count frames)`, which must be
 /// free. The memory is not cleared.
 pub fn alloc_frames_at(addr: u64, count: u64) -> Result<(), FrameError> {

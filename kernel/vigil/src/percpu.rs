@@ -1,27 +1,56 @@
 //! Per-CPU data, indexed by the logical CPU index in TPIDR_EL2.
+//!
+//! One record per CPU the device tree lists, allocated at boot (not
+//! reserved for [`vigil_platform::MAX_CPUS`]). Other modules keep small
+//! per-CPU atomics in arrays sized by that compile-time cap, as Linux's
+//! NR_CPUS arrays are; anything large per CPU is allocated here or at
+//! boot for the CPUs present.
 
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use vigil_platform::MAX_CPUS;
+use spin::Once;
+use vigil_platform::CpuList;
 
 pub struct PerCpu {
     /// Set by the CPU itself once it runs Rust code with the MMU on.
     pub online: AtomicBool,
-    /// Its MPIDR_EL1 as it read it.
+    /// Its MPIDR_EL1: the device tree's value until it reads its own (so
+    /// that an SGI can name a CPU that is not up yet).
     pub mpidr: AtomicU64,
     /// It found itself at EL2 with stage-1 translation on.
     pub el2_mmu_on: AtomicBool,
 }
 
-static CPUS: [PerCpu; MAX_CPUS] = [const {
-    PerCpu {
-        online: AtomicBool::new(false),
-        mpidr: AtomicU64::new(0),
-        el2_mmu_on: AtomicBool::new(false),
-    }
-}; MAX_CPUS];
+static CPUS: Once<&'static [PerCpu]> = Once::new();
+
+/// One record for each CPU of `cpus`. Primary CPU, once, before any other
+/// CPU starts.
+pub fn init(cpus: &CpuList) {
+    CPUS.call_once(|| {
+        let v: Vec<PerCpu> = cpus
+            .as_slice()
+            .iter()
+            .map(|&m| PerCpu {
+                online: AtomicBool::new(false),
+                mpidr: AtomicU64::new(m),
+                el2_mmu_on: AtomicBool::new(false),
+            })
+            .collect();
+        v.leak()
+    });
+}
+
+fn all() -> &'static [PerCpu] {
+    CPUS.get().copied().unwrap_or(&[])
+}
+
+/// CPUs in the device tree (0 before [`init`]).
+pub fn count() -> usize {
+    all().len()
+}
 
 pub fn get(index: usize) -> &'static PerCpu {
-    &CPUS[index]
+    &all()[index]
 }
 
 pub fn this() -> &'static PerCpu {
@@ -29,7 +58,8 @@ pub fn this() -> &'static PerCpu {
 }
 
 pub fn online_count() -> usize {
-    CPUS.iter()
+    all()
+        .iter()
         .filter(|c| c.online.load(Ordering::Acquire))
         .count()
 }

@@ -390,6 +390,7 @@ pub struct Qemu {
     inputs: Vec<Input>,
     semihosting: Option<bool>,
     expected_errors: Vec<String>,
+    smp: Option<usize>,
 }
 
 impl Qemu {
@@ -403,7 +404,15 @@ impl Qemu {
             inputs: Vec::new(),
             semihosting: None,
             expected_errors: Vec::new(),
+            smp: None,
         }
+    }
+
+    /// Boot the board with `n` physical CPUs (`scripts/qemu --smp`)
+    /// instead of its default 4.
+    pub fn smp(mut self, n: usize) -> Self {
+        self.smp = Some(n);
+        self
     }
 
     /// This scenario's purpose is an error: Vigil logs an ERROR line
@@ -489,6 +498,9 @@ impl Qemu {
         let mut cmd = Command::new(script);
         if self.semihosting() {
             cmd.arg("--semihosting");
+        }
+        if let Some(n) = self.smp {
+            cmd.arg("--smp").arg(n.to_string());
         }
         cmd.arg("--append").arg(&self.append);
         for g in &self.guests {

@@ -61,7 +61,7 @@ fn ten_thousand_lpis_each_received_exactly_once() {
     Qemu::scenario("lpi-storm")
         .run()
         .check(&[
-            "lpi-storm: 10000 LPIs over 64 events and 4 CPUs, each received exactly once",
+            "lpi-storm: 10000 LPIs over 64 events and 4 CPUs (cpu0 to cpu3 of 4), each received exactly once",
             "ktest: lpi-storm: PASS",
         ])
         .unwrap();

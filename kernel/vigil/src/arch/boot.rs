@@ -2,23 +2,34 @@
 //!
 //! The primary CPU enters `_start` at EL2 with the MMU off (QEMU starts
 //! secondaries powered off). It clears BSS and runs `kmain` on CPU 0's
-//! stack. Secondaries enter `_secondary_entry` with their logical index in
-//! x0 (PSCI context id), turn on the MMU with the tables the primary
-//! published in `SECONDARY_MMU`, and run `secondary_main`.
+//! stack, the one in the image. Secondaries enter `_secondary_entry` with
+//! their logical index in x0 (PSCI context id), take their stack from the
+//! block the primary allocated for them ([`alloc_stacks`]), turn on the MMU
+//! with the tables the primary published in `SECONDARY_MMU`, and run
+//! `secondary_main`.
 
 use core::arch::global_asm;
-use core::sync::atomic::AtomicU64;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Per-CPU stack size and the unmapped guard page below each stack. Must
 /// match `linker/vigil.ld`.
 pub const STACK_SIZE: u64 = 64 * 1024;
 pub const GUARD_SIZE: u64 = 4096;
+/// One CPU's guard page and stack.
+const SLOT: u64 = STACK_SIZE + GUARD_SIZE;
 
 /// MAIR_EL2, TCR_EL2, TTBR0_EL2 and SCTLR_EL2 for secondaries, written by
 /// the primary (and cleaned to the point of coherency, since secondaries
 /// read them with the MMU and caches off) before any CPU_ON.
 #[no_mangle]
 pub static SECONDARY_MMU: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+/// The secondaries' stacks: the base of their block and the number of
+/// CPUs (the boot CPU included). CPU i >= 1 has the slot at
+/// base + (i - 1) x SLOT, its guard page at the bottom. Cleaned to the
+/// point of coherency like `SECONDARY_MMU`.
+#[no_mangle]
+static SECONDARY_STACKS: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
 
 global_asm!(
     r#"
@@ -39,6 +50,8 @@ _start:
     stp     xzr, xzr, [x9], #16
     b       1b
 2:  mov     x0, #0
+    adrp    x1, __stacks_end
+    add     x1, x1, :lo12:__stacks_end
     bl      .Lcpu_setup
     bl      kmain
     b       .Lpark
@@ -48,8 +61,16 @@ _secondary_entry:
     mrs     x9, CurrentEL
     cmp     x9, #(2 << 2)
     b.ne    .Lnot_el2
-    cmp     x0, #{max_cpus}
+    // Index 1..count, stack top = base + index * SLOT (the MMU is off:
+    // SECONDARY_STACKS was cleaned to the point of coherency).
+    adrp    x9, SECONDARY_STACKS
+    add     x9, x9, :lo12:SECONDARY_STACKS
+    ldp     x10, x11, [x9]
+    cbz     x0, .Lpark
+    cmp     x0, x11
     b.hs    .Lpark
+    ldr     x12, ={slot}
+    madd    x1, x0, x12, x10
     bl      .Lcpu_setup
 
     // MMU on with the primary's tables before touching Rust data.
@@ -70,17 +91,12 @@ _secondary_entry:
     bl      secondary_main
     b       .Lpark
 
-// x0 = logical CPU index. Sets SP, TPIDR_EL2, VBAR_EL2, FP access.
-// Preserves x0 and keeps it in x19 too.
+// x0 = logical CPU index, x1 = its stack top. Sets SP, TPIDR_EL2,
+// VBAR_EL2, FP access. Preserves x0 and keeps it in x19 too.
 .Lcpu_setup:
     mov     x19, x0
     msr     tpidr_el2, x0
-    // Stack top = __stacks_start + (index + 1) * (GUARD + STACK).
-    adrp    x9, __stacks_start
-    add     x9, x9, :lo12:__stacks_start
-    ldr     x10, ={slot}
-    madd    x11, x0, x10, x10
-    add     sp, x9, x11
+    mov     sp, x1
     adrp    x9, exception_vectors
     add     x9, x9, :lo12:exception_vectors
     msr     vbar_el2, x9
@@ -98,8 +114,7 @@ _secondary_entry:
     wfe
     b       .Lpark
 "#,
-    max_cpus = const vigil_platform::MAX_CPUS,
-    slot = const STACK_SIZE + GUARD_SIZE,
+    slot = const SLOT,
     sctlr_res1 = const super::mmu::SCTLR_EL2_RES1,
 );
 
@@ -110,9 +125,40 @@ extern "C" {
     static __stacks_end: u8;
 }
 
+/// Allocate the stacks of CPUs 1..`cpus` in one block (one allocation:
+/// linear in CPUs) and publish it for `_secondary_entry`. Primary CPU,
+/// once, before the MMU is on (the guard pages are left out of its map)
+/// and before any CPU_ON. The stacks are not cleared.
+pub fn alloc_stacks(cpus: usize) -> Result<(), vigil_mm::FrameError> {
+    let base = match cpus {
+        0 | 1 => 0,
+        n => crate::mm::alloc_frames_uncleared((n as u64 - 1) * SLOT / 4096, 4096)?,
+    };
+    SECONDARY_STACKS[0].store(base, Ordering::Relaxed);
+    SECONDARY_STACKS[1].store(cpus as u64, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Make [`alloc_stacks`]'s result visible to CPUs with their caches off.
+/// Once the MMU is on (cache maintenance by VA needs it).
+pub fn publish_stacks() {
+    super::mmu::clean_to_poc(
+        SECONDARY_STACKS.as_ptr() as u64,
+        core::mem::size_of_val(&SECONDARY_STACKS),
+    );
+}
+
 /// The guard page below CPU `index`'s stack.
 pub fn stack_guard(index: usize) -> u64 {
-    stacks_start() + index as u64 * (STACK_SIZE + GUARD_SIZE)
+    match index {
+        0 => stacks_start(),
+        i => SECONDARY_STACKS[0].load(Ordering::Relaxed) + (i as u64 - 1) * SLOT,
+    }
+}
+
+/// CPUs that have a stack: those [`alloc_stacks`] was given.
+pub fn stack_count() -> usize {
+    (SECONDARY_STACKS[1].load(Ordering::Relaxed) as usize).max(1)
 }
 
 pub fn stacks_start() -> u64 {

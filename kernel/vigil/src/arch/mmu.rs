@@ -74,7 +74,8 @@ pub struct DeviceRange {
 }
 
 /// Build the EL2 identity map and turn the MMU on for this (the primary)
-/// CPU; publish the settings for secondaries.
+/// CPU; publish the settings for secondaries. The stacks are allocated
+/// ([`boot::alloc_stacks`]): their guard pages stay unmapped.
 pub fn init(ram: (u64, u64), devices: &[DeviceRange]) -> Result<(), MapError> {
     let mut idmap = IdMap::new(0, El2);
     for d in devices {
@@ -84,7 +85,7 @@ pub fn init(ram: (u64, u64), devices: &[DeviceRange]) -> Result<(), MapError> {
     let [(text_start, text_end), (ro_start, ro_end)] = image_sections();
     map(&mut idmap, text_start, text_end, TEXT)?;
     map(&mut idmap, ro_start, ro_end, RODATA)?;
-    for cpu in 0..vigil_platform::MAX_CPUS {
+    for cpu in 0..boot::stack_count() {
         let guard = boot::stack_guard(cpu);
         map(&mut idmap, guard, guard + boot::GUARD_SIZE, UNMAPPED)?;
     }
@@ -105,6 +106,7 @@ pub fn init(ram: (u64, u64), devices: &[DeviceRange]) -> Result<(), MapError> {
         SECONDARY_MMU.as_ptr() as u64,
         core::mem::size_of_val(&SECONDARY_MMU),
     );
+    boot::publish_stacks();
     *IDMAP.lock() = Some(idmap);
     Ok(())
 }
@@ -168,6 +170,5 @@ pub fn enabled() -> bool {
 
 /// Sanity check that the linker script and `boot` agree on stack layout.
 pub fn check_stack_layout() -> bool {
-    boot::stacks_end() - boot::stacks_start()
-        == vigil_platform::MAX_CPUS as u64 * (boot::STACK_SIZE + boot::GUARD_SIZE)
+    boot::stacks_end() - boot::stacks_start() == boot::STACK_SIZE + boot::GUARD_SIZE
 }

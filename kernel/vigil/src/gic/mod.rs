@@ -8,10 +8,12 @@
 
 pub mod its;
 
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use spin::Once;
 use tock_registers::interfaces::{Readable, Writeable};
-use vigil_gic::regs::{self, gicd_ctlr, gicr, GicdRegs, GicrRegs, Shareability, GICR_STRIDE};
+use vigil_gic::redist::{self, Redist};
+use vigil_gic::regs::{self, gicd_ctlr, gicr, GicdRegs, GicrRegs, Shareability};
 use vigil_gic::{LPI_BASE, SPURIOUS};
 use vigil_platform::{CpuList, GicInfo, MAX_CPUS};
 
@@ -45,9 +47,12 @@ struct Gic {
 
 static GIC: Once<Gic> = Once::new();
 
-/// Per CPU: its redistributor's address and processor number.
+/// Per CPU: its redistributor's address, processor number and LPI pending
+/// table. Small atomics in arrays sized by the compile-time cap (4 KiB
+/// each at 512 CPUs), read on interrupt paths without a lock.
 static GICR_OF_CPU: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static PROC_NUM_OF_CPU: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static PEND_OF_CPU: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
 #[derive(Debug)]
 pub enum GicError {
@@ -134,17 +139,13 @@ pub fn init(info: GicInfo, cpus: &CpuList) -> Result<(), GicError> {
     wait_gicd_rwp(&gicd)?;
 
     // Every CPU's redistributor, found now so that ITS collections can
-    // name CPUs that are not up yet.
+    // name CPUs that are not up yet: one walk over every region, then a
+    // binary search per CPU (not a walk per CPU: n^2 register reads).
+    let redists = redistributors(&info);
     for (cpu, &mpidr) in cpus.as_slice().iter().enumerate() {
-        let addr = find_redistributor(&info, mpidr).ok_or(GicError::NoRedistributor(mpidr))?;
-        // SAFETY: `find_redistributor` returned the base of a
-        // redistributor frame inside the device tree's GICR range.
-        let r: &GicrRegs = unsafe { mmio(addr) };
-        GICR_OF_CPU[cpu].store(addr, Ordering::Relaxed);
-        PROC_NUM_OF_CPU[cpu].store(
-            gicr::typer_processor_number(r.typer.get()),
-            Ordering::Relaxed,
-        );
+        let r = redist::find(&redists, mpidr).ok_or(GicError::NoRedistributor(mpidr))?;
+        GICR_OF_CPU[cpu].store(r.addr, Ordering::Relaxed);
+        PROC_NUM_OF_CPU[cpu].store(r.processor, Ordering::Relaxed);
     }
 
     // LPIs: one configuration table for all redistributors.
@@ -165,6 +166,7 @@ pub fn init(info: GicInfo, cpus: &CpuList) -> Result<(), GicError> {
         )
     };
     crate::arch::mmu::clean_to_poc(prop_table, prop_size as usize);
+    alloc_pending_tables(cpus.len(), lpi_id_bits)?;
     GIC.call_once(|| Gic {
         info,
         lpi_id_bits,
@@ -172,9 +174,58 @@ pub fn init(info: GicInfo, cpus: &CpuList) -> Result<(), GicError> {
         prop_needs_clean: core::sync::atomic::AtomicBool::new(false),
     });
     log::info!(
-        "GIC: GICv{arch_rev}, {lines} interrupt lines, LPIs with {lpi_id_bits} ID bits, distributor at {:#x}",
-        info.gicd.base
+        "GIC: GICv{arch_rev}, {lines} interrupt lines, LPIs with {lpi_id_bits} ID bits, distributor at {:#x}, {} redistributors in {} regions",
+        info.gicd.base,
+        redists.len(),
+        info.redistributor_regions().len()
     );
+    Ok(())
+}
+
+/// Every redistributor of every region, sorted by affinity.
+fn redistributors(info: &GicInfo) -> Vec<Redist> {
+    let regions: Vec<(u64, u64)> = info
+        .redistributor_regions()
+        .iter()
+        .map(|r| (r.base, r.size))
+        .collect();
+    let mut found = Vec::new();
+    redist::scan(
+        &regions,
+        info.gicr_stride,
+        // SAFETY: `scan` reads only frames inside the device tree's
+        // redistributor regions, mapped as device memory.
+        |addr| unsafe { mmio::<GicrRegs>(addr) }.typer.get(),
+        |r| {
+            found.push(r);
+            true
+        },
+    );
+    redist::sort(&mut found);
+    found
+}
+
+/// One LPI pending table per CPU (GICR_PENDBASER: 64 KiB aligned), zeroed:
+/// taken as one block of 64 KiB slots, the unused tail of each slot given
+/// back, so that n CPUs cost one search of the frame allocator, not n.
+fn alloc_pending_tables(cpus: usize, lpi_id_bits: u32) -> Result<(), GicError> {
+    const ALIGN: u64 = 65536;
+    let size = (1u64 << lpi_id_bits) / 8;
+    let frames = size.div_ceil(4096);
+    let slot = (frames * 4096).next_multiple_of(ALIGN);
+    let base = crate::mm::alloc_frames_uncleared(cpus as u64 * slot / 4096, ALIGN)
+        .map_err(GicError::Memory)?;
+    for (cpu, pend) in PEND_OF_CPU.iter().enumerate().take(cpus) {
+        let table = base + cpu as u64 * slot;
+        if slot > frames * 4096 {
+            crate::mm::free_frames(table + frames * 4096, slot / 4096 - frames)
+                .map_err(GicError::Memory)?;
+        }
+        // SAFETY: the table's frames were just allocated for it alone.
+        unsafe { core::ptr::write_bytes(table as *mut u8, 0, size as usize) };
+        crate::arch::mmu::clean_to_poc(table, size as usize);
+        pend.store(table, Ordering::Relaxed);
+    }
     Ok(())
 }
 
@@ -200,36 +251,24 @@ pub fn processor_number(cpu: usize) -> u64 {
     PROC_NUM_OF_CPU[cpu].load(Ordering::Relaxed)
 }
 
-fn find_redistributor(info: &GicInfo, mpidr: u64) -> Option<u64> {
-    let want = mpidr & vigil_platform::MPIDR_AFFINITY_MASK;
-    let mut addr = info.gicr.base;
-    while addr + GICR_STRIDE <= info.gicr.end() {
-        // SAFETY: `addr` is a frame inside the device tree's GICR range
-        // (stride GICR_STRIDE), mapped as device memory.
-        let r: &GicrRegs = unsafe { mmio(addr) };
-        let typer = r.typer.get();
-        if gicr::typer_affinity(typer) == want {
-            return Some(addr);
-        }
-        if typer & gicr::TYPER_LAST != 0 {
-            break;
-        }
-        addr += GICR_STRIDE;
-    }
-    None
-}
-
 /// Bring up this CPU's redistributor, LPIs and CPU interface, and route
 /// physical interrupts to EL2. Every CPU, after [`init`].
 pub fn init_cpu() -> Result<(), GicError> {
     let g = gic();
     let mpidr = arch::mpidr();
-    let addr = find_redistributor(&g.info, mpidr).ok_or(GicError::NoRedistributor(mpidr))?;
-    if addr != GICR_OF_CPU[arch::cpu_index()].load(Ordering::Relaxed) {
+    let cpu = arch::cpu_index();
+    // The one `init` found for this CPU's device-tree affinity: it must be
+    // this CPU's own.
+    let addr = GICR_OF_CPU[cpu].load(Ordering::Relaxed);
+    if addr == 0 {
         return Err(GicError::NoRedistributor(mpidr));
     }
-    // SAFETY: `find_redistributor` returned a frame in the GICR range.
+    // SAFETY: `init` found `addr` in the device tree's redistributor
+    // regions.
     let r: &GicrRegs = unsafe { mmio(addr) };
+    if gicr::typer_affinity(r.typer.get()) != mpidr & vigil_platform::MPIDR_AFFINITY_MASK {
+        return Err(GicError::NoRedistributor(mpidr));
+    }
 
     // Wake the redistributor (IHI 0069 §11.1, "Power management").
     r.waker.set(r.waker.get() & !gicr::WAKER_PROCESSOR_SLEEP);
@@ -263,10 +302,7 @@ pub fn init_cpu() -> Result<(), GicError> {
         // The redistributor reads the table without snooping our caches.
         g.prop_needs_clean.store(true, Ordering::Relaxed);
     }
-    let pend_size = (1u64 << g.lpi_id_bits) / 8;
-    let pend =
-        crate::mm::alloc_frames(pend_size.div_ceil(4096), 65536).map_err(GicError::Memory)?;
-    crate::arch::mmu::clean_to_poc(pend, pend_size as usize);
+    let pend = PEND_OF_CPU[cpu].load(Ordering::Relaxed);
     r.pendbaser
         .set(regs::pendbaser(pend, true, share, regs::CACHE_RAWAWB));
     r.ctlr.set(r.ctlr.get() | gicr::CTLR_ENABLE_LPIS);
@@ -388,6 +424,21 @@ pub fn send_sgi(intid: u8, cpu: usize) {
     unsafe { core::arch::asm!("dsb ishst", options(nostack)) };
     sysreg::set_icc_sgi1r_el1(vigil_gic::sgi::to_cpu(intid, mpidr));
     sysreg::isb();
+}
+
+/// Send SGI `intid` to each CPU (by index) of `cpus`: one ICC_SGI1R_EL1
+/// write per target cluster, whatever the number of CPUs in it. Returns
+/// the number of writes.
+pub fn send_sgi_to(intid: u8, cpus: impl IntoIterator<Item = usize>) -> usize {
+    // SAFETY: a barrier only orders memory accesses: make prior writes
+    // visible to the targets before the SGI.
+    unsafe { core::arch::asm!("dsb ishst", options(nostack)) };
+    let mpidrs = cpus
+        .into_iter()
+        .map(|c| crate::percpu::get(c).mpidr.load(Ordering::Relaxed));
+    let n = vigil_gic::sgi::to_cpus(intid, mpidrs, sysreg::set_icc_sgi1r_el1);
+    sysreg::isb();
+    n
 }
 
 /// Send SGI `intid` to every CPU but this one.

@@ -6,10 +6,10 @@
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use vigil_gic::its_cmd::ItsCommand;
-use vigil_platform::{Platform, MAX_CPUS};
+use vigil_platform::{Platform, MAX_CPUS, MPIDR_AFFINITY_MASK};
 
 use crate::gic::its::{self, Its, ItsError};
-use crate::{arch, gic, timer};
+use crate::{arch, gic, percpu, timer};
 
 /// SGIs the tests use: 0..=7 travel the ring, 8 asks a CPU to broadcast
 /// 9, 10/11 start/stop a CPU's tick.
@@ -19,6 +19,7 @@ const SGI_BROADCAST: u8 = 9;
 const SGI_TIMER_START: u8 = 10;
 const SGI_TIMER_STOP: u8 = 11;
 
+/// Receipts per CPU and SGI (64 bytes a CPU: a compile-time-cap array).
 static SGI_COUNT: [[AtomicU32; 16]; MAX_CPUS] =
     [const { [const { AtomicU32::new(0) }; 16] }; MAX_CPUS];
 static NCPUS: AtomicUsize = AtomicUsize::new(0);
@@ -58,7 +59,9 @@ fn count(cpu: usize, id: u8) -> u32 {
 
 /// SGI ping-pong: each ring SGI travels 0 -> 1 -> ... -> 0, so every CPU
 /// receives each of them exactly once; then every CPU broadcasts in turn
-/// and every other CPU receives each broadcast exactly once.
+/// and every other CPU receives each broadcast exactly once; then CPU 0
+/// multicasts to sets of CPUs with one write per cluster (past 16 CPUs
+/// QEMU's clusters differ in Aff1) and exactly the targets receive it.
 pub fn sgi(p: &Platform<'_>) -> Result<(), &'static str> {
     let n = p.cpus.len();
     if n < 2 {
@@ -107,6 +110,44 @@ pub fn sgi(p: &Platform<'_>) -> Result<(), &'static str> {
         }
     }
     log::info!("sgi: broadcast: each CPU received every other CPU's broadcast exactly once");
+
+    type Pick = fn(usize) -> bool;
+    let picks: [(&str, Pick); 2] = [("odd-numbered", |c| c % 2 == 1), ("other", |c| c != 0)];
+    for (what, pick) in picks {
+        let before: Vec<u32> = (0..n).map(|c| count(c, SGI_BROADCAST)).collect();
+        let targets = || (0..n).filter(|&c| pick(c));
+        // One ICC_SGI1R_EL1 write per (cluster, Aff0 range) of targets.
+        let mut groups: Vec<u64> = targets()
+            .map(|c| percpu::get(c).mpidr.load(Ordering::Relaxed) & MPIDR_AFFINITY_MASK & !0xf)
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let writes = gic::send_sgi_to(SGI_BROADCAST, targets());
+        if writes != groups.len() {
+            log::error!(
+                "sgi: multicast to {what} CPUs took {writes} writes for {} clusters",
+                groups.len()
+            );
+            return Err("a multicast SGI took other than one write per cluster");
+        }
+        let got = |c: usize| count(c, SGI_BROADCAST) - before[c];
+        if !arch::wait_until(10_000, || targets().all(|c| got(c) >= 1)) {
+            return Err("multicast SGI lost");
+        }
+        arch::wait_until(5, || false);
+        if let Some(c) = (0..n).find(|&c| got(c) != u32::from(pick(c))) {
+            log::error!(
+                "sgi: multicast to {what} CPUs: cpu{c} received it {} times",
+                got(c)
+            );
+            return Err("a multicast SGI did not reach exactly its targets once");
+        }
+        log::info!(
+            "sgi: multicast to {} {what} CPUs in {} clusters: {writes} writes, each target received it exactly once",
+            targets().count(),
+            groups.len()
+        );
+    }
     Ok(())
 }
 
@@ -329,22 +370,26 @@ pub fn lpi(p: &Platform<'_>) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// 10,000 INTs over 64 events spread across 4 CPUs: every event received
-/// exactly as often as it was triggered, each on its collection's CPU.
+/// 10,000 INTs over 64 events spread across the CPUs (round robin, or
+/// evenly from the first to near the last when there are more CPUs than
+/// events, so that redistributors of every region take some): every event
+/// received exactly as often as it was triggered, each on its collection's
+/// CPU.
 pub fn lpi_storm(p: &Platform<'_>) -> Result<(), &'static str> {
     const TOTAL: usize = 10_000;
     let n = p.cpus.len();
     let its = its_or_err()?;
     let base = lpi_setup(its)?;
     let dev = its.map_device(DEV, 6).map_err(|_| "MAPD failed")?;
+    let cpu_of = |e: usize| if n <= EVENTS { e % n } else { e * n / EVENTS };
     let mut maps = Vec::new();
     for (e, expect) in LPI_EXPECT_CPU.iter().enumerate() {
-        expect.store(e % n, Ordering::Relaxed);
+        expect.store(cpu_of(e), Ordering::Relaxed);
         maps.push(ItsCommand::mapti(
             DEV,
             e as u32,
             base + e as u32,
-            (e % n) as u16,
+            cpu_of(e) as u16,
         ));
     }
     maps.push(ItsCommand::invall(0));
@@ -378,7 +423,9 @@ pub fn lpi_storm(p: &Platform<'_>) -> Result<(), &'static str> {
     }
     let received: u32 = (0..EVENTS).map(lpi_count).sum();
     log::info!(
-        "lpi-storm: {received} LPIs over {EVENTS} events and {n} CPUs, each received exactly once; queue wrapped {} times",
+        "lpi-storm: {received} LPIs over {EVENTS} events and {} CPUs (cpu0 to cpu{} of {n}), each received exactly once; queue wrapped {} times",
+        n.min(EVENTS),
+        cpu_of(EVENTS - 1),
         its.wraps() - wraps_before
     );
     its.unmap_device(dev).map_err(|_| "MAPD(V=0) failed")?;

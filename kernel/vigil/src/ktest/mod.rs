@@ -24,6 +24,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("its-wrap", gic::its_wrap),
     ("its-stall", gic::its_stall),
     ("data-abort", data_abort),
+    ("stack-guard", stack_guard),
     ("panic", deliberate_panic),
     ("fail", deliberate_failure),
     ("hang", hang),
@@ -139,6 +140,19 @@ fn data_abort(_: &Platform<'_>) -> Result<(), &'static str> {
     let v = unsafe { core::ptr::read_volatile(addr as *const u64) };
     log::error!("data-abort: read returned {v:#x}");
     Err("reading an unmapped address did not fault")
+}
+
+/// As `data-abort`, with the guard page under the last CPU's stack: the
+/// secondaries' stacks are allocated at boot, and their guard pages must be
+/// as unmapped as the boot CPU's, which is in the image.
+fn stack_guard(p: &Platform<'_>) -> Result<(), &'static str> {
+    let cpu = p.cpus.len() - 1;
+    let addr = arch::boot::stack_guard(cpu) + 0x10;
+    log::info!("stack-guard: reading cpu{cpu}'s guard page at {addr:#018x}");
+    // SAFETY: deliberately faults, as in `data_abort`.
+    let v = unsafe { core::ptr::read_volatile(addr as *const u64) };
+    log::error!("stack-guard: read returned {v:#x}");
+    Err("reading a guard page did not fault")
 }
 
 fn deliberate_panic(_: &Platform<'_>) -> Result<(), &'static str> {

@@ -165,15 +165,24 @@ impl Vm {
     }
 
     /// Make the vCPUs in `vcpus` look at their interrupts: their CPUs
-    /// leave the guest, or wake from WFI.
+    /// leave the guest, or wake from WFI. One SGI write per cluster of
+    /// target CPUs; vCPUs sharing a CPU kick it once.
     pub fn kick(&self, vcpus: Kick) {
+        // Every exit comes here, nearly always with nothing to kick.
         if vcpus.is_empty() {
             return;
         }
-        for i in vcpus.iter() {
-            if let Some(v) = self.vcpus().get(i) {
-                kick(v.pcpu);
+        let all = self.vcpus();
+        let mut two = vcpus.iter();
+        match (two.next(), two.next()) {
+            (None, _) => {}
+            // The usual case (a unicast IPI, an LPI): no grouping to do.
+            (Some(i), None) => {
+                if let Some(v) = all.get(i) {
+                    kick(v.pcpu);
+                }
             }
+            _ => kick_cpus(vcpus.iter().filter_map(|i| all.get(i)).map(|v| v.pcpu)),
         }
     }
 
@@ -273,8 +282,8 @@ impl Vm {
     fn power_off_vcpus(&self) {
         for v in self.vcpus() {
             v.power.set_off();
-            kick(v.pcpu);
         }
+        kick_cpus(self.vcpus().iter().map(|v| v.pcpu));
     }
 }
 
@@ -500,6 +509,12 @@ fn kick(pcpu: usize) {
         return;
     }
     gic::send_sgi(SGI_KICK, pcpu);
+}
+
+/// [`kick`] for several CPUs at once (this one left out).
+fn kick_cpus(pcpus: impl Iterator<Item = usize>) {
+    let me = arch::cpu_index();
+    gic::send_sgi_to(SGI_KICK, pcpus.filter(|&p| p != me));
 }
 
 fn on_kick(_intid: u32) {}
@@ -1333,14 +1348,14 @@ pub fn started() -> bool {
 }
 
 /// Let every CPU into [`schedule`].
-pub fn start(online: usize) {
+pub fn start() {
     HEAP_AT_START.store(crate::mm::heap_in_use(), Ordering::Relaxed);
     HOST_LPIS_AT_START.store(host_lpis_free(), Ordering::Relaxed);
     crate::timer::set_hook(on_tick);
     STARTED.store(true, Ordering::Release);
-    for cpu in 0..online {
-        kick(cpu);
-    }
+    // Every other CPU at once (IRM = 1): one write however many there
+    // are.
+    gic::broadcast_sgi(SGI_KICK);
 }
 
 /// The scheduler loop of every physical CPU once VMs exist. Interrupts

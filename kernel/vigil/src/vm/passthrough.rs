@@ -28,7 +28,6 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use spin::{Mutex, Once};
 use vigil_gic::its_cmd::ItsCommand;
 use vigil_gic::LPI_BASE;
-use vigil_platform::MAX_CPUS;
 use vigil_vits::hostlpi::{HostRoutes, Route};
 use vigil_vits::Mirror;
 
@@ -49,7 +48,8 @@ pub fn init() {
     if its::get().is_none() {
         return;
     }
-    ROUTES.call_once(|| HostRoutes::new(LPI_BASE, gic::lpi_count() as usize, MAX_CPUS));
+    ROUTES
+        .call_once(|| HostRoutes::new(LPI_BASE, gic::lpi_count() as usize, crate::percpu::count()));
     gic::set_lpi_handler(on_host_lpi);
 }
 
