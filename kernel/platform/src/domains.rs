@@ -204,7 +204,7 @@ pub fn for_each_domain<'a>(
     dtb: &'a [u8],
     mut f: impl FnMut(DomainConfig<'a>),
 ) -> Result<usize, DomainError<'a>> {
-    let Ok(fdt) = fdt::Fdt::new(dtb) else {
+    let Some(fdt) = crate::open(dtb) else {
         return Ok(0);
     };
     let mut n = 0;

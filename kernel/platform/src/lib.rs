@@ -11,6 +11,7 @@ extern crate alloc;
 
 mod bootargs;
 mod domains;
+mod fdtcheck;
 pub mod pcie;
 
 pub use bootargs::BootArgs;
@@ -287,9 +288,18 @@ fn cells_value(raw: &[u8]) -> Option<u64> {
     }
 }
 
+/// `dtb` for the `fdt` crate, once [`fdtcheck`] found it well-formed (it
+/// panics on trees that are not).
+pub(crate) fn open(dtb: &[u8]) -> Option<fdt::Fdt<'_>> {
+    if !fdtcheck::well_formed(dtb) {
+        return None;
+    }
+    fdt::Fdt::new(dtb).ok()
+}
+
 /// Discover the platform from a device tree blob.
 pub fn discover(dtb: &[u8]) -> Result<Platform<'_>, Error> {
-    let fdt = fdt::Fdt::new(dtb).map_err(|_| Error::BadDtb)?;
+    let fdt = open(dtb).ok_or(Error::BadDtb)?;
 
     let memory = find_path(&fdt, "/memory")
         .and_then(|n| n.reg())

@@ -46,20 +46,22 @@ pub fn is_elf(data: &[u8]) -> bool {
     data.len() >= 4 && data[0..4] == *b"\x7fELF"
 }
 
+// Offsets come from the file: `checked_add`, so a huge one is truncation,
+// not an overflow (found by `scripts/fuzz image`).
 fn u16_at(d: &[u8], o: usize) -> Result<u16, ElfError> {
-    d.get(o..o + 2)
+    d.get(o..o.checked_add(2).ok_or(ElfError::Truncated)?)
         .map(|b| u16::from_le_bytes([b[0], b[1]]))
         .ok_or(ElfError::Truncated)
 }
 
 fn u32_at(d: &[u8], o: usize) -> Result<u32, ElfError> {
-    d.get(o..o + 4)
+    d.get(o..o.checked_add(4).ok_or(ElfError::Truncated)?)
         .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
         .ok_or(ElfError::Truncated)
 }
 
 fn u64_at(d: &[u8], o: usize) -> Result<u64, ElfError> {
-    d.get(o..o + 8)
+    d.get(o..o.checked_add(8).ok_or(ElfError::Truncated)?)
         .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
         .ok_or(ElfError::Truncated)
 }
@@ -82,20 +84,23 @@ pub fn parse(data: &[u8], ram_base: u64, ram_size: u64) -> Result<Elf, ElfError>
     let phoff = u64_at(data, 32)? as usize;
     let phentsize = u16_at(data, 54)? as usize;
     let phnum = u16_at(data, 56)? as usize;
-    let in_ram = |a: u64, len: u64| {
-        a >= ram_base && a.checked_add(len).is_some_and(|e| e <= ram_base + ram_size)
-    };
+    let ram_end = ram_base.saturating_add(ram_size);
+    let in_ram =
+        |a: u64, len: u64| a >= ram_base && a.checked_add(len).is_some_and(|e| e <= ram_end);
     let mut segments = Vec::new();
     for i in 0..phnum {
-        let ph = phoff + i * phentsize;
+        let ph = i
+            .checked_mul(phentsize)
+            .and_then(|o| o.checked_add(phoff))
+            .ok_or(ElfError::Truncated)?;
         if u32_at(data, ph)? != 1 {
             continue; // not PT_LOAD
         }
         let seg = Segment {
-            offset: u64_at(data, ph + 8)?,
-            paddr: u64_at(data, ph + 24)?,
-            filesz: u64_at(data, ph + 32)?,
-            memsz: u64_at(data, ph + 40)?,
+            offset: u64_at(data, ph.saturating_add(8))?,
+            paddr: u64_at(data, ph.saturating_add(24))?,
+            filesz: u64_at(data, ph.saturating_add(32))?,
+            memsz: u64_at(data, ph.saturating_add(40))?,
         };
         if seg
             .offset
