@@ -65,7 +65,9 @@ fn since_ms(start_us: u64) -> u64 {
 
 const IPI: &str = "ipi";
 const IPI_CPUS: usize = 4;
-const IPI_ROUNDS: u32 = 1000;
+/// Rounds, 1,000 unless `vigil.ipi.rounds=N` (a long neighbour for
+/// scripts/soak).
+static IPI_ROUNDS: AtomicU32 = AtomicU32::new(1000);
 /// Sent once by vCPU 0 with IRM = 1 (every vCPU but the sender).
 const IPI_BROADCAST_SGI: u32 = 8;
 
@@ -99,7 +101,7 @@ fn ipi_worker(me: usize) {
         fail!(IPI, "cpu {me}: the other vCPUs did not reach the start");
     }
     let mine = me as u32 + 1;
-    for round in 1..=IPI_ROUNDS {
+    for round in 1..=IPI_ROUNDS.load(Ordering::Relaxed) {
         for t in (0..IPI_CPUS).filter(|&t| t != me) {
             gic::send_sgi(mine, IPI_MPIDR[t].load(Ordering::Relaxed));
         }
@@ -161,6 +163,10 @@ fn ipi_worker(me: usize) {
 
 pub fn ipi(boot: &'static BootInfo) -> ! {
     init(IPI);
+    if let Some(n) = boot.bootarg("vigil.ipi.rounds").and_then(|n| n.parse().ok()) {
+        IPI_ROUNDS.store(n, Ordering::Relaxed);
+    }
+    let rounds = IPI_ROUNDS.load(Ordering::Relaxed);
     for (i, &mpidr) in boot.cpus().iter().enumerate().take(IPI_CPUS) {
         IPI_MPIDR[i].store(mpidr, Ordering::Relaxed);
     }
@@ -171,7 +177,9 @@ pub fn ipi(boot: &'static BootInfo) -> ! {
     let start = cpu::now_us();
     start_secondaries(IPI, boot, IPI_CPUS, ipi_secondary);
     ipi_worker(0);
-    if !cpu::wait_until(TIMEOUT_US, || IPI_DONE.load(Ordering::Acquire) == IPI_CPUS) {
+    // The others may trail vCPU 0 by up to 5 s per 1,000 rounds.
+    let wait = TIMEOUT_US * u64::from(rounds.div_ceil(1000));
+    if !cpu::wait_until(wait, || IPI_DONE.load(Ordering::Acquire) == IPI_CPUS) {
         fail!(
             IPI,
             "only {} vCPUs finished",
@@ -179,7 +187,7 @@ pub fn ipi(boot: &'static BootInfo) -> ! {
         );
     }
     println!(
-        "ipi: {IPI_ROUNDS} rounds all-to-all among {IPI_CPUS} vCPUs in {} ms",
+        "ipi: {rounds} rounds all-to-all among {IPI_CPUS} vCPUs in {} ms",
         since_ms(start)
     );
     let mut total = 0;
@@ -196,7 +204,7 @@ pub fn ipi(boot: &'static BootInfo) -> ! {
         );
         for i in 0..16 {
             let expected = if (1..=IPI_CPUS).contains(&i) && i != t + 1 {
-                IPI_ROUNDS
+                rounds
             } else if i == IPI_BROADCAST_SGI as usize && t != 0 {
                 1
             } else {
@@ -213,14 +221,14 @@ pub fn ipi(boot: &'static BootInfo) -> ! {
             }
         }
         let taken = IPI_TAKEN[t].load(Ordering::Relaxed);
-        let expected = u64::from(IPI_ROUNDS) * (IPI_CPUS as u64 - 1) + u64::from(t != 0);
+        let expected = u64::from(rounds) * (IPI_CPUS as u64 - 1) + u64::from(t != 0);
         ensure!(
             IPI,
             taken == expected,
             "cpu {t} acknowledged {taken} interrupts, expected {expected}"
         );
     }
-    println!("ipi: {total} SGIs, each (target, INTID) exactly {IPI_ROUNDS}, nothing else");
+    println!("ipi: {total} SGIs, each (target, INTID) exactly {rounds}, nothing else");
     println!("ipi: IRM broadcast SGI {IPI_BROADCAST_SGI} from cpu 0: taken once by cpus 1-3, not by cpu 0");
     report::pass(IPI)
 }
