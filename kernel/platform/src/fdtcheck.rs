@@ -9,11 +9,12 @@
 //! it (Devicetree Specification v0.4, §5 "Flattened Devicetree Format"):
 //!
 //! ```text
-//! block := node NOP* END
+//! block := root NOP* END
+//! root  := BEGIN_NODE name PROP* (NOP* node)* NOP* END_NODE
 //! node  := BEGIN_NODE name PROP* node* NOP* END_NODE
 //! ```
 //!
-//! (the NOPs libfdt leaves where it deleted something are accepted where
+//! (the NOPs libfdt leaves where something was deleted are accepted where
 //! `fdt` skips them; elsewhere the tree is refused).
 
 const MAGIC: u32 = 0xd00d_feed;
@@ -80,7 +81,17 @@ impl Walk<'_> {
             }
             self.at = align4(end)?;
         }
-        while self.peek()? == BEGIN_NODE {
+        loop {
+            // QEMU's arm_load_dtb NOPs out the /memory nodes of a tree
+            // given with -dtb and adds its own: NOPs among the root's
+            // children, which `fdt` skips there (a node it skips over as a
+            // sibling must have none among its children).
+            while depth == 0 && self.peek()? == NOP {
+                self.at += 4;
+            }
+            if self.peek()? != BEGIN_NODE {
+                break;
+            }
             self.node(depth + 1)?;
         }
         while self.peek()? == NOP {
@@ -120,4 +131,121 @@ pub fn well_formed(dtb: &[u8]) -> bool {
         (w.token()? == END).then_some(())
     };
     check().is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    /// A blob with structure tokens `body` (big-endian words) and the
+    /// strings "reg\0#size-cells\0".
+    fn blob(body: &[u32]) -> Vec<u8> {
+        let strings = b"reg\0#size-cells\0";
+        let off_struct = 40usize;
+        let size_struct = body.len() * 4;
+        let off_strings = off_struct + size_struct;
+        let total = off_strings + strings.len();
+        let mut d = Vec::new();
+        for w in [
+            MAGIC,
+            total as u32,
+            off_struct as u32,
+            off_strings as u32,
+            40,
+            17,
+            16,
+            0,
+            strings.len() as u32,
+            size_struct as u32,
+        ] {
+            d.extend_from_slice(&w.to_be_bytes());
+        }
+        for w in body {
+            d.extend_from_slice(&w.to_be_bytes());
+        }
+        d.extend_from_slice(strings);
+        d
+    }
+
+    /// BEGIN_NODE with an empty name (the root) or "a" (one word each).
+    const ROOT: [u32; 2] = [BEGIN_NODE, 0];
+    const A: [u32; 2] = [BEGIN_NODE, 0x6100_0000];
+    const PROP_REG: [u32; 4] = [PROP, 4, 0, 0x1234];
+
+    fn tree(parts: &[&[u32]]) -> Vec<u8> {
+        blob(&parts.concat())
+    }
+
+    #[test]
+    fn qemus_loaded_tree_shape_is_accepted() {
+        // Root with a property, a NOPed-out child (QEMU's /memory), then a
+        // child with a property, NOPs before END_NODE.
+        let t = tree(&[
+            &ROOT,
+            &PROP_REG,
+            &[NOP, NOP, NOP],
+            &A,
+            &PROP_REG,
+            &[NOP, END_NODE],
+            &[NOP, END_NODE, END],
+        ]);
+        assert!(well_formed(&t));
+        let f = fdt::Fdt::new(&t).unwrap();
+        // Every way Vigil walks it.
+        let root = f.find_node("/").unwrap();
+        assert_eq!(root.children().count(), 1);
+        for n in root.children() {
+            assert_eq!(n.properties().count(), 1);
+            assert!(n.reg().is_some());
+        }
+        assert!(crate::find_path(&f, "/a").is_some());
+    }
+
+    #[test]
+    fn what_fdt_would_panic_on_is_refused() {
+        // NOPs among a non-root node's properties or children.
+        assert!(!well_formed(&tree(&[
+            &ROOT,
+            &A,
+            &[NOP],
+            &PROP_REG,
+            &[END_NODE, END_NODE, END]
+        ])));
+        assert!(!well_formed(&tree(&[
+            &ROOT,
+            &A,
+            &[NOP],
+            &A,
+            &[END_NODE, END_NODE, END_NODE, END]
+        ])));
+        // A property name outside the strings block, a short #size-cells.
+        assert!(!well_formed(&tree(&[
+            &ROOT,
+            &[PROP, 4, 999, 0],
+            &[END_NODE, END]
+        ])));
+        assert!(!well_formed(&tree(&[
+            &ROOT,
+            &[PROP, 2, 4, 0],
+            &[END_NODE, END]
+        ])));
+        // A property longer than the block; unbalanced; no END.
+        assert!(!well_formed(&tree(&[
+            &ROOT,
+            &[PROP, 4096, 0],
+            &[END_NODE, END]
+        ])));
+        assert!(!well_formed(&tree(&[&ROOT, &A, &[END_NODE, END]])));
+        assert!(!well_formed(&tree(&[&ROOT, &[END_NODE]])));
+        // A header whose blocks run past totalsize.
+        let mut t = tree(&[&ROOT, &[END_NODE, END]]);
+        t[36..40].copy_from_slice(&4096u32.to_be_bytes());
+        assert!(!well_formed(&t));
+    }
+
+    #[test]
+    fn a_minimal_tree_is_accepted() {
+        assert!(well_formed(&tree(&[&ROOT, &[END_NODE, END]])));
+    }
 }
