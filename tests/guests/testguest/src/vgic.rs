@@ -163,7 +163,10 @@ fn ipi_worker(me: usize) {
 
 pub fn ipi(boot: &'static BootInfo) -> ! {
     init(IPI);
-    if let Some(n) = boot.bootarg("vigil.ipi.rounds").and_then(|n| n.parse().ok()) {
+    if let Some(n) = boot
+        .bootarg("vigil.ipi.rounds")
+        .and_then(|n| n.parse().ok())
+    {
         IPI_ROUNDS.store(n, Ordering::Relaxed);
     }
     let rounds = IPI_ROUNDS.load(Ordering::Relaxed);
