@@ -106,3 +106,38 @@ fn a_hostile_run_replays_from_its_seed() {
     assert_eq!(lines(&a).len(), 2, "{}", a.log);
     assert_eq!(lines(&a), lines(&b));
 }
+
+/// The same hostile VM next to neighbours that check their LPIs (the `its`
+/// scenario: every command, each LPI delivered exactly once) and their
+/// virtual timers (never early), all on the same two CPUs.
+#[test]
+fn a_hostile_guest_leaves_a_neighbours_lpis_and_timers_alone() {
+    let run = Qemu::with_guests(&[
+        Guest::test("hostile")
+            .cpus(2)
+            .pcpus(&[0, 1])
+            .test_device()
+            .bootargs(&format!(
+                "vigil.guest=hostile vigil.hostile.ops={OPS} vigil.seed=0x5eee"
+            )),
+        Guest::test("its").cpus(2).pcpus(&[0, 1]),
+        Guest::test("vtimer")
+            .cpus(2)
+            .pcpus(&[0, 1])
+            .bootargs("vigil.guest=vtimer vigil.vtimer.cpus=2"),
+    ])
+    .timeout(Duration::from_secs(300))
+    .run();
+    run.check(&[
+        "[hostile] guest: hostile: PASS",
+        "[its] guest: its: INT: LPIs 8192-8195 each delivered exactly once",
+        "[its] guest: its: PASS",
+        "guest: vtimer: cpu 0: 100 interrupts, none early",
+        "guest: vtimer: cpu 1: 100 interrupts, none early",
+        "[vtimer] guest: vtimer: PASS",
+        "vm its: 0 vGIC/vITS anomalies",
+        "vm vtimer: 0 vGIC/vITS anomalies, 0 guest-caused warnings",
+        "exit: every VM's vITS and vGIC state released; heap back to",
+    ])
+    .unwrap();
+}
