@@ -229,6 +229,7 @@ pub type VmGic = Arc<Vgic>;
 
 pub fn new_vm_gic(vcpus: usize, lpis: bool) -> VmGic {
     let mut cfg = VgicConfig::simple(vcpus);
+    cfg.mpidrs = (0..vcpus).map(vigil_vm::layout::vcpu_mpidr).collect();
     cfg.pri_bits = pri_bits();
     cfg.lpis = lpis;
     let g = Arc::new(Vgic::new(&cfg));

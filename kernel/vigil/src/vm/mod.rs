@@ -42,6 +42,11 @@ use vigil_vgic::{CpuIfContext, GuestMemory, Kick, MemError};
 /// SGI that makes a physical CPU leave its guest and look at its queue.
 pub const SGI_KICK: u8 = 15;
 
+// Every vCPU of the largest VM has a redistributor below the PL011, and a
+// place in the vGIC's 64-bit vCPU sets.
+const _: () = assert!(vigil_platform::MAX_VCPUS <= layout::MAX_GICR_FRAMES);
+const _: () = assert!(vigil_platform::MAX_VCPUS <= 64);
+
 /// PSTATE of a vCPU at reset: EL1h, DAIF masked (Arm ARM C5.2.18).
 const PSTATE_EL1H_MASKED: u64 = 0x3c5;
 
@@ -473,7 +478,7 @@ impl GuestMemory for Vm {
 
 impl PsciVm for Vm {
     fn vcpu_by_mpidr(&self, mpidr: u64) -> Option<usize> {
-        self.vcpus().iter().position(|v| v.mpidr == mpidr)
+        layout::vcpu_index(mpidr, self.vcpus().len())
     }
 
     fn power(&self, vcpu: usize) -> &VcpuPower {
@@ -947,7 +952,7 @@ fn create(
             vm,
             index: i,
             pcpu: d.pcpus[i] as usize,
-            mpidr: i as u64,
+            mpidr: layout::vcpu_mpidr(i),
             power: VcpuPower::new(if boot {
                 PowerState::On
             } else {
