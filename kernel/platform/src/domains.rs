@@ -28,9 +28,11 @@
 
 use crate::{Region, MAX_CPUS};
 
-/// Most vCPUs a VM has (the virtual GIC's and the vCPU bookkeeping's
-/// limit; distinct from the physical [`MAX_CPUS`]).
-pub const MAX_VCPUS: usize = 8;
+/// Most vCPUs a VM has, distinct from the physical [`MAX_CPUS`]: 64, in
+/// four clusters of 16 (a VM's own MPIDR layout, `vigil_vm::layout`). The
+/// vGIC's vCPU sets are 64-bit masks; a VM's 64 redistributors take 8 MiB
+/// of its 15 MiB region below the PL011.
+pub const MAX_VCPUS: usize = 64;
 use alloc::vec::Vec;
 
 /// One VM to create at boot.

@@ -128,10 +128,15 @@ pub struct VgicConfig {
 }
 
 impl VgicConfig {
-    /// A configuration with `n` vCPUs whose MPIDR Aff0 is the index.
+    /// A configuration with `n` vCPUs in clusters of 16: vCPU `i` has
+    /// Aff1 = i / 16, Aff0 = i % 16 (the layout of Vigil's VMs,
+    /// `vigil_vm::layout::vcpu_mpidr`, which a target list can address
+    /// without the range selector).
     pub fn simple(n: usize) -> Self {
         Self {
-            mpidrs: (0..n as u64).collect(),
+            mpidrs: (0..n)
+                .map(|i| (((i / 16) << 8) | (i % 16)) as u64)
+                .collect(),
             nr_spis: 64,
             pri_bits: 5,
             lpi_id_bits: 16,

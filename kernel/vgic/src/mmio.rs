@@ -594,10 +594,13 @@ fn gicr_ctlr_w(st: &mut VgicState, a: &Acc, v: u64, k: &mut Kick) {
     if want {
         let pendbaser = st.vcpus[v_cpu].pendbaser;
         let base = pendbaser & PENDBASER_PA;
-        let size = (1u64 << st.lpi_id_bits) / 8;
+        // The table covers the INTIDs GICR_PROPBASER.IDbits names (IHI
+        // 0069 §5.1, "LPI Pending tables"), at most the VM's.
+        let idbits = ((st.propbaser & 0x1f) as u8 + 1).clamp(14, st.lpi_id_bits);
+        let size = (1u64 << idbits) / 8;
         if pendbaser & PENDBASER_PTZ == 0 {
             if a.mem.is_ram(base, size) {
-                pending_table = Some(base);
+                pending_table = Some((base, size));
             } else {
                 crate::guest_warn!(
                     "vgic: vcpu {v_cpu}: pending table {base:#x} outside RAM, not read"
@@ -606,7 +609,9 @@ fn gicr_ctlr_w(st: &mut VgicState, a: &Acc, v: u64, k: &mut Kick) {
         }
     }
     for intid in st.lpis_targeting(v_cpu) {
-        if let Some(base) = pending_table {
+        // An LPI beyond the table's IDbits has no bit in it.
+        let in_table = pending_table.filter(|&(_, size)| u64::from(intid / 8) < size);
+        if let Some((base, _)) = in_table {
             let byte = a.mem.read_u8(base + u64::from(intid / 8)).unwrap_or(0);
             if byte & (1 << (intid % 8)) != 0 {
                 if let Some(irq) = st.lpis.get_mut(&intid) {

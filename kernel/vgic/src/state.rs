@@ -120,8 +120,28 @@ impl LpiConfig {
     }
 }
 
+/// No vCPU in an [`SgiGroup`] slot.
+const NO_VCPU: u8 = u8::MAX;
+
+/// The vCPUs one ICC_SGI1R_EL1 target list can name: those whose affinity
+/// has Aff3.Aff2.Aff1 = `key >> 4` and Aff0 / 16 = `key & 0xf` (the range
+/// selector RS), by Aff0 % 16 (IHI 0069 §12.11, ICC_SGI1R_EL1).
+#[derive(Clone, Copy, Debug)]
+struct SgiGroup {
+    key: u32,
+    vcpu: [u8; 16],
+}
+
+fn sgi_key(aff321: u32, range: u8) -> u32 {
+    (aff321 << 4) | u32::from(range & 0xf)
+}
+
 /// The whole interrupt state of one VM, behind [`crate::Vgic`]'s lock.
 pub struct VgicState {
+    /// Every vCPU by affinity, sorted by key: a targeted SGI or an
+    /// IROUTER write finds its vCPUs in a search over the VM's clusters
+    /// (at most 4 for 64 vCPUs), not a walk of its vCPUs.
+    sgi_groups: Vec<SgiGroup>,
     pub(crate) grp0_en: bool,
     pub(crate) grp1_en: bool,
     pub(crate) spis: Vec<Irq>,
@@ -161,8 +181,30 @@ impl VgicState {
                 stats: VcpuStats::default(),
             })
             .collect();
+        let mut sgi_groups: Vec<SgiGroup> = Vec::new();
+        for (v, &mpidr) in mpidrs.iter().enumerate() {
+            let aff = mpidr_aff(mpidr);
+            let key = sgi_key(aff >> 8, ((aff & 0xff) >> 4) as u8);
+            let g = match sgi_groups.binary_search_by_key(&key, |g| g.key) {
+                Ok(g) => g,
+                Err(at) => {
+                    sgi_groups.insert(
+                        at,
+                        SgiGroup {
+                            key,
+                            vcpu: [NO_VCPU; 16],
+                        },
+                    );
+                    at
+                }
+            };
+            let slot = &mut sgi_groups[g].vcpu[(aff & 0xf) as usize];
+            assert!(*slot == NO_VCPU, "two vCPUs with MPIDR {mpidr:#x}");
+            *slot = v as u8;
+        }
         let pri_bits = pri_bits.clamp(4, 8);
         let mut s = Self {
+            sgi_groups,
             grp0_en: false,
             grp1_en: false,
             spis: (0..nr_spis).map(|i| Irq::new(SPI_BASE + i, None)).collect(),
@@ -191,8 +233,21 @@ impl VgicState {
         SPI_BASE + self.spis.len() as u32
     }
 
+    /// The vCPU whose affinity (Aff3.Aff2.Aff1.Aff0, as packed by
+    /// [`mpidr_aff`]) is `aff`.
     pub(crate) fn vcpu_by_aff(&self, aff: u32) -> Option<usize> {
-        self.vcpus.iter().position(|c| mpidr_aff(c.mpidr) == aff)
+        let slots = self.sgi_group(aff >> 8, ((aff & 0xff) >> 4) as u8)?;
+        Some(slots[(aff & 0xf) as usize])
+            .filter(|&v| v != NO_VCPU)
+            .map(usize::from)
+    }
+
+    /// The vCPUs a target list with these Aff3.Aff2.Aff1 and RS names, by
+    /// TargetList bit.
+    fn sgi_group(&self, aff321: u32, range: u8) -> Option<&[u8; 16]> {
+        let key = sgi_key(aff321, range);
+        let g = self.sgi_groups.binary_search_by_key(&key, |g| g.key).ok()?;
+        Some(&self.sgi_groups[g].vcpu)
     }
 
     pub(crate) fn irq(&self, v: usize, intid: u32) -> Option<&Irq> {
@@ -605,23 +660,42 @@ impl VgicState {
         self.queue(v, intid, kick);
     }
 
+    /// A trapped SGI register write of vCPU `from`. Its cost is linear in
+    /// the vCPUs it reaches and nothing else: IRM = 1 walks every other
+    /// vCPU; a target list looks its cluster up and visits its set bits.
     pub(crate) fn sgi(&mut self, from: usize, req: &SgiRequest, group1: bool, kick: &mut Kick) {
-        let me = self.vcpus[from].mpidr;
-        for t in 0..self.vcpus.len() {
-            if !req.targets_mpidr(self.vcpus[t].mpidr, me) {
-                continue;
+        if req.broadcast {
+            // IRM = 1: every PE but the requester (IHI 0069 §12.11).
+            for t in (0..self.vcpus.len()).filter(|&t| t != from) {
+                self.sgi_to(t, req.intid, group1, kick);
             }
-            let intid = u32::from(req.intid);
-            let irq = &mut self.vcpus[t].private[intid as usize];
-            // With a single security state, an ICC_SGI0R write only reaches
-            // SGIs configured as Group 0, while ICC_SGI1R reaches either
-            // group (as KVM's vgic_v3_dispatch_sgi).
-            if irq.group1 && !group1 {
-                continue;
-            }
-            irq.latch = true;
-            self.queue(t, intid, kick);
+            return;
         }
+        let Some(&slots) = self.sgi_group(req.aff321, req.range) else {
+            // No vCPU has that affinity: nobody is a target.
+            return;
+        };
+        let mut bits = req.targets;
+        while bits != 0 {
+            let b = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if slots[b] != NO_VCPU {
+                self.sgi_to(usize::from(slots[b]), req.intid, group1, kick);
+            }
+        }
+    }
+
+    fn sgi_to(&mut self, t: usize, intid: u8, group1: bool, kick: &mut Kick) {
+        let intid = u32::from(intid & 0xf);
+        let irq = &mut self.vcpus[t].private[intid as usize];
+        // With a single security state, an ICC_SGI0R write only reaches
+        // SGIs configured as Group 0, while ICC_SGI1R reaches either
+        // group (as KVM's vgic_v3_dispatch_sgi).
+        if irq.group1 && !group1 {
+            return;
+        }
+        irq.latch = true;
+        self.queue(t, intid, kick);
     }
 
     // ---- LPI interface (driven by the vITS under its route lock) ----

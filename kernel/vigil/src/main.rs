@@ -87,7 +87,7 @@ extern "C" fn kmain() -> ! {
     let mut reserved = [Region::new(0, 0); 1 + 2 * vigil_platform::MAX_VMS];
     reserved[0] = Region::new(board::DTB_ADDR, dtb.len() as u64);
     let mut n = 1;
-    vigil_platform::for_each_domain(dtb, |d| {
+    let vms = vigil_platform::for_each_domain(dtb, |d| {
         for r in core::iter::once(d.kernel).chain(d.ramdisk) {
             reserved[n] = r;
             n += 1;
@@ -103,7 +103,7 @@ extern "C" fn kmain() -> ! {
             ));
         }
     }
-    let mem = mm::init(platform.memory, &reserved[..n])
+    let mem = mm::init(platform.memory, &reserved[..n], mm::heap_size(vms))
         .unwrap_or_else(|e| fatal(format_args!("boot: memory: {e}")));
 
     if !arch::mmu::check_stack_layout() {
@@ -138,7 +138,7 @@ extern "C" fn kmain() -> ! {
     log::info!("Vigil {} starting", env!("CARGO_PKG_VERSION"));
     log::info!("exit status through {}", exit::describe());
     log::info!(
-        "RAM {:#x}..{:#x} ({} MiB), image {:#x}..{:#x}, frame bitmap {:#x}, heap {:#x}..{:#x}, {} frames free",
+        "RAM {:#x}..{:#x} ({} MiB), image {:#x}..{:#x}, frame bitmap {:#x}, heap {:#x}..{:#x} ({} MiB for {vms} VMs), {} frames free",
         platform.memory.base,
         platform.memory.end(),
         platform.memory.size >> 20,
@@ -147,6 +147,7 @@ extern "C" fn kmain() -> ! {
         mem.bitmap.base,
         mem.heap.base,
         mem.heap.end(),
+        mem.heap.size >> 20,
         mem.free_frames
     );
     log::info!(

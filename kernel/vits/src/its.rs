@@ -80,7 +80,8 @@ pub struct VitsConfig {
     /// what a guest can make it hold is bounded (beyond: ignored,
     /// `TooManyDevices`).
     pub max_devices: u32,
-    /// Most mapped events over all devices (`TooManyMappings`).
+    /// Most mapped events over all devices (`TooManyMappings`);
+    /// [`MAX_MAPPINGS`] by default.
     pub max_mappings: u32,
     /// Work one call may do on the command queue (a CWRITER write, or
     /// [`Vits::resume`] at a vCPU entry): a command costs 1, a command
@@ -96,6 +97,18 @@ pub struct VitsConfig {
 /// another VM's vCPU is waiting for.
 pub const SLICE: u32 = 256;
 
+/// The default quota of mapped events per vITS: 2^17, so that a VM can map
+/// 10^5 LPIs and still map and unmap more (its vGIC names 2^17 - 8192 =
+/// 122,880 LPI INTIDs). Each mapping costs the hypervisor's heap a route
+/// entry and, per distinct vINTID, a per-LPI record.
+pub const MAX_MAPPINGS: u32 = 1 << 17;
+
+/// The most heap one vITS at its quota takes together with its vGIC's
+/// per-LPI state, in a buddy allocator's power-of-two blocks (measured by
+/// `tests/heap.rs`, which fails if it is exceeded): the hypervisor's heap
+/// grows by this much per VM.
+pub const HEAP_AT_QUOTA: usize = 40 << 20;
+
 impl Default for VitsConfig {
     fn default() -> Self {
         Self {
@@ -103,7 +116,7 @@ impl Default for VitsConfig {
             event_id_bits: 16,
             cpu_device_id: 0,
             max_devices: 1024,
-            max_mappings: 16384,
+            max_mappings: MAX_MAPPINGS,
             slice: None,
         }
     }

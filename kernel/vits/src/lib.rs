@@ -32,7 +32,7 @@ pub mod its;
 
 pub use cmd::Command;
 pub use its::{
-    CmdError, Mirror, TranslateError, Vits, VitsConfig, GITS_SIZE, GITS_TRANSLATER, ITT_ENTRY_SIZE,
-    SLICE, TABLE_ENTRY_SIZE, TABLE_PAGE, VITS_IIDR,
+    CmdError, Mirror, TranslateError, Vits, VitsConfig, GITS_SIZE, GITS_TRANSLATER, HEAP_AT_QUOTA,
+    ITT_ENTRY_SIZE, MAX_MAPPINGS, SLICE, TABLE_ENTRY_SIZE, TABLE_PAGE, VITS_IIDR,
 };
 pub use vigil_vgic::{GuestMemory, Kick, MemError};

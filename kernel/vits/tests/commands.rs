@@ -1135,20 +1135,24 @@ fn mirror_sees_every_mapping_change_of_its_devices() {
 fn quotas_bound_the_state_a_guest_can_create() {
     let r = Rig::new(1);
     let cfg = vigil_vits::VitsConfig::default();
-    // 2^15 events: a 256 KiB ITT (the vITS keeps its routes itself; the
-    // ITT only has to be guest RAM).
-    r.cmd(Command::Mapd {
-        device: 1,
-        size: 14,
-        itt_addr: RAM,
-        valid: true,
-    });
+    assert_eq!(cfg.max_mappings, vigil_vits::MAX_MAPPINGS);
+    assert!(cfg.max_mappings >= 100_000, "10^5 LPIs per VM (issue 22)");
+    // Devices 1 and 2 of 2^16 events each (512 KiB ITTs: the vITS keeps
+    // its routes itself; an ITT only has to be guest RAM).
+    for (device, itt) in [(1, RAM), (2, RAM + 0x8_0000)] {
+        r.cmd(Command::Mapd {
+            device,
+            size: 15,
+            itt_addr: itt,
+            valid: true,
+        });
+    }
     let n = cfg.max_mappings;
     let cmds: Vec<Command> = (0..n)
-        .map(|e| Command::Mapti {
-            device: 1,
-            event: e,
-            intid: LPI0 + (e % 4096),
+        .map(|k| Command::Mapti {
+            device: 1 + k / 65536,
+            event: k % 65536,
+            intid: LPI0 + (k % 4096),
             icid: 0,
         })
         .collect();
@@ -1156,19 +1160,22 @@ fn quotas_bound_the_state_a_guest_can_create() {
         r.cmds(chunk);
     }
     assert_eq!(r.its.error_count(), 0);
-    r.mapti(1, n, LPI0, 0);
-    assert_eq!(r.its.last_error(), Some(CmdError::TooManyMappings(1, n)));
-    assert_eq!(r.its.lookup(1, n), None);
+    r.mapd(3, 0);
+    r.mapti(3, 0, LPI0, 0);
+    assert_eq!(r.its.last_error(), Some(CmdError::TooManyMappings(3, 0)));
+    assert_eq!(r.its.lookup(3, 0), None);
     r.discard(1, 0);
-    r.mapti(1, n, LPI0, 0);
-    assert!(r.its.lookup(1, n).is_some(), "room again after a DISCARD");
+    r.mapti(3, 0, LPI0, 0);
+    assert!(r.its.lookup(3, 0).is_some(), "room again after a DISCARD");
     // MAPD(V=0) returns all of a device's mappings.
-    r.cmd(Command::Mapd {
-        device: 1,
-        size: 0,
-        itt_addr: 0,
-        valid: false,
-    });
+    for device in [1, 3] {
+        r.cmd(Command::Mapd {
+            device,
+            size: 0,
+            itt_addr: 0,
+            valid: false,
+        });
+    }
     r.mapd(2, 0);
     r.mapti(2, 0, LPI0, 0);
     assert!(r.its.lookup(2, 0).is_some());

@@ -10,7 +10,7 @@ use vm_fdt::FdtWriter;
 pub struct GuestDt<'a> {
     pub ram_base: u64,
     pub ram_size: u64,
-    /// vCPUs; vCPU `i` has MPIDR affinity `i`.
+    /// vCPUs; vCPU `i` has MPIDR affinity [`vcpu_mpidr`]`(i)`.
     pub cpus: usize,
     pub bootargs: &'a str,
     /// `[start, end)` of the initrd in guest RAM.
@@ -101,10 +101,12 @@ pub fn build(cfg: &GuestDt<'_>) -> Result<Vec<u8>, Error> {
     w.property_u32("#address-cells", 1)?;
     w.property_u32("#size-cells", 0)?;
     for i in 0..cfg.cpus {
-        let cpu = w.begin_node(&alloc::format!("cpu@{i:x}"))?;
+        // `reg` is the MPIDR affinity (Aff3 = 0: one cell).
+        let mpidr = vcpu_mpidr(i);
+        let cpu = w.begin_node(&alloc::format!("cpu@{mpidr:x}"))?;
         w.property_string("device_type", "cpu")?;
         w.property_string("compatible", "arm,armv8")?;
-        w.property_u32("reg", i as u32)?;
+        w.property_u32("reg", mpidr as u32)?;
         w.property_string("enable-method", "psci")?;
         w.end_node(cpu)?;
     }
@@ -340,6 +342,7 @@ mod tests {
             (2, true, true, Some((0x5000_0000, 0x5001_0000))),
             (4, false, false, None),
             (8, true, true, None),
+            (64, true, false, None),
         ] {
             let dtb = build(&GuestDt {
                 cpus,
@@ -412,6 +415,29 @@ mod tests {
         let t = ::fdt::Fdt::new(&plain).unwrap();
         assert!(t.find_compatible(&["virtio,mmio"]).is_none());
         assert!(t.find_compatible(&["pci-host-ecam-generic"]).is_none());
+    }
+
+    /// 64 vCPUs: cpu nodes in four clusters of 16 (reg = MPIDR, Aff0 < 16),
+    /// and 64 redistributors (8 MiB) that end before the PL011.
+    #[test]
+    fn sixty_four_vcpus_in_clusters() {
+        let dtb = build(&GuestDt { cpus: 64, ..cfg() }).unwrap();
+        let t = ::fdt::Fdt::new(&dtb).unwrap();
+        let ids: Vec<usize> = t.cpus().map(|c| c.ids().first()).collect();
+        let want: Vec<usize> = (0..64).map(|i| ((i / 16) << 8) | (i % 16)).collect();
+        assert_eq!(ids, want);
+        let names: Vec<&str> = t
+            .find_node("/cpus")
+            .unwrap()
+            .children()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names[17], "cpu@101");
+        let gic = t.find_compatible(&["arm,gic-v3"]).unwrap();
+        let gicr = gic.reg().unwrap().nth(1).unwrap();
+        let end = gicr.starting_address as u64 + gicr.size.unwrap() as u64;
+        assert_eq!(gicr.size, Some(64 * 0x2_0000));
+        assert!(end <= UART_BASE, "GICR region ends at {end:#x}");
     }
 
     #[test]

@@ -7,9 +7,46 @@ pub const GICD_SIZE: u64 = 0x1_0000;
 /// The ITS control and translation frames, 128 KiB.
 pub const ITS_BASE: u64 = 0x0808_0000;
 pub const ITS_SIZE: u64 = 0x2_0000;
-/// Redistributors: one 128 KiB frame pair per vCPU.
+/// Redistributors: one 128 KiB frame pair per vCPU, as many as the VM has
+/// (GICR_TYPER.Last on its last one).
 pub const GICR_BASE: u64 = 0x080a_0000;
 pub const GICR_STRIDE: u64 = 0x2_0000;
+/// Most redistributors the region holds before the PL011: 123, as on QEMU
+/// `virt`, whose low redistributor region ends there too.
+pub const MAX_GICR_FRAMES: usize = ((UART_BASE - GICR_BASE) / GICR_STRIDE) as usize;
+const _: () = assert!(GICR_BASE >= ITS_BASE + ITS_SIZE);
+
+/// vCPUs per cluster of a VM's MPIDR layout. One ICC_SGI1R_EL1 write names
+/// targets by Aff3.Aff2.Aff1 and a 16-bit TargetList of Aff0 values
+/// (IHI 0069 §12.11, ICC_SGI1R_EL1); Aff0 beyond 15 needs the range
+/// selector RS, which a guest may only use when ICC_CTLR_EL1.RSS says so
+/// (without it Linux's GICv3 driver reports such CPUs as unreachable by
+/// SGIs, "can't SGI CPU..., no RSS").
+/// So, as on QEMU `virt`: Aff0 = index % 16, Aff1 = index / 16.
+pub const VCPUS_PER_CLUSTER: usize = 16;
+
+/// MPIDR affinity of vCPU `index` (Aff1.Aff0; Aff3 = Aff2 = 0): what its
+/// `cpu` node's `reg`, its MPIDR_EL1 and its GICR_TYPER say.
+pub const fn vcpu_mpidr(index: usize) -> u64 {
+    (((index / VCPUS_PER_CLUSTER) << 8) | (index % VCPUS_PER_CLUSTER)) as u64
+}
+
+/// The index of the vCPU of a VM with `n` vCPUs whose MPIDR affinity is
+/// `mpidr` (PSCI CPU_ON, AFFINITY_INFO), if any: an affinity outside the
+/// layout (Aff0 above 15, Aff2 or Aff3 set, a cluster past the last vCPU)
+/// names none. Constant time.
+pub const fn vcpu_index(mpidr: u64, n: usize) -> Option<usize> {
+    let (aff0, aff1) = ((mpidr & 0xff) as usize, ((mpidr >> 8) & 0xff) as usize);
+    if mpidr & !0xffff != 0 || aff0 >= VCPUS_PER_CLUSTER {
+        return None;
+    }
+    let index = aff1 * VCPUS_PER_CLUSTER + aff0;
+    if index < n {
+        Some(index)
+    } else {
+        None
+    }
+}
 /// The PL011 console.
 pub const UART_BASE: u64 = 0x0900_0000;
 pub const UART_SIZE: u64 = 0x1000;
@@ -101,8 +138,42 @@ pub fn subtract(range: (u64, u64), holes: &[(u64, u64)]) -> impl Iterator<Item =
 
 #[cfg(test)]
 mod tests {
-    use super::subtract;
+    use super::*;
     use alloc::vec::Vec;
+
+    #[test]
+    fn vcpu_mpidrs_are_clusters_of_16_and_map_back() {
+        assert_eq!(vcpu_mpidr(0), 0);
+        assert_eq!(vcpu_mpidr(15), 0xf);
+        assert_eq!(vcpu_mpidr(16), 0x100);
+        assert_eq!(vcpu_mpidr(33), 0x201);
+        assert_eq!(vcpu_mpidr(63), 0x30f);
+        for n in [1, 2, 15, 16, 17, 32, 64] {
+            for i in 0..n {
+                let m = vcpu_mpidr(i);
+                assert!(
+                    m & 0xff < 16,
+                    "Aff0 of vCPU {i} addressable by a TargetList"
+                );
+                assert_eq!(vcpu_index(m, n), Some(i), "vCPU {i} of {n}");
+            }
+            // Past the last vCPU, in its cluster or the next.
+            assert_eq!(vcpu_index(vcpu_mpidr(n), n), None);
+            assert_eq!(vcpu_index(vcpu_mpidr(n + 16), n), None);
+        }
+        // Outside the layout: Aff0 16 (which would be vCPU 16 with the old
+        // flat layout), Aff2, Aff3, non-affinity bits.
+        assert_eq!(vcpu_index(0x10, 64), None);
+        assert_eq!(vcpu_index(0x1_0000, 64), None);
+        assert_eq!(vcpu_index(0x1_0000_0000, 64), None);
+        assert_eq!(vcpu_index(0x8000_0000, 64), None);
+        assert_eq!(vcpu_index(0xff, 64), None);
+    }
+
+    #[test]
+    fn redistributors_of_the_largest_vm_end_before_the_uart() {
+        assert_eq!(MAX_GICR_FRAMES, 123);
+    }
 
     fn pieces(range: (u64, u64), holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
         subtract(range, holes).collect()

@@ -314,7 +314,7 @@ mod tests {
 
     impl PsciVm for Vm {
         fn vcpu_by_mpidr(&self, mpidr: u64) -> Option<usize> {
-            ((mpidr as usize) < self.power.len()).then_some(mpidr as usize)
+            crate::layout::vcpu_index(mpidr, self.power.len())
         }
         fn power(&self, vcpu: usize) -> &VcpuPower {
             &self.power[vcpu]
@@ -436,6 +436,36 @@ mod tests {
             call(&vm, 0, fid::AFFINITY_INFO_64, 1, 1, 0),
             Some(Outcome::Return(ret::INVALID_PARAMETERS))
         );
+    }
+
+    /// 64 vCPUs in clusters of 16: CPU_ON and AFFINITY_INFO name vCPU 16
+    /// by MPIDR 0x100 and vCPU 63 by 0x30f; the flat affinities 0x10 and
+    /// 0x3f name nobody (DEN 0022 §5.6, CPU_ON: INVALID_PARAMETERS).
+    #[test]
+    fn cpu_on_by_mpidr_across_clusters() {
+        let vm = Vm::new(64);
+        for (mpidr, v) in [(0x100, 16), (0x30f, 63), (0x201, 33)] {
+            assert_eq!(
+                call(&vm, 0, fid::CPU_ON_64, mpidr, ENTRY, v as u64),
+                Some(Outcome::Started { target: v })
+            );
+            assert_eq!(
+                call(&vm, 0, fid::AFFINITY_INFO_64, mpidr, 0, 0),
+                Some(Outcome::Return(PowerState::OnPending as i64))
+            );
+        }
+        for bad in [0x10, 0x3f, 0x400, 0x1_0000] {
+            assert_eq!(
+                call(&vm, 0, fid::CPU_ON_64, bad, ENTRY, 0),
+                Some(Outcome::Return(ret::INVALID_PARAMETERS)),
+                "{bad:#x}"
+            );
+            assert_eq!(
+                call(&vm, 0, fid::AFFINITY_INFO_64, bad, 0, 0),
+                Some(Outcome::Return(ret::INVALID_PARAMETERS)),
+                "{bad:#x}"
+            );
+        }
     }
 
     #[test]

@@ -195,3 +195,91 @@ fn gicv4_redistributors_of_four_frames_in_two_regions() {
         ])
         .unwrap();
 }
+
+/// Issue 22's guest half: a VM with 64 vCPUs, one per CPU of a 64-CPU
+/// board, in four clusters of 16 of its own (MPIDR Aff1 = i / 16): every
+/// ordered pair of vCPUs exchanges SGIs (target lists in every cluster,
+/// 9 phases a round), none lost or doubled, and an IRM broadcast reaches
+/// the 63 others once.
+#[test]
+fn guest_with_64_vcpus_ipis_all_to_all() {
+    let pcpus: Vec<usize> = (0..64).collect();
+    let run = Qemu::with_guests(&[Guest::test("ipi")
+        .cpus(64)
+        .pcpus(&pcpus)
+        .bootargs("vigil.guest=ipi vigil.ipi.rounds=3")])
+    .smp(64)
+    .timeout(Duration::from_secs(300))
+    .run();
+    run.check(&[
+        "vm ipi: 64 vCPUs on CPUs [0, 1, 2,",
+        "guest: ipi: 3 rounds all-to-all among 64 vCPUs",
+        "(9 phases per round, 4 clusters)",
+        "guest: ipi: 12096 SGIs, each of the 4032 (sender, target) pairs exactly 3 times, nothing else",
+        "guest: ipi: IRM broadcast SGI 8 from cpu 0: taken once by cpus 1-63, not by cpu 0",
+        "[ipi] guest: ipi: PASS",
+        "vm ipi: powered off (PSCI SYSTEM_OFF), status 0",
+    ])
+    .unwrap();
+    eprintln!("ipi among 64 vCPUs: {:?}", run.elapsed);
+}
+
+/// 32 vCPUs oversubscribed 2:1 on 16 CPUs (two vCPUs of one guest
+/// cluster on each CPU): the same exactness while vCPUs that wait are
+/// switched out.
+#[test]
+fn guest_with_32_vcpus_on_16_cpus_ipis_all_to_all() {
+    let pcpus: Vec<usize> = (0..32).map(|v| v % 16).collect();
+    let run = Qemu::with_guests(&[Guest::test("ipi")
+        .cpus(32)
+        .pcpus(&pcpus)
+        .bootargs("vigil.guest=ipi vigil.ipi.rounds=3")])
+    .smp(16)
+    .timeout(Duration::from_secs(300))
+    .run();
+    run.check(&[
+        "guest: ipi: 3 rounds all-to-all among 32 vCPUs",
+        "(5 phases per round, 2 clusters)",
+        "guest: ipi: 2976 SGIs, each of the 992 (sender, target) pairs exactly 3 times, nothing else",
+        "guest: ipi: IRM broadcast SGI 8 from cpu 0: taken once by cpus 1-31, not by cpu 0",
+        "[ipi] guest: ipi: PASS",
+    ])
+    .unwrap();
+    eprintln!("ipi among 32 vCPUs on 16 CPUs: {:?}", run.elapsed);
+}
+
+/// A guest's cpus= is 1 to 64 and its pinning must fit the board: one
+/// error line and exit 2 before QEMU starts. Without --smp the board
+/// follows the pinning (here 20 CPUs for a vCPU on CPU 19).
+#[test]
+fn scripts_qemu_checks_vcpus_and_pinning() {
+    let tg = vigil_harness::test_guest().display().to_string();
+    for (args, why) in [
+        (
+            vec![format!("name=big,kernel={tg},cpus=65")],
+            "guest 0 (big): cpus=65: expected 1 to 64 vCPUs",
+        ),
+        (
+            vec![format!("name=p,kernel={tg},cpus=2,pcpus=0")],
+            "guest 0 (p): pcpus=0 names 1 CPUs for 2 vCPUs",
+        ),
+        (
+            vec![
+                "--smp".into(),
+                "4".into(),
+                format!("name=p,kernel={tg},cpus=2,pcpus=0:9"),
+            ],
+            "guest 0 (p): a vCPU is pinned to CPU 9, but --smp 4 gives the board CPUs 0-3",
+        ),
+    ] {
+        let mut cmd = Command::new(workspace_root().join("scripts/qemu"));
+        let (opts, spec) = args.split_at(args.len() - 1);
+        cmd.args(opts).arg("--guest").arg(&spec[0]).arg(image());
+        let run = run_with_timeout(cmd, Duration::from_secs(30));
+        assert_eq!(run.ending, Ending::Exited(2), "{args:?}: {}", run.log);
+        assert!(run.log.contains(why), "{args:?}: {}", run.log);
+    }
+    let run = Qemu::with_guests(&[Guest::test("hello").cpus(2).pcpus(&[0, 19])]).run();
+    run.check(&["20 of 20 CPUs online", "vm hello: 2 vCPUs on CPUs [0, 19]"])
+        .unwrap();
+}

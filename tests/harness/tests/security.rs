@@ -166,8 +166,9 @@ fn scripts_run_linux_exits_zero_on_poweroff() {
     .unwrap();
 }
 
-/// `--cpus` beyond the board's 4 CPUs (documented as 1-8): the vCPUs
-/// share the CPUs round-robin and all come online (issue 19, item 2).
+/// `--cpus` beyond the board's 4 CPUs (1 to 64): the vCPUs share the
+/// CPUs round-robin and all come online (issue 19, item 2); past 64 is one
+/// error line and exit 2 (issue 22).
 #[test]
 fn scripts_run_eight_vcpus_share_four_cpus() {
     let run = scripts_run(
@@ -186,6 +187,15 @@ fn scripts_run_eight_vcpus_share_four_cpus() {
         "vm linux: powered off (PSCI SYSTEM_OFF), status 0",
     ])
     .unwrap();
+    let run = scripts_run(&["--cpus", "65"], Duration::from_secs(30));
+    assert_eq!(run.ending, Ending::Exited(2), "{}", run.log);
+    assert!(
+        run.log
+            .trim_end()
+            .ends_with("\nscripts/run: --cpus 65: expected 1 to 64"),
+        "{}",
+        run.log
+    );
 }
 
 /// `--mem 1024` with 4 vCPUs (guest images no longer split the board's

@@ -118,8 +118,13 @@ fn a_guest_sets_the_exit_status() {
 
 #[test]
 fn bad_guest_description_is_one_clear_error() {
-    // More vCPUs pinned than CPUs exist.
-    let run = Qemu::with_guests(&[Guest::test("hello").cpus(2).pcpus(&[0, 6])]).run();
+    // More vCPUs pinned than CPUs exist. scripts/qemu would give the board
+    // the 7 CPUs this needs (or refuse a --smp that is too small); QEMU's
+    // own -smp after it (the later one wins) keeps the board at 4, so
+    // that Vigil's check is what answers.
+    let run = Qemu::with_guests(&[Guest::test("hello").cpus(2).pcpus(&[0, 6])])
+        .qemu_args(&["-smp".into(), "4".into()])
+        .run();
     assert_eq!(run.ending, Ending::Exited(1), "{}", run.log);
     assert_eq!(
         run.lines_with("boot: creating VMs: vCPU pinned to physical CPU 6, which is not online")

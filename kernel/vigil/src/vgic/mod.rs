@@ -229,6 +229,10 @@ pub type VmGic = Arc<Vgic>;
 
 pub fn new_vm_gic(vcpus: usize, lpis: bool) -> VmGic {
     let mut cfg = VgicConfig::simple(vcpus);
+    cfg.mpidrs = (0..vcpus).map(vigil_vm::layout::vcpu_mpidr).collect();
+    // LPI INTIDs below 2^17: room for the vITS's quota of mappings
+    // (vigil_vits::MAX_MAPPINGS) on distinct LPIs.
+    cfg.lpi_id_bits = 17;
     cfg.pri_bits = pri_bits();
     cfg.lpis = lpis;
     let g = Arc::new(Vgic::new(&cfg));

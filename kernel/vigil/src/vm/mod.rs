@@ -42,6 +42,11 @@ use vigil_vgic::{CpuIfContext, GuestMemory, Kick, MemError};
 /// SGI that makes a physical CPU leave its guest and look at its queue.
 pub const SGI_KICK: u8 = 15;
 
+// Every vCPU of the largest VM has a redistributor below the PL011, and a
+// place in the vGIC's 64-bit vCPU sets.
+const _: () = assert!(vigil_platform::MAX_VCPUS <= layout::MAX_GICR_FRAMES);
+const _: () = assert!(vigil_platform::MAX_VCPUS <= 64);
+
 /// PSTATE of a vCPU at reset: EL1h, DAIF masked (Arm ARM C5.2.18).
 const PSTATE_EL1H_MASKED: u64 = 0x3c5;
 
@@ -58,6 +63,9 @@ pub struct Vcpu {
     pub power: VcpuPower,
     /// Set while a physical CPU is inside this vCPU's run loop.
     running: AtomicBool,
+    /// It left a shared CPU waiting for an interrupt (WFI): the scheduler
+    /// passes it over until it has one to take (see [`Vcpu::wakeable`]).
+    waiting: AtomicBool,
     state: Mutex<VcpuState>,
     /// Breakpoints, watchpoints, OS lock: switched lazily (see `debug`).
     debug: debug::DebugState,
@@ -473,7 +481,7 @@ impl GuestMemory for Vm {
 
 impl PsciVm for Vm {
     fn vcpu_by_mpidr(&self, mpidr: u64) -> Option<usize> {
-        self.vcpus().iter().position(|v| v.mpidr == mpidr)
+        layout::vcpu_index(mpidr, self.vcpus().len())
     }
 
     fn power(&self, vcpu: usize) -> &VcpuPower {
@@ -947,13 +955,14 @@ fn create(
             vm,
             index: i,
             pcpu: d.pcpus[i] as usize,
-            mpidr: i as u64,
+            mpidr: layout::vcpu_mpidr(i),
             power: VcpuPower::new(if boot {
                 PowerState::On
             } else {
                 PowerState::Off
             }),
             running: AtomicBool::new(false),
+            waiting: AtomicBool::new(false),
             debug: debug::DebugState::new(),
             state: Mutex::new(VcpuState {
                 regs,
@@ -1210,7 +1219,7 @@ pub fn console_input_resume(vm: usize) {
 }
 
 /// Make `v`'s state the one loaded on this CPU.
-fn load(v: &'static Vcpu, st: &mut VcpuState) {
+fn load(v: &'static Vcpu, st: &mut VcpuState, shared: bool) {
     let cpu = arch::cpu_index();
     let prev = LOADED[cpu].load(Ordering::Relaxed);
     let me = v as *const Vcpu as usize;
@@ -1238,11 +1247,11 @@ fn load(v: &'static Vcpu, st: &mut VcpuState) {
     debug::switch_to(&v.debug, st.el1.mdscr);
     sysreg::set_vmpidr_el2((1 << 31) | v.mpidr);
     // SAFETY: the VM's own stage-2 tables and VMID (built at creation,
-    // never freed), for the vCPU about to run; HCR_GUEST keeps stage 2 on
+    // never freed), for the vCPU about to run; hcr_guest keeps stage 2 on
     // and IRQs at EL2. The ISB follows.
     unsafe {
         sysreg::set_vttbr_el2(v.vm.vttbr);
-        sysreg::set_hcr_el2(trap::HCR_GUEST);
+        sysreg::set_hcr_el2(trap::hcr_guest(shared));
     }
     sysreg::isb();
     LOADED[cpu].store(me, Ordering::Relaxed);
@@ -1274,8 +1283,9 @@ fn run(v: &'static Vcpu, shared: bool) {
     // waits for `running` to clear either sees this vCPU running or is
     // seen by its loop below, which then does not enter.
     v.running.store(true, Ordering::SeqCst);
-    load(v, &mut st);
+    load(v, &mut st, shared);
     CURRENT_REGS[cpu].store(&mut st.regs as *mut GuestRegs as u64, Ordering::Relaxed);
+    v.waiting.store(false, Ordering::Relaxed);
     loop {
         if !v.vm.is_running() || v.power.state() != PowerState::On {
             break;
@@ -1310,6 +1320,7 @@ fn run(v: &'static Vcpu, shared: bool) {
                 // entry, not while the vCPU sleeps.
                 if shared {
                     if !v.vm.gic.has_deliverable(v.index) && !v.vm.its.has_unfinished_commands() {
+                        v.waiting.store(true, Ordering::Relaxed);
                         break;
                     }
                 } else {
@@ -1329,6 +1340,41 @@ fn run(v: &'static Vcpu, shared: bool) {
     drop(st);
     if v.vm.reset_by.load(Ordering::SeqCst) == v.index {
         v.vm.finish_reset();
+    }
+}
+
+impl Vcpu {
+    /// Whether the scheduler may run it: powered on (or starting) and, if
+    /// it waits, with something to do: an interrupt to take, ITS commands
+    /// to run, or an EL1 timer whose deadline passed. A vCPU waiting on a
+    /// shared CPU is not entered just to wait again: that would keep the
+    /// CPU busy while all its vCPUs idle. It is called on this vCPU's own
+    /// CPU, where nothing else runs it.
+    fn wakeable(&self) -> bool {
+        if !self.vm.is_running() {
+            return false;
+        }
+        match self.power.state() {
+            PowerState::OnPending => return true,
+            PowerState::On => {}
+            _ => return false,
+        }
+        if !self.waiting.load(Ordering::Relaxed) {
+            return true;
+        }
+        if self.vm.gic.has_deliverable(self.index) || self.vm.its.has_unfinished_commands() {
+            return true;
+        }
+        // The vCPU loaded here has its timers live: their interrupts make
+        // it deliverable when they fire. Another's are in its saved state.
+        if LOADED[self.pcpu].load(Ordering::Relaxed) == self as *const Vcpu as usize {
+            return false;
+        }
+        let el1 = self.state.lock().el1;
+        // CNTVOFF_EL2 is 0: both timers compare against the physical count.
+        let now = arch::counter();
+        let due = |ctl: u64, cval: u64| ctl & 0b11 == 0b01 && now >= cval;
+        due(el1.cntv_ctl, el1.cntv_cval) || due(el1.cntp_ctl, el1.cntp_cval)
     }
 }
 
@@ -1373,10 +1419,11 @@ pub fn schedule() -> ! {
     loop {
         let next = {
             let mut q = RUNQ[cpu].lock();
-            let pos = q.iter().position(|v| {
-                v.vm.is_running()
-                    && matches!(v.power.state(), PowerState::On | PowerState::OnPending)
-            });
+            // Waiting vCPUs are looked at on every pass: a kick, a device
+            // interrupt or the slice tick (every 4 ms on a shared CPU,
+            // which bounds how late a descheduled vCPU's timer is seen)
+            // wakes this CPU.
+            let pos = q.iter().position(|v| v.wakeable());
             // Round robin: the chosen vCPU goes to the back of the queue.
             pos.map(|i| {
                 let v = q.remove(i);

@@ -25,7 +25,7 @@ use aarch64_cpu::registers::HCR_EL2;
 /// shareable), trap WFI (TWI), SMC (TSC), implementation-defined registers
 /// (TIDCP) and ID registers (TID3), EL1 is AArch64 (RW), pointer
 /// authentication not trapped (API/APK).
-pub const HCR_GUEST: u64 = HCR_EL2::VM::Enable.value
+const HCR_GUEST: u64 = HCR_EL2::VM::Enable.value
     | HCR_EL2::SWIO::SET.value
     | HCR_EL2::FMO::EnableVirtualFIQ.value
     | HCR_EL2::IMO::EnableVirtualIRQ.value
@@ -51,6 +51,20 @@ pub enum Exit {
     Wait,
     /// The vCPU is off or its VM stopped.
     Off,
+}
+
+/// HCR_EL2 for a vCPU on a physical CPU it shares with others (or not):
+/// there WFE traps too (TWE), and yields the CPU. A guest waits with WFE
+/// for another vCPU to do something (Linux's spinlocks, csd_lock_wait,
+/// smp_cond_load), which may be a vCPU queued behind it on the same CPU:
+/// without the trap it would spin out its slice. Alone on its CPU, WFE
+/// stays the guest's (as KVM clears TWE for a vCPU alone on its CPU).
+pub fn hcr_guest(shared: bool) -> u64 {
+    if shared {
+        HCR_GUEST | HCR_EL2::TWE::SET.value
+    } else {
+        HCR_GUEST
+    }
 }
 
 type Handler = fn(&'static Vcpu, &mut GuestRegs, Esr) -> Exit;
@@ -111,7 +125,8 @@ fn unhandled(v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
 fn wfx(_v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
     regs.pc += 4;
     if esr.is_wfe() {
-        Exit::Continue
+        // Only trapped on a shared CPU (`hcr_guest`): let the others run.
+        Exit::Yield
     } else {
         Exit::Wait
     }

@@ -98,7 +98,13 @@ impl Rig {
 
     /// As [`Rig::new`], with a vITS of shape `cfg`.
     pub fn with(n: usize, cfg: VitsConfig) -> Self {
-        let r = Self::bare_with(n, cfg);
+        Self::with_vgic(VgicConfig::simple(n), cfg)
+    }
+
+    /// As [`Rig::new`], with a vGIC and a vITS of these shapes.
+    pub fn with_vgic(vgic: VgicConfig, cfg: VitsConfig) -> Self {
+        let n = vgic.mpidrs.len();
+        let r = Self::bare_vgic(vgic, cfg);
         r.setup_tables(false);
         r.enable_lpis();
         for v in 0..n {
@@ -118,7 +124,11 @@ impl Rig {
 
     /// Nothing configured, a vITS of shape `cfg`.
     pub fn bare_with(n: usize, cfg: VitsConfig) -> Self {
-        let vgic = Arc::new(Vgic::new(&VgicConfig::simple(n)));
+        Self::bare_vgic(VgicConfig::simple(n), cfg)
+    }
+
+    fn bare_vgic(vgic: VgicConfig, cfg: VitsConfig) -> Self {
+        let vgic = Arc::new(Vgic::new(&vgic));
         let its = Arc::new(Vits::new(vgic.clone(), cfg));
         Self {
             vgic,

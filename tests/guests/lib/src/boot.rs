@@ -17,8 +17,9 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::{cpu, BootInfo};
 
-/// Most vCPUs a guest supports (stack slots in `linker/guest.ld`).
-pub const MAX_CPUS: usize = 8;
+/// Most vCPUs a guest supports: as many as a VM of Vigil's can have (stack
+/// slots in `linker/guest.ld`, which must say the same).
+pub const MAX_CPUS: usize = 64;
 /// Stack size per vCPU. Must match `linker/guest.ld`.
 pub const STACK_SIZE: usize = 16 * 1024;
 /// The low bits of a CPU_ON context id that select the stack slot.

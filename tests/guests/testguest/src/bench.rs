@@ -337,8 +337,9 @@ const GICR_PROPBASER: u64 = 0x0070;
 const GICR_PENDBASER: u64 = 0x0078;
 const VALID: u64 = 1 << 63;
 const QUEUE_BYTES: u64 = 0x1_0000;
-/// LPI INTID bits in GICR_PROPBASER (IDbits + 1): INTIDs below 16384.
-const LPI_ID_BITS: u64 = 14;
+/// LPI INTID bits in GICR_PROPBASER (IDbits + 1): INTIDs below 2^17, the
+/// VM's own limit (GICD_TYPER.IDbits), room for 10^5 mapped LPIs.
+const LPI_ID_BITS: u64 = 17;
 
 // GIC and ITS registers change interrupt state only; this guest's ITS
 // tables, queue and property table are RAM it reserved for them (beyond its
@@ -378,9 +379,12 @@ fn zero(addr: u64, bytes: u64) {
 struct Its {
     queue: u64,
     cwriter: u64,
+    fill_itts: u64,
+    /// Mappings `fill` made so far.
+    filled: u32,
 }
 
-/// RAM the ITS pieces live in: the top 1 MiB of the VM's RAM below the
+/// RAM the ITS pieces live in: the top 2 MiB of the VM's RAM below the
 /// device tree (Vigil puts it near the end of RAM).
 struct ItsMemory {
     prop: u64,
@@ -389,7 +393,14 @@ struct ItsMemory {
     collection_table: u64,
     itt: u64,
     queue: u64,
+    /// The ITTs of the devices `bench-scale` fills with mappings.
+    fill_itts: u64,
 }
+
+/// Events per device `bench-scale` fills (the vITS's EventID limit).
+const FILL_EVENTS: u32 = 1 << 16;
+/// Devices it fills (DeviceIDs 1..): room for 10^5 mappings.
+const FILL_DEVICES: u32 = 2;
 
 fn its_memory(boot: &BootInfo) -> ItsMemory {
     let image_end = vigil_guest::boot::image_range().end;
@@ -398,14 +409,15 @@ fn its_memory(boot: &BootInfo) -> ItsMemory {
     } else {
         boot.ram.end
     };
-    let top = (limit & !0xffff) - 0x10_0000;
+    let top = (limit & !0xffff) - 0x20_0000;
     ItsMemory {
-        prop: top,                        // 8 KiB (LPI_ID_BITS = 14)
-        pend: top + 0x1_0000,             // 2 KiB, 64 KiB aligned
-        device_table: top + 0x2_0000,     // one 64 KiB page
-        collection_table: top + 0x3_0000, // one 64 KiB page
-        itt: top + 0x4_0000,              // 256 events
-        queue: top + 0x5_0000,            // 64 KiB
+        prop: top,                        // 120 KiB (LPI_ID_BITS = 17)
+        pend: top + 0x2_0000,             // 16 KiB, 64 KiB aligned
+        device_table: top + 0x3_0000,     // one 64 KiB page
+        collection_table: top + 0x4_0000, // one 64 KiB page
+        itt: top + 0x5_0000,              // 256 events
+        queue: top + 0x6_0000,            // 64 KiB
+        fill_itts: top + 0x8_0000,        // 2 x 512 KiB
     }
 }
 
@@ -424,7 +436,7 @@ impl Its {
             println!("bench: no room for the ITS tables");
             return None;
         }
-        zero(m.prop, 0x6_0000 + QUEUE_BYTES);
+        zero(m.prop, 0x7_0000);
         // Property table: the two measured LPIs enabled, the batch ones
         // disabled.
         for lpi in [LPI_INT, LPI_TRANSLATER] {
@@ -465,6 +477,8 @@ impl Its {
         let mut its = Its {
             queue: m.queue,
             cwriter: 0,
+            fill_itts: m.fill_itts,
+            filled: 0,
         };
         // MAPC ICID 0 -> this vCPU; MAPD device 0, 8 event bits.
         its.push([0x09, 0, VALID | (rdbase << 16), 0]);
@@ -495,7 +509,45 @@ impl Its {
     fn wait_idle(&self) -> bool {
         cpu::wait_until(TIMEOUT_US, || mmio_read64(GITS_CREADR) == self.cwriter)
     }
+
+    /// Map events of devices 1.. to LPIs of their own (above the rows'
+    /// ones, disabled in the property table) until `total` are mapped, in
+    /// batches the queue holds.
+    fn fill(&mut self, total: u32) -> bool {
+        const BATCH: u32 = 1024;
+        if total > FILL_DEVICES * FILL_EVENTS {
+            return false;
+        }
+        while self.filled < total {
+            let n = (total - self.filled).min(BATCH);
+            for k in self.filled..self.filled + n {
+                let device = 1 + k / FILL_EVENTS;
+                if k % FILL_EVENTS == 0 {
+                    // MAPD: 16 event bits, its ITT in the fill area.
+                    let itt = self.fill_itts + u64::from(device - 1) * u64::from(FILL_EVENTS) * 8;
+                    self.push([0x08 | u64::from(device) << 32, 15, VALID | itt, 0]);
+                }
+                let event = k % FILL_EVENTS;
+                self.push([
+                    0x0A | u64::from(device) << 32,
+                    u64::from(event) | u64::from(FILL_LPI + k) << 32,
+                    0,
+                    0,
+                ]);
+            }
+            self.push([0x05, 0, 0, 0]);
+            self.kick();
+            if !self.wait_idle() {
+                return false;
+            }
+            self.filled += n;
+        }
+        true
+    }
 }
+
+/// The LPIs `Its::fill` maps: from here, clear of the rows' own.
+const FILL_LPI: u32 = 8192 + 1024;
 
 fn mapti(event: u32, lpi: u32) -> [u64; 4] {
     [0x0A, u64::from(event) | u64::from(lpi) << 32, 0, 0]
@@ -696,6 +748,11 @@ fn bench_translater(empty: u64) {
 }
 
 fn bench_its_cmd(its: &mut Its, empty: u64) {
+    row("its_cmd", its_cmd_per_op(its, empty));
+}
+
+/// MAPTI/DISCARD batches with a SYNC: instructions per command.
+fn its_cmd_per_op(its: &mut Its, empty: u64) -> PerOp {
     let mut total = 0;
     for _ in 0..ITS_BATCHES {
         for k in 0..ITS_PAIRS as u32 {
@@ -710,14 +767,11 @@ fn bench_its_cmd(its: &mut Its, empty: u64) {
         total += t1 - t0;
     }
     // Per command of the 256, the SYNC's cost included.
-    row(
-        "its_cmd",
-        per_op(
-            total,
-            empty * ITS_BATCHES / ITERS,
-            ITS_BATCHES * ITS_PAIRS * 2,
-        ),
-    );
+    per_op(
+        total,
+        empty * ITS_BATCHES / ITERS,
+        ITS_BATCHES * ITS_PAIRS * 2,
+    )
 }
 
 /// Whether row `name` runs: all of them, or those named in
@@ -777,6 +831,193 @@ pub fn run(boot: &'static BootInfo) -> ! {
         bench_ipi(boot, empty);
     }
     report::pass(BENCH)
+}
+
+// ---------------------------------------------------------------------------
+// bench-scale: costs against the size of the machine and of the VM (issue
+// 22). One VM with a vCPU on every physical CPU (scripts/bench runs it on
+// 4, 16 and 64); rows hyp_call, ipi (vCPU 0 to the last vCPU, in another
+// cluster past 16), ipi_broadcast (IRM = 1 from vCPU 0 until the last of
+// the others has run its handler) and its_cmd; with
+// `vigil.bench.mapped=A,B,...` also its_cmd with A, B, ... LPIs mapped
+// beforehand (`mapped_<A>`).
+
+const SCALE: &str = "bench-scale";
+const SGI_BROADCAST: u32 = 4;
+/// Broadcast targets that have not run their handler yet.
+static BROADCAST_LEFT: AtomicU64 = AtomicU64::new(0);
+/// vCPUs of the scale VM that are up.
+static SCALE_UP: AtomicU64 = AtomicU64::new(0);
+
+/// Every vCPU but 0: waits in WFI; answers a PING with a PONG to vCPU 0,
+/// and the last target of a broadcast sends one PONG for all.
+fn scale_peer(_context: u64) -> ! {
+    gic::init_cpu();
+    install_vectors();
+    for sgi in [SGI_PING, SGI_BROADCAST] {
+        gic::set_priority(sgi, PRIORITY);
+        gic::enable(sgi);
+    }
+    let boot = BOOT_MPIDR.load(Ordering::Relaxed);
+    SCALE_UP.fetch_add(1, Ordering::AcqRel);
+    let mut seen = 0;
+    loop {
+        loop {
+            gic::irq_disable();
+            if count() != seen {
+                break;
+            }
+            gic::wait_for_interrupt();
+            gic::irq_enable();
+        }
+        seen = count();
+        let intid = slot().iar.load(Ordering::Relaxed) & 0xff_ffff;
+        if intid == u64::from(SGI_PING)
+            || (intid == u64::from(SGI_BROADCAST)
+                && BROADCAST_LEFT.fetch_sub(1, Ordering::AcqRel) == 1)
+        {
+            gic::send_sgi(SGI_PONG, boot);
+        }
+    }
+}
+
+/// `ITERS` unicast SGIs from vCPU 0 to vCPU `peer`, each until its
+/// handler ran; vCPU 0 waits in WFI meanwhile (counting nothing).
+fn scale_ipi(boot: &BootInfo, peer: usize, empty: u64) {
+    let sgi1r = gic::sgi1r_for(SGI_PING, boot.cpus()[peer]);
+    let peer_slot = &SLOTS[peer];
+    let mut total = 0;
+    for i in 0..ITERS + 16 {
+        let mine = count();
+        let t0: u64;
+        // SAFETY: sends SGI_PING to vCPU `peer` (ICC_SGI1R_EL1).
+        unsafe {
+            asm!(
+                "isb", "mrs {t0}, cntvct_el0", "isb",
+                "msr icc_sgi1r_el1, {v}", "isb",
+                t0 = out(reg) t0, v = in(reg) sgi1r,
+                options(nostack, preserves_flags)
+            )
+        };
+        wait_handler_wfi("ipi", mine);
+        let t1 = peer_slot.time.load(Ordering::Acquire);
+        if i >= 16 {
+            total += t1.wrapping_sub(t0);
+        }
+    }
+    row("ipi", per_op(total, empty, ITERS));
+}
+
+/// Broadcasts from vCPU 0, each until the last of the `n - 1` others ran
+/// its handler.
+fn scale_broadcast(n: usize, empty: u64) {
+    const BCAST_ITERS: u64 = 100;
+    let mut total = 0;
+    for i in 0..BCAST_ITERS + 4 {
+        let before: [u64; MAX_CPUS] =
+            core::array::from_fn(|c| SLOTS[c].count.load(Ordering::Acquire));
+        BROADCAST_LEFT.store(n as u64 - 1, Ordering::Release);
+        let mine = count();
+        let t0: u64;
+        let v = (1u64 << 40) | u64::from(SGI_BROADCAST) << 24;
+        // SAFETY: sends SGI_BROADCAST to every other vCPU (IRM = 1).
+        unsafe {
+            asm!(
+                "isb", "mrs {t0}, cntvct_el0", "isb",
+                "msr icc_sgi1r_el1, {v}", "isb",
+                t0 = out(reg) t0, v = in(reg) v,
+                options(nostack, preserves_flags)
+            )
+        };
+        wait_handler_wfi("ipi_broadcast", mine);
+        let mut last = t0;
+        for c in 1..n {
+            if SLOTS[c].count.load(Ordering::Acquire) == before[c] {
+                fail!(
+                    SCALE,
+                    "ipi_broadcast: vCPU {c} never took SGI {SGI_BROADCAST}"
+                );
+            }
+            last = last.max(SLOTS[c].time.load(Ordering::Acquire));
+        }
+        if i >= 4 {
+            total += last - t0;
+        }
+    }
+    row("ipi_broadcast", per_op(total, empty, BCAST_ITERS));
+    println!(
+        "bench: ipi_broadcast reaches {} vCPUs: {} per target",
+        n - 1,
+        per_op(total, empty, BCAST_ITERS * (n as u64 - 1))
+    );
+}
+
+pub fn run_scale(boot: &'static BootInfo) -> ! {
+    let n = boot.cpus().len().min(MAX_CPUS);
+    println!(
+        "bench: CNTFRQ_EL0 {} Hz ({}), {ITERS} iterations per row, {n} vCPUs",
+        cpu::counter_frequency(),
+        if boot.vigil { "Vigil" } else { "bare" }
+    );
+    if n < 2 {
+        fail!(SCALE, "needs two vCPUs at least");
+    }
+    gic::init_distributor();
+    gic::init_cpu();
+    install_vectors();
+    gic::irq_disable();
+    gic::set_priority(SGI_PONG, PRIORITY);
+    gic::enable(SGI_PONG);
+    BOOT_MPIDR.store(cpu::mpidr(), Ordering::Relaxed);
+    vigil_guest::set_secondary_main(scale_peer);
+    for (i, &mpidr) in boot.cpus().iter().enumerate().take(n).skip(1) {
+        let r = psci::cpu_on(mpidr, i as u64);
+        if r != 0 {
+            fail!(SCALE, "CPU_ON of vCPU {i}: {r}");
+        }
+    }
+    if !cpu::wait_until(TIMEOUT_US, || {
+        SCALE_UP.load(Ordering::Acquire) == n as u64 - 1
+    }) {
+        fail!(
+            SCALE,
+            "only {} vCPUs came up",
+            SCALE_UP.load(Ordering::Acquire) + 1
+        );
+    }
+    let empty_loop = hvc_loop(smccc::VIGIL_NULL, ITERS, false);
+    let empty = empty_pairs();
+    if want(boot, "hyp_call") {
+        bench_hyp_call(empty_loop);
+    }
+    if want(boot, "ipi") {
+        scale_ipi(boot, n - 1, empty);
+    }
+    if want(boot, "ipi_broadcast") {
+        scale_broadcast(n, empty);
+    }
+    let mapped = boot.bootarg("vigil.bench.mapped");
+    if want(boot, "its_cmd") || mapped.is_some() {
+        let Some(mut its) = Its::init(boot) else {
+            fail!(SCALE, "no ITS");
+        };
+        if want(boot, "its_cmd") {
+            bench_its_cmd(&mut its, empty);
+        }
+        for m in mapped.into_iter().flat_map(|m| m.split(',')) {
+            let Ok(m) = m.parse::<u32>() else {
+                fail!(SCALE, "vigil.bench.mapped: {m} is not a number");
+            };
+            if !its.fill(m) {
+                fail!(SCALE, "could not map {m} LPIs");
+            }
+            println!(
+                "bench: its_cmd_mapped_{m} {}",
+                its_cmd_per_op(&mut its, empty)
+            );
+        }
+    }
+    report::pass(SCALE)
 }
 
 // ---------------------------------------------------------------------------

@@ -84,6 +84,7 @@ fn main(boot: &'static BootInfo) -> ! {
         "uart-level" => vgic::uart_level(boot),
         "bench" => bench::run(boot),
         "bench-yield" => bench::run_yield(boot),
+        "bench-scale" => bench::run_scale(boot),
         "its" => vits::run(boot),
         "its-fuzz" => vits::fuzz(boot),
         "msi-stress" => passthrough::run(boot),

@@ -7,9 +7,7 @@ use core::arch::asm;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use vigil_guest::gic::{self, Trigger};
-use vigil_guest::{
-    cpu, ensure, fail, mmio, println, psci, report, BootInfo, SpinBarrier, MAX_CPUS,
-};
+use vigil_guest::{cpu, ensure, fail, mmio, println, psci, report, BootInfo, MAX_CPUS};
 
 /// How long any wait for another vCPU or an interrupt may take.
 const TIMEOUT_US: u64 = 5_000_000;
@@ -60,24 +58,113 @@ fn since_ms(start_us: u64) -> u64 {
 }
 
 // ---------------------------------------------------------------------------
-// ipi: 4 vCPUs, 1,000 rounds all-to-all. Sender s uses SGI s + 1, so two
-// senders never merge into one delivery at a target.
+// ipi: every vCPU of the VM (4 in the classic run, up to 64 in clusters of
+// 16), rounds of all-to-all SGIs, each one counted at its target. With at
+// most 7 vCPUs, sender s uses SGI s + 1 (two senders never merge into one
+// delivery at a target). With more, a round is phases: in phase p each
+// vCPU s sends to s + d for the (at most 7) offsets d of that phase, with
+// SGI k + 1 for the k-th of them, so a target hears each SGI from one
+// sender per phase, and the phases' offsets cover 1..N-1: every ordered
+// pair once per round. A phase ends at a barrier.
 
 const IPI: &str = "ipi";
-const IPI_CPUS: usize = 4;
-/// Rounds, 1,000 unless `vigil.ipi.rounds=N` (a long neighbour for
-/// scripts/soak).
-static IPI_ROUNDS: AtomicU32 = AtomicU32::new(1000);
+/// Rounds when the bootargs do not say (`vigil.ipi.rounds=N`).
+const IPI_ROUNDS: u32 = 1000;
 /// Sent once by vCPU 0 with IRM = 1 (every vCPU but the sender).
 const IPI_BROADCAST_SGI: u32 = 8;
+/// SGIs a phase uses: 1..=7.
+const IPI_SLOTS: usize = 7;
 
 /// IPI_COUNT[target][intid]: SGIs the target took.
 static IPI_COUNT: [[AtomicU32; 16]; MAX_CPUS] =
     [const { [const { AtomicU32::new(0) }; 16] }; MAX_CPUS];
 static IPI_MPIDR: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
-static IPI_BARRIER: SpinBarrier = SpinBarrier::new(IPI_CPUS);
+static IPI_BARRIER: IpiBarrier = IpiBarrier::new();
 static IPI_TAKEN: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static IPI_DONE: AtomicUsize = AtomicUsize::new(0);
+/// vCPUs taking part, and rounds (set by vCPU 0 before any starts).
+static IPI_N: AtomicUsize = AtomicUsize::new(0);
+static IPI_R: AtomicU32 = AtomicU32::new(0);
+
+/// A spin barrier (as the library's) for however many vCPUs take part.
+struct IpiBarrier {
+    count: AtomicUsize,
+    generation: AtomicUsize,
+}
+
+impl IpiBarrier {
+    const fn new() -> Self {
+        Self {
+            count: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+        }
+    }
+
+    fn wait_timeout(&self, n: usize, timeout_us: u64) -> bool {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.count.fetch_add(1, Ordering::AcqRel) + 1 == n {
+            self.count.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+            return true;
+        }
+        cpu::wait_until(timeout_us, || {
+            self.generation.load(Ordering::Acquire) != generation
+        })
+    }
+}
+
+/// The shape of a run with `n` vCPUs.
+#[derive(Clone, Copy)]
+struct IpiPlan {
+    n: usize,
+}
+
+impl IpiPlan {
+    /// Sender s uses SGI s + 1 (up to 7 vCPUs), or phases of offsets.
+    fn classic(self) -> bool {
+        self.n <= IPI_SLOTS
+    }
+
+    fn phases(self) -> usize {
+        if self.classic() {
+            1
+        } else {
+            (self.n - 1).div_ceil(IPI_SLOTS)
+        }
+    }
+
+    /// The offsets d (target = sender + d mod n) of phase `p`.
+    fn offsets(self, p: usize) -> core::ops::Range<usize> {
+        if self.classic() {
+            1..self.n
+        } else {
+            let first = 1 + p * IPI_SLOTS;
+            first..(first + IPI_SLOTS).min(self.n)
+        }
+    }
+
+    /// The SGI sender `s` sends with offset `d` in phase `p`.
+    fn sgi(self, s: usize, d: usize, p: usize) -> u32 {
+        if self.classic() {
+            s as u32 + 1
+        } else {
+            (d - self.offsets(p).start) as u32 + 1
+        }
+    }
+
+    /// The SGIs target `t` takes in phase `p`, one of each.
+    fn expected(self, t: usize, p: usize) -> u16 {
+        self.offsets(p)
+            .map(|d| self.sgi((t + self.n - d) % self.n, d, p))
+            .fold(0, |m, i| m | 1 << i)
+    }
+
+    /// How many times target `t` takes SGI `i` over `rounds` rounds.
+    fn total(self, t: usize, i: usize, rounds: u32) -> u32 {
+        let phases = (0..self.phases()).filter(|&p| self.expected(t, p) & (1 << i) != 0);
+        phases.count() as u32 * rounds
+    }
+}
 
 fn ipi_handler(intid: u32) {
     IPI_COUNT[cpu::index() % MAX_CPUS][intid as usize % 16].fetch_add(1, Ordering::Relaxed);
@@ -90,68 +177,76 @@ fn ipi_secondary(context: u64) -> ! {
 }
 
 fn ipi_worker(me: usize) {
-    for s in 0..IPI_CPUS as u32 {
-        gic::set_priority(s + 1, 0x80);
-        gic::enable(s + 1);
+    let plan = IpiPlan {
+        n: IPI_N.load(Ordering::Acquire),
+    };
+    let (n, rounds) = (plan.n, IPI_R.load(Ordering::Acquire));
+    for s in 1..=IPI_SLOTS as u32 {
+        gic::set_priority(s, 0x80);
+        gic::enable(s);
     }
     gic::set_priority(IPI_BROADCAST_SGI, 0x80);
     gic::enable(IPI_BROADCAST_SGI);
     gic::irq_enable();
-    if !IPI_BARRIER.wait_timeout(TIMEOUT_US) {
+    if !IPI_BARRIER.wait_timeout(n, TIMEOUT_US) {
         fail!(IPI, "cpu {me}: the other vCPUs did not reach the start");
     }
-    let mine = me as u32 + 1;
-    for round in 1..=IPI_ROUNDS.load(Ordering::Relaxed) {
-        for t in (0..IPI_CPUS).filter(|&t| t != me) {
-            gic::send_sgi(mine, IPI_MPIDR[t].load(Ordering::Relaxed));
-        }
-        let got = |s: usize| IPI_COUNT[me][s + 1].load(Ordering::Relaxed);
-        let all = || (0..IPI_CPUS).filter(|&s| s != me).all(|s| got(s) >= round);
-        let t0 = cpu::now_us();
-        // Masked around the check and WFI, so an SGI taken between them
-        // cannot be missed; WFI wakes on a pending one regardless.
-        loop {
-            gic::irq_disable();
-            if all() || cpu::now_us() - t0 >= TIMEOUT_US {
-                break;
+    let got = |i: u32| IPI_COUNT[me][i as usize].load(Ordering::Relaxed);
+    // What this vCPU must have taken by the end of the current phase.
+    let mut want = [0u32; 16];
+    for round in 1..=rounds {
+        for p in 0..plan.phases() {
+            for d in plan.offsets(p) {
+                let t = (me + d) % n;
+                gic::send_sgi(plan.sgi(me, d, p), IPI_MPIDR[t].load(Ordering::Relaxed));
             }
-            gic::wait_for_interrupt();
+            let mask = plan.expected(me, p);
+            for (i, w) in want.iter_mut().enumerate() {
+                *w += u32::from(mask >> i & 1);
+            }
+            let all = || (1..=IPI_SLOTS as u32).all(|i| got(i) >= want[i as usize]);
+            let t0 = cpu::now_us();
+            // Masked around the check and WFI, so an SGI taken between
+            // them cannot be missed; WFI wakes on a pending one regardless.
+            loop {
+                gic::irq_disable();
+                if all() || cpu::now_us() - t0 >= TIMEOUT_US {
+                    break;
+                }
+                gic::wait_for_interrupt();
+                gic::irq_enable();
+            }
             gic::irq_enable();
-        }
-        gic::irq_enable();
-        if !all() {
-            fail!(
-                IPI,
-                "round {round}: cpu {me} took SGI 1..4 {}/{}/{}/{} times, expected {round} from each other vCPU",
-                got(0),
-                got(1),
-                got(2),
-                got(3)
-            );
-        }
-        if let Some(s) = (0..IPI_CPUS).find(|&s| s != me && got(s) != round) {
-            fail!(
-                IPI,
-                "round {round}: cpu {me} took SGI {} {} times (duplicate delivery)",
-                s + 1,
-                got(s)
-            );
-        }
-        if !IPI_BARRIER.wait_timeout(TIMEOUT_US) {
-            fail!(IPI, "round {round}: cpu {me} waited in vain for the others");
+            if let Some(i) = (1..=IPI_SLOTS as u32).find(|&i| got(i) != want[i as usize]) {
+                fail!(
+                    IPI,
+                    "round {round} phase {p}: cpu {me} took SGI {i} {} times, expected {}{}",
+                    got(i),
+                    want[i as usize],
+                    if got(i) > want[i as usize] {
+                        " (duplicate delivery)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            if !IPI_BARRIER.wait_timeout(n, TIMEOUT_US) {
+                fail!(
+                    IPI,
+                    "round {round} phase {p}: cpu {me} waited in vain for the others"
+                );
+            }
         }
     }
     if me == 0 {
         gic::send_sgi_to_others(IPI_BROADCAST_SGI);
-    } else if !cpu::wait_until(TIMEOUT_US, || {
-        IPI_COUNT[me][IPI_BROADCAST_SGI as usize].load(Ordering::Relaxed) >= 1
-    }) {
+    } else if !cpu::wait_until(TIMEOUT_US, || got(IPI_BROADCAST_SGI) >= 1) {
         fail!(
             IPI,
             "cpu {me} never took the IRM broadcast SGI {IPI_BROADCAST_SGI}"
         );
     }
-    if !IPI_BARRIER.wait_timeout(TIMEOUT_US) {
+    if !IPI_BARRIER.wait_timeout(n, TIMEOUT_US) {
         fail!(IPI, "broadcast: cpu {me} waited in vain for the others");
     }
     // Anything late would arrive now.
@@ -163,55 +258,60 @@ fn ipi_worker(me: usize) {
 
 pub fn ipi(boot: &'static BootInfo) -> ! {
     init(IPI);
-    if let Some(n) = boot
-        .bootarg("vigil.ipi.rounds")
-        .and_then(|n| n.parse().ok())
-    {
-        IPI_ROUNDS.store(n, Ordering::Relaxed);
-    }
-    let rounds = IPI_ROUNDS.load(Ordering::Relaxed);
-    for (i, &mpidr) in boot.cpus().iter().enumerate().take(IPI_CPUS) {
+    let n = boot.cpus().len().min(MAX_CPUS);
+    ensure!(IPI, n >= 2, "{n} vCPU: need two at least");
+    let rounds = match boot.bootarg("vigil.ipi.rounds").map(str::parse::<u32>) {
+        None => IPI_ROUNDS,
+        Some(Ok(r)) if r > 0 => r,
+        Some(_) => fail!(IPI, "vigil.ipi.rounds must be a positive number"),
+    };
+    let plan = IpiPlan { n };
+    IPI_N.store(n, Ordering::Release);
+    IPI_R.store(rounds, Ordering::Release);
+    for (i, &mpidr) in boot.cpus().iter().enumerate().take(n) {
         IPI_MPIDR[i].store(mpidr, Ordering::Relaxed);
     }
-    for s in 0..IPI_CPUS as u32 {
-        gic::set_handler(s + 1, ipi_handler);
+    for s in 1..=IPI_SLOTS as u32 {
+        gic::set_handler(s, ipi_handler);
     }
     gic::set_handler(IPI_BROADCAST_SGI, ipi_handler);
     let start = cpu::now_us();
-    start_secondaries(IPI, boot, IPI_CPUS, ipi_secondary);
+    start_secondaries(IPI, boot, n, ipi_secondary);
     ipi_worker(0);
-    // The others may trail vCPU 0 by up to 5 s per 1,000 rounds.
-    let wait = TIMEOUT_US * u64::from(rounds.div_ceil(1000));
-    if !cpu::wait_until(wait, || IPI_DONE.load(Ordering::Acquire) == IPI_CPUS) {
+    if !cpu::wait_until(TIMEOUT_US, || IPI_DONE.load(Ordering::Acquire) == n) {
         fail!(
             IPI,
             "only {} vCPUs finished",
             IPI_DONE.load(Ordering::Acquire)
         );
     }
+    let clusters = (boot.cpus()[n - 1] >> 8 & 0xff) + 1;
     println!(
-        "ipi: {rounds} rounds all-to-all among {IPI_CPUS} vCPUs in {} ms",
-        since_ms(start)
+        "ipi: {rounds} rounds all-to-all among {n} vCPUs in {} ms ({} phases per round, {clusters} cluster{})",
+        since_ms(start),
+        plan.phases(),
+        if clusters == 1 { "" } else { "s" }
     );
     let mut total = 0;
-    for t in 0..IPI_CPUS {
+    for t in 0..n {
         let c = |i: usize| IPI_COUNT[t][i].load(Ordering::Relaxed);
-        println!(
-            "ipi: cpu {t} took SGI 1: {}, SGI 2: {}, SGI 3: {}, SGI 4: {}, broadcast SGI {IPI_BROADCAST_SGI}: {}, {} interrupts in all",
-            c(1),
-            c(2),
-            c(3),
-            c(4),
-            c(IPI_BROADCAST_SGI as usize),
-            IPI_TAKEN[t].load(Ordering::Relaxed)
-        );
+        if n <= 8 {
+            println!(
+                "ipi: cpu {t} took SGI 1: {}, SGI 2: {}, SGI 3: {}, SGI 4: {}, broadcast SGI {IPI_BROADCAST_SGI}: {}, {} interrupts in all",
+                c(1),
+                c(2),
+                c(3),
+                c(4),
+                c(IPI_BROADCAST_SGI as usize),
+                IPI_TAKEN[t].load(Ordering::Relaxed)
+            );
+        }
+        let mut sum = 0u64;
         for i in 0..16 {
-            let expected = if (1..=IPI_CPUS).contains(&i) && i != t + 1 {
-                rounds
-            } else if i == IPI_BROADCAST_SGI as usize && t != 0 {
-                1
+            let expected = if i == IPI_BROADCAST_SGI as usize {
+                u32::from(t != 0)
             } else {
-                0
+                plan.total(t, i, rounds)
             };
             ensure!(
                 IPI,
@@ -222,17 +322,27 @@ pub fn ipi(boot: &'static BootInfo) -> ! {
             if i != IPI_BROADCAST_SGI as usize {
                 total += c(i);
             }
+            sum += u64::from(expected);
         }
         let taken = IPI_TAKEN[t].load(Ordering::Relaxed);
-        let expected = u64::from(rounds) * (IPI_CPUS as u64 - 1) + u64::from(t != 0);
         ensure!(
             IPI,
-            taken == expected,
-            "cpu {t} acknowledged {taken} interrupts, expected {expected}"
+            taken == sum,
+            "cpu {t} acknowledged {taken} interrupts, expected {sum}"
         );
     }
-    println!("ipi: {total} SGIs, each (target, INTID) exactly {rounds}, nothing else");
-    println!("ipi: IRM broadcast SGI {IPI_BROADCAST_SGI} from cpu 0: taken once by cpus 1-3, not by cpu 0");
+    if plan.classic() {
+        println!("ipi: {total} SGIs, each (target, INTID) exactly {rounds}, nothing else");
+    } else {
+        println!(
+            "ipi: {total} SGIs, each of the {} (sender, target) pairs exactly {rounds} times, nothing else",
+            n * (n - 1)
+        );
+    }
+    println!(
+        "ipi: IRM broadcast SGI {IPI_BROADCAST_SGI} from cpu 0: taken once by cpus 1-{}, not by cpu 0",
+        n - 1
+    );
     report::pass(IPI)
 }
 

@@ -1085,7 +1085,7 @@ pub fn flood(boot: &'static BootInfo) -> ! {
 }
 
 /// `its-hog`: a VM that keeps the hypervisor as busy as one ITS command
-/// queue can: 16,384 mappings (the quota) through collection 0, then for
+/// queue can: 16,384 mappings through collection 0, then for
 /// `vigil.hog.ms` (default 3000) of its own time and at least once, whole
 /// queues of 256 INVALLs (each one re-reads the configuration of every
 /// mapping) in one CWRITER write. Run it on the
