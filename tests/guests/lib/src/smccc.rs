@@ -22,32 +22,54 @@ pub const VIGIL_EXIT_STATUS: u32 = hypercall::EXIT_STATUS;
 /// Vigil: does nothing, returns 0.
 pub const VIGIL_NULL: u32 = hypercall::NULL;
 
+/// One SMCCC call through `insn` ("hvc #0" or "smc #0") with x0 = `x0`
+/// (all 64 bits: SMCCC reads only W0, which callers may test), x1..x3 =
+/// `args`; x0 after it, or the exception if the instruction itself trapped.
+macro_rules! smccc_call {
+    ($insn:literal, $x0:expr, $args:expr) => {{
+        let mut x0: u64 = $x0;
+        let args: [u64; 3] = $args;
+        let exception = expect_exception(|| {
+            // SAFETY: an SMCCC call has no effect on this guest's memory
+            // beyond what the called function documents; x0..x17 may be
+            // clobbered.
+            unsafe {
+                asm!(
+                    $insn,
+                    inout("x0") x0,
+                    inout("x1") args[0] => _,
+                    inout("x2") args[1] => _,
+                    inout("x3") args[2] => _,
+                    out("x4") _, out("x5") _, out("x6") _, out("x7") _,
+                    out("x8") _, out("x9") _, out("x10") _, out("x11") _,
+                    out("x12") _, out("x13") _, out("x14") _, out("x15") _,
+                    out("x16") _, out("x17") _,
+                    options(nostack),
+                )
+            }
+        });
+        match exception {
+            None => Ok(x0),
+            Some(e) => Err(e),
+        }
+    }};
+}
+
 /// `hvc #0` with x0 = `function`, x1..x3 = `args`; returns x0, or the
 /// exception if the HVC itself trapped (UNDEF: nothing at EL2 handles it).
 pub fn hvc(function: u32, args: [u64; 3]) -> Result<u64, Exception> {
-    let mut x0 = u64::from(function);
-    let exception = expect_exception(|| {
-        // SAFETY: an SMCCC call has no effect on this guest's memory beyond
-        // what the called function documents; x0..x17 may be clobbered.
-        unsafe {
-            asm!(
-                "hvc #0",
-                inout("x0") x0,
-                inout("x1") args[0] => _,
-                inout("x2") args[1] => _,
-                inout("x3") args[2] => _,
-                out("x4") _, out("x5") _, out("x6") _, out("x7") _,
-                out("x8") _, out("x9") _, out("x10") _, out("x11") _,
-                out("x12") _, out("x13") _, out("x14") _, out("x15") _,
-                out("x16") _, out("x17") _,
-                options(nostack),
-            )
-        }
-    });
-    match exception {
-        None => Ok(x0),
-        Some(e) => Err(e),
-    }
+    smccc_call!("hvc #0", u64::from(function), args)
+}
+
+/// `hvc #0` with all 64 bits of x0 chosen by the caller.
+pub fn hvc_raw(x0: u64, args: [u64; 3]) -> Result<u64, Exception> {
+    smccc_call!("hvc #0", x0, args)
+}
+
+/// `smc #0` with all 64 bits of x0 chosen by the caller (under Vigil it
+/// traps to EL2, HCR_EL2.TSC, and is answered as an HVC would be).
+pub fn smc_raw(x0: u64, args: [u64; 3]) -> Result<u64, Exception> {
+    smccc_call!("smc #0", x0, args)
 }
 
 /// An SMCCC call returning x0 as a signed value; an HVC that traps counts

@@ -446,27 +446,6 @@ fn function_id(rng: &mut Rng) -> u32 {
     }
 }
 
-fn smc(function: u64, args: [u64; 3]) -> Option<vigil_guest::Exception> {
-    expect_exception(|| {
-        // SAFETY: as for the library's `hvc`: an SMCCC call, filtered by
-        // `ends_the_guest`; x0..x17 may be clobbered.
-        unsafe {
-            asm!(
-                "smc #0",
-                inout("x0") function => _,
-                inout("x1") args[0] => _,
-                inout("x2") args[1] => _,
-                inout("x3") args[2] => _,
-                out("x4") _, out("x5") _, out("x6") _, out("x7") _,
-                out("x8") _, out("x9") _, out("x10") _, out("x11") _,
-                out("x12") _, out("x13") _, out("x14") _, out("x15") _,
-                out("x16") _, out("x17") _,
-                options(nostack),
-            )
-        }
-    })
-}
-
 fn hvc(rng: &mut Rng, ops: u64, boot: &BootInfo) -> Tally {
     let mut t = Tally::default();
     let mut skipped = 0u64;
@@ -486,9 +465,9 @@ fn hvc(rng: &mut Rng, ops: u64, boot: &BootInfo) -> Tally {
         // Random upper half of x0: SMCCC ignores it (W0 is the ID).
         let x0 = u64::from(f) | (rng.below(2) * rng.next()) << 32;
         if rng.below(4) == 0 {
-            t.count(smc(x0, args));
+            t.count(vigil_guest::smccc::smc_raw(x0, args).err());
         } else {
-            t.count(vigil_guest::smccc::hvc(f, args).err());
+            t.count(vigil_guest::smccc::hvc_raw(x0, args).err());
         }
     }
     println!("{NAME}: hvc: {skipped} generated calls that would end this guest skipped");
