@@ -286,6 +286,16 @@ impl Vm {
         }
     }
 
+    /// The vITS and vGIC back as the VM was created (a reset, and at
+    /// Vigil's exit). The vITS first: once its mappings are gone no host
+    /// LPI reaches the vGIC, which is then reset with nothing left to
+    /// raise into it.
+    fn reset_interrupts(&self) {
+        self.its.reset();
+        self.gic.reset();
+        vgic_glue::link_timers(&self.gic);
+    }
+
     /// Every vCPU off and out of the guest (stop, reset).
     fn power_off_vcpus(&self) {
         for v in self.vcpus() {
@@ -392,11 +402,7 @@ impl Vm {
                 return;
             }
         };
-        // The vITS first: once its mappings are gone no host LPI reaches
-        // the vGIC, which is then reset with nothing left to raise into it.
-        self.its.reset();
-        self.gic.reset();
-        vgic_glue::link_timers(&self.gic);
+        self.reset_interrupts();
         if let Some(dma) = &self.dma {
             if let Err(e) = dma.assign(self.id) {
                 self.stop(format_args!("reset: SMMU: {e}"), STATUS_GUEST_FAULT);
@@ -1074,10 +1080,6 @@ static HEAP_AT_START: AtomicUsize = AtomicUsize::new(0);
 /// Host LPIs free at the same moment.
 static HOST_LPIS_AT_START: AtomicU32 = AtomicU32::new(0);
 
-fn host_lpis_free() -> u32 {
-    passthrough::free_host_lpis()
-}
-
 /// Give back what the guests made Vigil allocate (vITS devices, ITTs and
 /// mappings, vGIC state, host LPIs), putting every VM's interrupt state
 /// back as it was created, as a reset does, and log whether the heap is
@@ -1098,16 +1100,15 @@ fn release_all() {
         return;
     }
     for vm in (0..count()).filter_map(vm_by_id) {
-        // Back to the state it was created in, as a reset does (the vITS
-        // first: its mappings feed the vGIC).
-        vm.its.reset();
-        vm.gic.reset();
-        vgic_glue::link_timers(&vm.gic);
+        vm.reset_interrupts();
     }
     virtio::release_all();
     // Host LPIs first: counting them reclaims the quarantine, whose list
     // is heap too.
-    let (lpis, lpis0) = (host_lpis_free(), HOST_LPIS_AT_START.load(Ordering::Relaxed));
+    let (lpis, lpis0) = (
+        passthrough::free_host_lpis(),
+        HOST_LPIS_AT_START.load(Ordering::Relaxed),
+    );
     let (heap, heap0) = (
         crate::mm::heap_in_use(),
         HEAP_AT_START.load(Ordering::Relaxed),
@@ -1396,7 +1397,7 @@ pub fn started() -> bool {
 /// Let every CPU into [`schedule`].
 pub fn start() {
     HEAP_AT_START.store(crate::mm::heap_in_use(), Ordering::Relaxed);
-    HOST_LPIS_AT_START.store(host_lpis_free(), Ordering::Relaxed);
+    HOST_LPIS_AT_START.store(passthrough::free_host_lpis(), Ordering::Relaxed);
     crate::timer::set_hook(on_tick);
     STARTED.store(true, Ordering::Release);
     // Every other CPU at once (IRM = 1): one write however many there
