@@ -631,17 +631,54 @@ fn peer_main(_context: u64) -> ! {
     PEER_READY.store(true, Ordering::Release);
     let mut seen = 0;
     loop {
-        loop {
-            gic::irq_disable();
-            if count() != seen {
-                break;
-            }
-            gic::wait_for_interrupt();
-            gic::irq_enable();
-        }
-        seen = count();
+        seen = wait_next(seen);
         gic::send_sgi(SGI_PONG, boot);
     }
+}
+
+/// Wait in WFI (interrupts masked around the check) until the bench
+/// handler has run since it counted `seen`; the count now.
+fn wait_next(seen: u64) -> u64 {
+    loop {
+        gic::irq_disable();
+        if count() != seen {
+            return count();
+        }
+        gic::wait_for_interrupt();
+        gic::irq_enable();
+    }
+}
+
+/// Write ICC_SGI1R_EL1 = `sgi1r`; the virtual counter just before.
+fn send_timed(sgi1r: u64) -> u64 {
+    let t0: u64;
+    // SAFETY: one ICC_SGI1R_EL1 write: sends the SGI it names.
+    unsafe {
+        asm!(
+            "isb", "mrs {t0}, cntvct_el0", "isb",
+            "msr icc_sgi1r_el1, {v}", "isb",
+            t0 = out(reg) t0, v = in(reg) sgi1r,
+            options(nostack, preserves_flags)
+        )
+    };
+    t0
+}
+
+/// `ITERS` unicast SGIs `sgi1r` (after 16 warm-up ones), each until the
+/// handler of the vCPU whose slot is `peer` ran; vCPU 0 waits in WFI
+/// meanwhile. The sum of send-to-handler times.
+fn unicast_total(sgi1r: u64, peer: &Slot) -> u64 {
+    let mut total = 0;
+    for i in 0..ITERS + 16 {
+        let mine = count();
+        let t0 = send_timed(sgi1r);
+        wait_handler_wfi("ipi", mine);
+        let t1 = peer.time.load(Ordering::Acquire);
+        if i >= 16 {
+            total += t1.wrapping_sub(t0);
+        }
+    }
+    total
 }
 
 fn bench_ipi(boot: &BootInfo, empty: u64) {
@@ -661,27 +698,7 @@ fn bench_ipi(boot: &BootInfo, empty: u64) {
     if !cpu::wait_until(TIMEOUT_US, || PEER_READY.load(Ordering::Acquire)) {
         fail!(BENCH, "ipi: vCPU 1 never came up");
     }
-    let sgi1r = gic::sgi1r_for(SGI_PING, peer);
-    let peer_slot = &SLOTS[1];
-    let mut total = 0;
-    for i in 0..ITERS + 16 {
-        let mine = count();
-        let t0: u64;
-        // SAFETY: sends SGI_PING to vCPU 1 (ICC_SGI1R_EL1).
-        unsafe {
-            asm!(
-                "isb", "mrs {t0}, cntvct_el0", "isb",
-                "msr icc_sgi1r_el1, {v}", "isb",
-                t0 = out(reg) t0, v = in(reg) sgi1r,
-                options(nostack, preserves_flags)
-            )
-        };
-        wait_handler_wfi("ipi", mine);
-        let t1 = peer_slot.time.load(Ordering::Acquire);
-        if i >= 16 {
-            total += t1.wrapping_sub(t0);
-        }
-    }
+    let total = unicast_total(gic::sgi1r_for(SGI_PING, peer), &SLOTS[1]);
     gic::irq_disable();
     row("ipi", per_op(total, empty, ITERS));
 }
@@ -862,15 +879,7 @@ fn scale_peer(_context: u64) -> ! {
     SCALE_UP.fetch_add(1, Ordering::AcqRel);
     let mut seen = 0;
     loop {
-        loop {
-            gic::irq_disable();
-            if count() != seen {
-                break;
-            }
-            gic::wait_for_interrupt();
-            gic::irq_enable();
-        }
-        seen = count();
+        seen = wait_next(seen);
         let intid = slot().iar.load(Ordering::Relaxed) & 0xff_ffff;
         if intid == u64::from(SGI_PING)
             || (intid == u64::from(SGI_BROADCAST)
@@ -884,27 +893,7 @@ fn scale_peer(_context: u64) -> ! {
 /// `ITERS` unicast SGIs from vCPU 0 to vCPU `peer`, each until its
 /// handler ran; vCPU 0 waits in WFI meanwhile (counting nothing).
 fn scale_ipi(boot: &BootInfo, peer: usize, empty: u64) {
-    let sgi1r = gic::sgi1r_for(SGI_PING, boot.cpus()[peer]);
-    let peer_slot = &SLOTS[peer];
-    let mut total = 0;
-    for i in 0..ITERS + 16 {
-        let mine = count();
-        let t0: u64;
-        // SAFETY: sends SGI_PING to vCPU `peer` (ICC_SGI1R_EL1).
-        unsafe {
-            asm!(
-                "isb", "mrs {t0}, cntvct_el0", "isb",
-                "msr icc_sgi1r_el1, {v}", "isb",
-                t0 = out(reg) t0, v = in(reg) sgi1r,
-                options(nostack, preserves_flags)
-            )
-        };
-        wait_handler_wfi("ipi", mine);
-        let t1 = peer_slot.time.load(Ordering::Acquire);
-        if i >= 16 {
-            total += t1.wrapping_sub(t0);
-        }
-    }
+    let total = unicast_total(gic::sgi1r_for(SGI_PING, boot.cpus()[peer]), &SLOTS[peer]);
     row("ipi", per_op(total, empty, ITERS));
 }
 
@@ -918,17 +907,8 @@ fn scale_broadcast(n: usize, empty: u64) {
             core::array::from_fn(|c| SLOTS[c].count.load(Ordering::Acquire));
         BROADCAST_LEFT.store(n as u64 - 1, Ordering::Release);
         let mine = count();
-        let t0: u64;
-        let v = (1u64 << 40) | u64::from(SGI_BROADCAST) << 24;
-        // SAFETY: sends SGI_BROADCAST to every other vCPU (IRM = 1).
-        unsafe {
-            asm!(
-                "isb", "mrs {t0}, cntvct_el0", "isb",
-                "msr icc_sgi1r_el1, {v}", "isb",
-                t0 = out(reg) t0, v = in(reg) v,
-                options(nostack, preserves_flags)
-            )
-        };
+        // SGI_BROADCAST to every other vCPU (IRM = 1).
+        let t0 = send_timed((1u64 << 40) | u64::from(SGI_BROADCAST) << 24);
         wait_handler_wfi("ipi_broadcast", mine);
         let mut last = t0;
         for c in 1..n {
