@@ -370,6 +370,23 @@ impl Run {
     pub fn lines_with<'a>(&'a self, needle: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.log.lines().filter(move |l| l.contains(needle))
     }
+
+    /// For a scenario that announces an address (`announcement` then the
+    /// address as the line's last word) and then faults at EL2 on cpu0:
+    /// the address, and Vigil's report of the unexpected exception.
+    pub fn announced_fault(&self, announcement: &str) -> (String, &str) {
+        let addr = self
+            .lines_with(announcement)
+            .next()
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or_else(|| panic!("no address announced:\n{}", self.log))
+            .to_string();
+        let report = self
+            .lines_with("unexpected exception on cpu0")
+            .next()
+            .unwrap_or_else(|| panic!("no exception report:\n{}", self.log));
+        (addr, report)
+    }
 }
 
 /// The expected strings that no line of `log` contains.

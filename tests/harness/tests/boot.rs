@@ -44,16 +44,7 @@ fn frame_allocator_and_heap_work_on_target() {
 fn data_abort_at_el2_is_reported_with_esr_and_far() {
     let run = Qemu::scenario("data-abort").run();
     assert_eq!(run.ending, Ending::Exited(1), "{}", run.log);
-    let addr = run
-        .lines_with("reading unmapped address ")
-        .next()
-        .and_then(|l| l.rsplit(' ').next())
-        .unwrap_or_else(|| panic!("no address announced:\n{}", run.log))
-        .to_string();
-    let report = run
-        .lines_with("unexpected exception on cpu0")
-        .next()
-        .unwrap_or_else(|| panic!("no exception report:\n{}", run.log));
+    let (addr, report) = run.announced_fault("reading unmapped address ");
     // EC 0x25: data abort taken without a change of EL; ESR.ISS.DFSC 0x07:
     // translation fault at level 3 (Arm ARM D24.2.40).
     assert!(report.contains("EC 0x25 (data abort at EL2)"), "{report}");

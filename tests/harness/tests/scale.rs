@@ -124,16 +124,7 @@ fn lpis_reach_cpus_in_both_redistributor_regions_at_256_cpus() {
 fn guard_page_of_an_allocated_stack_faults() {
     let run = Qemu::scenario("stack-guard").smp(16).run();
     assert_eq!(run.ending, Ending::Exited(1), "{}", run.log);
-    let addr = run
-        .lines_with("stack-guard: reading cpu15's guard page at ")
-        .next()
-        .and_then(|l| l.rsplit(' ').next())
-        .unwrap_or_else(|| panic!("no address announced:\n{}", run.log))
-        .to_string();
-    let report = run
-        .lines_with("unexpected exception on cpu0")
-        .next()
-        .unwrap_or_else(|| panic!("no exception report:\n{}", run.log));
+    let (addr, report) = run.announced_fault("stack-guard: reading cpu15's guard page at ");
     assert!(report.contains("ESR 0x96000007"), "{report}");
     assert!(report.contains(&format!("FAR {addr}")), "{report}");
 }
