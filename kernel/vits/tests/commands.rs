@@ -1137,16 +1137,7 @@ fn quotas_bound_the_state_a_guest_can_create() {
     let cfg = vigil_vits::VitsConfig::default();
     assert_eq!(cfg.max_mappings, vigil_vits::MAX_MAPPINGS);
     assert!(cfg.max_mappings >= 100_000, "10^5 LPIs per VM (issue 22)");
-    // Devices 1 and 2 of 2^16 events each (512 KiB ITTs: the vITS keeps
-    // its routes itself; an ITT only has to be guest RAM).
-    for (device, itt) in [(1, RAM), (2, RAM + 0x8_0000)] {
-        r.cmd(Command::Mapd {
-            device,
-            size: 15,
-            itt_addr: itt,
-            valid: true,
-        });
-    }
+    r.map_two_full_devices();
     let n = cfg.max_mappings;
     let cmds: Vec<Command> = (0..n)
         .map(|k| Command::Mapti {

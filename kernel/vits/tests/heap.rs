@@ -53,15 +53,7 @@ fn a_vits_at_its_quota_fits_its_heap_allowance() {
         vgic.lpi_id_bits = 17;
         let r = Rig::with_vgic(vgic, VitsConfig::default());
         let lpis = (1u32 << 17) - LPI0;
-        // Two devices of 2^16 events (512 KiB ITTs in the rig's 1 MiB).
-        for (device, itt) in [(1, RAM), (2, RAM + 0x8_0000)] {
-            r.cmd(Command::Mapd {
-                device,
-                size: 15,
-                itt_addr: itt,
-                valid: true,
-            });
-        }
+        r.map_two_full_devices();
         let order = |k: u32| {
             if scattered {
                 k.wrapping_mul(40503) % MAX_MAPPINGS

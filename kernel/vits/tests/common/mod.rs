@@ -193,6 +193,20 @@ impl Rig {
             .mmio_write(0x88, 8, (w + 32) % (CMDQ_PAGES * 4096), &*self.mem);
     }
 
+    /// Devices 1 and 2 with 2^16 events each, their 512 KiB ITTs filling
+    /// the rig's 1 MiB (the vITS keeps its routes itself; an ITT only has
+    /// to be guest RAM): room for 2^17 mappings.
+    pub fn map_two_full_devices(&self) {
+        for (device, itt) in [(1, RAM), (2, RAM + 0x8_0000)] {
+            self.cmd(Command::Mapd {
+                device,
+                size: 15,
+                itt_addr: itt,
+                valid: true,
+            });
+        }
+    }
+
     pub fn mapd(&self, device: u32, size: u8) {
         self.cmd(Command::Mapd {
             device,
