@@ -282,17 +282,19 @@ impl GuestRam for Window {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
         let src = self.at(addr, buf.len())?;
         // SAFETY: `at` checked the range is in the mapping, which is not
-        // Rust memory, so it cannot overlap `buf`. The client may change
-        // it meanwhile: the device model copies once and decides on the
-        // copy, and the queue code orders these accesses with fences.
-        unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
+        // Rust memory, so it cannot overlap `buf`, and is accessed only
+        // through vigil_guestmem here. The client may change it meanwhile
+        // (which is why the copy is atomic): the device model copies once
+        // and decides on the copy, and the queue code orders these
+        // accesses with fences.
+        unsafe { vigil_guestmem::read(src, buf) };
         Ok(())
     }
 
     fn write(&self, addr: u64, buf: &[u8]) -> Result<(), OutOfRange> {
         let dst = self.at(addr, buf.len())?;
         // SAFETY: as `read`.
-        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), dst, buf.len()) };
+        unsafe { vigil_guestmem::write(dst, buf) };
         Ok(())
     }
 }
