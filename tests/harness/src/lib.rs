@@ -35,7 +35,7 @@ pub fn workspace_root() -> PathBuf {
 /// `VIGIL_IMAGE` does not name one.
 pub fn image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| built("VIGIL_IMAGE", "vigil", "aarch64-unknown-none"))
+    IMAGE.get_or_init(|| built("VIGIL_IMAGE", "vigil", "aarch64-unknown-none-softfloat"))
 }
 
 /// Path of the in-project test guest (tests/guests/testguest), built once

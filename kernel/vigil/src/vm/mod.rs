@@ -1209,6 +1209,7 @@ fn load(v: &'static Vcpu, st: &mut VcpuState, shared: bool) {
         let p: &Vcpu = unsafe { &*(prev as *const Vcpu) };
         let mut ps = p.state.lock();
         ps.el1.save();
+        switch::save_fp(&mut ps.regs);
         if HAS_PAUTH.load(Ordering::Relaxed) {
             ps.pauth.save();
         }
@@ -1216,6 +1217,7 @@ fn load(v: &'static Vcpu, st: &mut VcpuState, shared: bool) {
         vgic_glue::release_timers();
     }
     st.el1.restore();
+    switch::restore_fp(&st.regs);
     if HAS_PAUTH.load(Ordering::Relaxed) {
         st.pauth.restore();
     }
@@ -1253,6 +1255,7 @@ fn run(v: &'static Vcpu, shared: bool) {
         debug::reset(&v.debug);
         if LOADED[cpu].load(Ordering::Relaxed) == v as *const Vcpu as usize {
             st.el1.restore();
+            switch::restore_fp(&st.regs);
             vgic_glue::restore_cpuif(&st.cpuif);
         }
     }

@@ -8,8 +8,11 @@
 //! `__guest_enter` with the vector number (8..15). The run loop then
 //! handles the exit in ordinary Rust.
 //!
-//! FP/SIMD state is switched eagerly on every exit so the hypervisor may
-//! use those registers freely (64 instructions per round trip).
+//! FP/SIMD state is not touched by exits: Vigil is built for
+//! `aarch64-unknown-none-softfloat`, so no EL2 code uses those registers,
+//! and the loaded vCPU's values stay in them across its exits. They are
+//! switched with the rest of the EL1 state, when another vCPU is loaded on
+//! the CPU (`save_fp`/`restore_fp`), as KVM does with its lazy FP switch.
 
 use core::arch::global_asm;
 use core::sync::atomic::AtomicU64;
@@ -85,6 +88,23 @@ extern "C" {
     /// untouched until return, and hold a guest state whose stage-2 and
     /// EL1 system registers are loaded.
     pub fn __guest_enter(regs: *mut GuestRegs) -> u64;
+    fn __fp_save(regs: *mut GuestRegs);
+    fn __fp_restore(regs: *const GuestRegs);
+}
+
+/// Save the FP/SIMD registers (the vCPU loaded here) into `regs`.
+pub fn save_fp(regs: &mut GuestRegs) {
+    // SAFETY: writes only `regs.q`, `regs.fpsr` and `regs.fpcr`; clobbers
+    // x1-x3, caller-saved in the C ABI.
+    unsafe { __fp_save(regs) }
+}
+
+/// Load the FP/SIMD registers from `regs` (the vCPU being loaded here).
+/// EL2 code never uses them (soft-float target), so they stay the guest's.
+pub fn restore_fp(regs: &GuestRegs) {
+    // SAFETY: reads only `regs`; clobbers x1-x3 and the FP/SIMD registers,
+    // which no EL2 code uses.
+    unsafe { __fp_restore(regs) }
 }
 
 global_asm!(
@@ -100,28 +120,6 @@ __guest_enter:
     stp     x29, x30, [x0, #{host} + 80]
     mov     x1, sp
     str     x1, [x0, #{host} + 96]
-
-    add     x1, x0, #{q}
-    ldp     q0, q1, [x1, #0]
-    ldp     q2, q3, [x1, #32]
-    ldp     q4, q5, [x1, #64]
-    ldp     q6, q7, [x1, #96]
-    ldp     q8, q9, [x1, #128]
-    ldp     q10, q11, [x1, #160]
-    ldp     q12, q13, [x1, #192]
-    ldp     q14, q15, [x1, #224]
-    ldp     q16, q17, [x1, #256]
-    ldp     q18, q19, [x1, #288]
-    ldp     q20, q21, [x1, #320]
-    ldp     q22, q23, [x1, #352]
-    ldp     q24, q25, [x1, #384]
-    ldp     q26, q27, [x1, #416]
-    ldp     q28, q29, [x1, #448]
-    ldp     q30, q31, [x1, #480]
-    add     x1, x0, #{fpsr}
-    ldp     x2, x3, [x1]
-    msr     fpsr, x2
-    msr     fpcr, x3
 
     ldp     x2, x3, [x0, #{pc}]
     msr     elr_el2, x2
@@ -179,28 +177,6 @@ __guest_exit:
     mrs     x3, spsr_el2
     stp     x2, x3, [x1, #{pc}]
 
-    add     x2, x1, #{q}
-    stp     q0, q1, [x2, #0]
-    stp     q2, q3, [x2, #32]
-    stp     q4, q5, [x2, #64]
-    stp     q6, q7, [x2, #96]
-    stp     q8, q9, [x2, #128]
-    stp     q10, q11, [x2, #160]
-    stp     q12, q13, [x2, #192]
-    stp     q14, q15, [x2, #224]
-    stp     q16, q17, [x2, #256]
-    stp     q18, q19, [x2, #288]
-    stp     q20, q21, [x2, #320]
-    stp     q22, q23, [x2, #352]
-    stp     q24, q25, [x2, #384]
-    stp     q26, q27, [x2, #416]
-    stp     q28, q29, [x2, #448]
-    stp     q30, q31, [x2, #480]
-    mrs     x2, fpsr
-    mrs     x3, fpcr
-    add     x4, x1, #{fpsr}
-    stp     x2, x3, [x4]
-
     ldp     x19, x20, [x1, #{host} + 0]
     ldp     x21, x22, [x1, #{host} + 16]
     ldp     x23, x24, [x1, #{host} + 32]
@@ -209,6 +185,61 @@ __guest_exit:
     ldp     x29, x30, [x1, #{host} + 80]
     ldr     x2, [x1, #{host} + 96]
     mov     sp, x2
+    ret
+
+// __fp_save(regs) / __fp_restore(regs): the FP/SIMD registers, FPSR and
+// FPCR to and from `regs`. The only FP/SIMD instructions in Vigil (the
+// soft-float target has none of its own).
+.arch_extension fp
+.arch_extension simd
+.global __fp_save
+__fp_save:
+    add     x1, x0, #{q}
+    stp     q0, q1, [x1, #0]
+    stp     q2, q3, [x1, #32]
+    stp     q4, q5, [x1, #64]
+    stp     q6, q7, [x1, #96]
+    stp     q8, q9, [x1, #128]
+    stp     q10, q11, [x1, #160]
+    stp     q12, q13, [x1, #192]
+    stp     q14, q15, [x1, #224]
+    stp     q16, q17, [x1, #256]
+    stp     q18, q19, [x1, #288]
+    stp     q20, q21, [x1, #320]
+    stp     q22, q23, [x1, #352]
+    stp     q24, q25, [x1, #384]
+    stp     q26, q27, [x1, #416]
+    stp     q28, q29, [x1, #448]
+    stp     q30, q31, [x1, #480]
+    mrs     x2, fpsr
+    mrs     x3, fpcr
+    add     x1, x0, #{fpsr}
+    stp     x2, x3, [x1]
+    ret
+
+.global __fp_restore
+__fp_restore:
+    add     x1, x0, #{q}
+    ldp     q0, q1, [x1, #0]
+    ldp     q2, q3, [x1, #32]
+    ldp     q4, q5, [x1, #64]
+    ldp     q6, q7, [x1, #96]
+    ldp     q8, q9, [x1, #128]
+    ldp     q10, q11, [x1, #160]
+    ldp     q12, q13, [x1, #192]
+    ldp     q14, q15, [x1, #224]
+    ldp     q16, q17, [x1, #256]
+    ldp     q18, q19, [x1, #288]
+    ldp     q20, q21, [x1, #320]
+    ldp     q22, q23, [x1, #352]
+    ldp     q24, q25, [x1, #384]
+    ldp     q26, q27, [x1, #416]
+    ldp     q28, q29, [x1, #448]
+    ldp     q30, q31, [x1, #480]
+    add     x1, x0, #{fpsr}
+    ldp     x2, x3, [x1]
+    msr     fpsr, x2
+    msr     fpcr, x3
     ret
 "#,
     host = const OFF_HOST,
