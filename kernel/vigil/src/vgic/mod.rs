@@ -13,8 +13,8 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use vigil_platform::MAX_CPUS;
 use vigil_vgic::{CpuIfContext, IchHcr, IchMisr, IchVtr, Kick, LrValue, Vgic, VgicConfig};
 
+use crate::bus::{MmioCtx, MmioDevice};
 use crate::gic;
-use crate::vm::mmio::{MmioCtx, MmioDevice};
 
 /// The virtual timer's PPI, hardware-linked to the physical one.
 pub const VTIMER_INTID: u32 = 27;
@@ -364,6 +364,17 @@ pub fn restore_cpuif(ctx: &CpuIfContext) {
     }
 }
 
+/// Who owns a guest timer's interrupt on this CPU: the vCPU loaded here,
+/// which only the scheduler knows, a room above this one. It raises that
+/// vCPU's line ([`timer_line_high`]) and says whether there was one; set
+/// once at boot ([`set_timer_owner`]).
+static TIMER_OWNER: spin::Once<fn(GuestTimer) -> bool> = spin::Once::new();
+
+/// Register the scheduler's [`TIMER_OWNER`] hook.
+pub fn set_timer_owner(owner: fn(GuestTimer) -> bool) {
+    TIMER_OWNER.call_once(|| owner);
+}
+
 /// A guest timer's physical interrupt fired: the timer of the vCPU loaded
 /// here expired. It stays active until the guest deactivates the
 /// hardware-linked virtual one; the next entry's `enter` injects it.
@@ -372,7 +383,7 @@ fn on_timer(intid: u32) {
         return;
     };
     let cpu = crate::arch::cpu_index();
-    if crate::vm::timer_fired(t) {
+    if TIMER_OWNER.get().is_some_and(|owner| owner(t)) {
         HELD[cpu].fetch_or(1 << t as usize, Ordering::Relaxed);
     } else {
         // No vCPU owns the timer here (its VM stopped): silence it.

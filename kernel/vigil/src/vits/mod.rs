@@ -11,8 +11,8 @@
 use alloc::sync::Arc;
 use vigil_vits::{Kick, Vits, VitsConfig};
 
+use crate::bus::{MmioCtx, MmioDevice};
 use crate::vgic::VmGic;
-use crate::vm::mmio::{MmioCtx, MmioDevice};
 
 /// A VM's virtual ITS.
 pub type VmIts = Arc<Vits>;

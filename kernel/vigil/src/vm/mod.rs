@@ -6,7 +6,6 @@
 //! queue; a vCPU that waits (WFI) lets the CPU sleep until an interrupt.
 
 mod debug;
-pub(crate) mod mmio;
 pub mod passthrough;
 mod pl011;
 pub mod rtc;
@@ -29,9 +28,9 @@ use vigil_vm::layout;
 use vigil_vm::psci::{PowerState, PsciVm, VcpuPower};
 
 use crate::arch::{self, sysreg};
+use crate::bus::{MmioBus, NoFunction};
 use crate::vgic::{self as vgic_glue, VmGic};
 use crate::{exit, gic, mm};
-use mmio::{MmioBus, NoFunction};
 use pl011::Pl011;
 use stage2::Stage2Tables;
 use switch::{GuestRegs, CURRENT_REGS};
@@ -443,34 +442,6 @@ impl Vm {
     }
 }
 
-/// Copy guest RAM at host-physical `pa` into `buf` with atomic (relaxed)
-/// loads: the guest may be writing it at the same time, which is a data
-/// race for plain reads; atomics make it defined and only yield stale or
-/// mixed bytes, which the emulation treats as untrusted input anyway.
-fn copy_from_guest(pa: u64, buf: &mut [u8]) {
-    use core::sync::atomic::AtomicU8;
-    let whole = if pa.is_multiple_of(8) {
-        buf.len() & !7
-    } else {
-        0
-    };
-    let (words, rest) = buf.split_at_mut(whole);
-    for (k, chunk) in words.chunks_exact_mut(8).enumerate() {
-        // SAFETY: inside the VM's RAM (the caller checked the whole range),
-        // identity-mapped and 8-byte aligned; what may access it meanwhile
-        // is the guest, or this same kind of atomic read (images are
-        // written only while no vCPU runs).
-        let w =
-            unsafe { AtomicU64::from_ptr((pa + 8 * k as u64) as *mut u64) }.load(Ordering::Relaxed);
-        chunk.copy_from_slice(&w.to_ne_bytes());
-    }
-    let at = pa + whole as u64;
-    for (k, b) in rest.iter_mut().enumerate() {
-        // SAFETY: as above, one byte.
-        *b = unsafe { AtomicU8::from_ptr((at + k as u64) as *mut u8) }.load(Ordering::Relaxed);
-    }
-}
-
 impl GuestMemory for Vm {
     fn is_ram(&self, gpa: u64, len: u64) -> bool {
         self.ram_pa(gpa, len).is_some()
@@ -480,7 +451,7 @@ impl GuestMemory for Vm {
         let pa = self
             .ram_pa(gpa, buf.len() as u64)
             .ok_or(MemError::OutOfRam)?;
-        copy_from_guest(pa, buf);
+        crate::bus::copy_from_guest(pa, buf);
         Ok(())
     }
 }

@@ -1,8 +1,12 @@
-//! Emulated MMIO: devices claim guest-physical ranges of a VM; a trapped
-//! access with a valid syndrome is dispatched to the device that owns the
-//! address.
+//! The bus of emulated devices: devices claim guest-physical ranges of a
+//! VM; a trapped access with a valid syndrome is dispatched to the device
+//! that owns the address. Also how devices read guest RAM. A leaf below
+//! the device models (`vgic`, `vits`, `vm`'s UART, RTC, virtio) and the
+//! VMs that own them, so none of them need `vm` for it. Not to be confused
+//! with `regblock`, Vigil's own access to physical device registers.
 
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 use vigil_vgic::{GuestMemory, Kick};
 
 /// Who is accessing: the vCPU, and its VM's memory (for devices that read
@@ -66,5 +70,33 @@ impl MmioDevice for NoFunction {
 
     fn write(&self, _ctx: &MmioCtx<'_>, _offset: u64, _width: u8, _value: u64) -> Kick {
         Kick::default()
+    }
+}
+
+/// Copy guest RAM at host-physical `pa` into `buf` with atomic (relaxed)
+/// loads: the guest may be writing it at the same time, which is a data
+/// race for plain reads; atomics make it defined and only yield stale or
+/// mixed bytes, which the emulation treats as untrusted input anyway.
+pub fn copy_from_guest(pa: u64, buf: &mut [u8]) {
+    use core::sync::atomic::AtomicU8;
+    let whole = if pa.is_multiple_of(8) {
+        buf.len() & !7
+    } else {
+        0
+    };
+    let (words, rest) = buf.split_at_mut(whole);
+    for (k, chunk) in words.chunks_exact_mut(8).enumerate() {
+        // SAFETY: inside the VM's RAM (the caller checked the whole range),
+        // identity-mapped and 8-byte aligned; what may access it meanwhile
+        // is the guest, or this same kind of atomic read (images are
+        // written only while no vCPU runs).
+        let w =
+            unsafe { AtomicU64::from_ptr((pa + 8 * k as u64) as *mut u64) }.load(Ordering::Relaxed);
+        chunk.copy_from_slice(&w.to_ne_bytes());
+    }
+    let at = pa + whole as u64;
+    for (k, b) in rest.iter_mut().enumerate() {
+        // SAFETY: as above, one byte.
+        *b = unsafe { AtomicU8::from_ptr((at + k as u64) as *mut u8) }.load(Ordering::Relaxed);
     }
 }
