@@ -27,7 +27,6 @@ const FRAME_SIZE: usize = core::mem::size_of::<TrapFrame>();
 const _: () = assert!(FRAME_SIZE.is_multiple_of(16));
 
 /// Which of the 16 vectors was taken (Arm ARM D1.3.1, "Exception vectors").
-#[allow(dead_code)] // lower-EL kinds are numbers from the world switch
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u64)]
 pub enum VectorKind {

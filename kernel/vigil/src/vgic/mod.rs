@@ -61,16 +61,28 @@ ich_lr! {
     12 => "S3_4_C12_C13_4", 13 => "S3_4_C12_C13_5", 14 => "S3_4_C12_C13_6", 15 => "S3_4_C12_C13_7"
 }
 
+/// `ich_reg!(read, write, "encoding")`; `_` leaves out an accessor Vigil
+/// does not use.
 macro_rules! ich_reg {
+    (_, $write:ident, $enc:literal) => {
+        ich_reg!(@write $write, $enc);
+    };
+    ($read:ident, _, $enc:literal) => {
+        ich_reg!(@read $read, $enc);
+    };
     ($read:ident, $write:ident, $enc:literal) => {
-        #[allow(dead_code)]
+        ich_reg!(@read $read, $enc);
+        ich_reg!(@write $write, $enc);
+    };
+    (@read $read:ident, $enc:literal) => {
         fn $read() -> u64 {
             let v: u64;
             // SAFETY: reading an ICH register has no side effects.
             unsafe { core::arch::asm!(concat!("mrs {}, ", $enc), out(reg) v, options(nomem, nostack)) };
             v
         }
-        #[allow(dead_code)]
+    };
+    (@write $write:ident, $enc:literal) => {
         fn $write(v: u64) {
             // SAFETY: ICH registers only affect the virtual CPU interface.
             unsafe { core::arch::asm!(concat!("msr ", $enc, ", {}"), in(reg) v, options(nomem, nostack)) };
@@ -78,10 +90,10 @@ macro_rules! ich_reg {
     };
 }
 
-ich_reg!(ich_hcr, set_ich_hcr, "S3_4_C12_C11_0");
-ich_reg!(ich_vtr, _set_ich_vtr, "S3_4_C12_C11_1");
-ich_reg!(ich_misr, _set_ich_misr, "S3_4_C12_C11_2");
-ich_reg!(ich_eisr, _set_ich_eisr, "S3_4_C12_C11_3");
+ich_reg!(_, set_ich_hcr, "S3_4_C12_C11_0");
+ich_reg!(ich_vtr, _, "S3_4_C12_C11_1");
+ich_reg!(ich_misr, _, "S3_4_C12_C11_2");
+ich_reg!(ich_eisr, _, "S3_4_C12_C11_3");
 ich_reg!(ich_vmcr, set_ich_vmcr, "S3_4_C12_C11_7");
 
 macro_rules! ich_apr {
