@@ -264,8 +264,10 @@ fn reg_n(node: fdt::node::FdtNode<'_, '_>, n: usize, what: &'static str) -> Resu
 }
 
 /// The node at `path` ("/a/b@1"; a name without a unit address matches
-/// one with). Walks children itself: fdt 0.1's `find_node` misses nodes
-/// in trees recompiled by dtc (seen with QEMU's tree after `dtc -I dts`).
+/// one with). Walks children itself: in the tree QEMU boots Vigil with
+/// (`-dtb`, where QEMU NOPs out /memory and appends its own) `find_node`
+/// of `fdt` 0.1.5 and of `flat_device_tree` 3.1.1 misses every node after
+/// the NOPs, while `children()` sees them (tests/qemu_tree.rs).
 pub(crate) fn find_path<'b, 'a>(
     fdt: &'b fdt::Fdt<'a>,
     path: &str,

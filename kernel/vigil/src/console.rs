@@ -141,12 +141,35 @@ static LINES: [spin::Mutex<LineBuf>; vigil_platform::MAX_VMS] = [const {
     })
 }; vigil_platform::MAX_VMS];
 
+/// What the console knows of the VMs, for its tags: how many there are and
+/// each one's name. VMs live in `vm`, a room above this one, which
+/// registers them at boot ([`set_vm_names`]).
+struct VmNames {
+    count: fn() -> usize,
+    name: fn(usize) -> &'static str,
+}
+
+static VM_NAMES: spin::Once<VmNames> = spin::Once::new();
+
+pub fn set_vm_names(count: fn() -> usize, name: fn(usize) -> &'static str) {
+    VM_NAMES.call_once(|| VmNames { count, name });
+}
+
+fn vm_count() -> usize {
+    VM_NAMES.get().map_or(0, |n| (n.count)())
+}
+
+/// The name of VM `vm`, as its console lines are tagged.
+pub fn vm_name(vm: usize) -> &'static str {
+    VM_NAMES.get().map_or("vm?", |n| (n.name)(vm))
+}
+
 /// A byte a guest wrote to its UART. Each line is tagged with the VM's
 /// name. With one VM, bytes go out at once (so a shell prompt shows before
 /// its newline); with several, each VM's output is collected a line at a
 /// time so lines never interleave.
 pub fn guest_putc(vm: usize, byte: u8) {
-    if crate::vm::count() > 1 {
+    if vm_count() > 1 {
         let mut line = LINES[vm % LINES.len()].lock();
         if byte != b'\n' && byte != b'\r' {
             let n = line.len;
@@ -160,7 +183,7 @@ pub fn guest_putc(vm: usize, byte: u8) {
                 if LINE_OWNER.swap(0, Ordering::Relaxed) != 0 {
                     let _ = u.write_str("\n");
                 }
-                let _ = writeln!(u, "[{}] {}", crate::vm::name(vm), text);
+                let _ = writeln!(u, "[{}] {}", vm_name(vm), text);
             });
             line.len = 0;
         }
@@ -172,7 +195,7 @@ pub fn guest_putc(vm: usize, byte: u8) {
             if owner != 0 {
                 let _ = u.write_str("\n");
             }
-            let _ = write!(u, "[{}] ", crate::vm::name(vm));
+            let _ = write!(u, "[{}] ", vm_name(vm));
         }
         if byte == b'\n' {
             let _ = u.write_str("\n");

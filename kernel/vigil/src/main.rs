@@ -9,6 +9,7 @@
 extern crate alloc;
 
 mod arch;
+mod bus;
 mod console;
 mod exit;
 mod gic;
@@ -61,6 +62,16 @@ fn fatal(what: core::fmt::Arguments<'_>) -> ! {
 
 #[no_mangle]
 extern "C" fn kmain() -> ! {
+    // The rooms below report upward through these hooks (arch's exception
+    // vectors; the console's VM tags; vgic's guest-timer interrupt, whose
+    // owner is the vCPU the scheduler loaded).
+    arch::exceptions::set_handlers(arch::exceptions::Handlers {
+        irq: gic::handle_irq,
+        report: console::emergency_println,
+        fail: exit::exit_failure,
+    });
+    console::set_vm_names(vm::count, vm::name);
+    vgic::set_timer_owner(vm::timer_fired);
     console::init(board::EARLY_UART);
     let dtb = device_tree().unwrap_or_else(|e| fatal(format_args!("boot: {e}")));
     let platform: Platform<'static> = vigil_platform::discover(dtb)
@@ -113,7 +124,7 @@ extern "C" fn kmain() -> ! {
     }
     // Per-CPU records and stacks for the CPUs the device tree lists.
     percpu::init(&platform.cpus);
-    arch::boot::alloc_stacks(platform.cpus.len()).unwrap_or_else(|e| {
+    arch::boot::alloc_stacks(platform.cpus.len(), mm::alloc_frames_uncleared).unwrap_or_else(|e| {
         fatal(format_args!(
             "boot: stacks for {} CPUs: {e}",
             platform.cpus.len()

@@ -1,6 +1,6 @@
 //! A handle on a device's memory-mapped register block that can live in
-//! statics (the physical GIC and ITS). Not to be confused with `vm::mmio`,
-//! the bus of emulated devices a guest's MMIO traps reach.
+//! statics (the physical GIC and ITS). Not to be confused with `bus`, the
+//! emulated devices a guest's MMIO traps reach.
 
 use core::marker::PhantomData;
 use core::ops::Deref;

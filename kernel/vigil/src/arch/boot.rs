@@ -128,11 +128,15 @@ extern "C" {
 /// Allocate the stacks of CPUs 1..`cpus` in one block (one allocation:
 /// linear in CPUs) and publish it for `_secondary_entry`. Primary CPU,
 /// once, before the MMU is on (the guard pages are left out of its map)
-/// and before any CPU_ON. The stacks are not cleared.
-pub fn alloc_stacks(cpus: usize) -> Result<(), vigil_mm::FrameError> {
+/// and before any CPU_ON. The stacks are not cleared. `alloc(frames,
+/// align)` is the frame allocator's, a room above this one.
+pub fn alloc_stacks<E>(
+    cpus: usize,
+    alloc: impl FnOnce(u64, u64) -> Result<u64, E>,
+) -> Result<(), E> {
     let base = match cpus {
         0 | 1 => 0,
-        n => crate::mm::alloc_frames_uncleared((n as u64 - 1) * SLOT / 4096, 4096)?,
+        n => alloc((n as u64 - 1) * SLOT / 4096, 4096)?,
     };
     SECONDARY_STACKS[0].store(base, Ordering::Relaxed);
     SECONDARY_STACKS[1].store(cpus as u64, Ordering::Relaxed);

@@ -3,9 +3,11 @@
 //!
 //! Every vector saves the general-purpose registers, ELR_EL2 and SPSR_EL2
 //! into a [`TrapFrame`] on the current stack and calls
-//! [`handle_exception`] with the vector's [`VectorKind`]. For now every
-//! exception is unexpected: the report names the exception class, ESR,
-//! FAR, ELR and CPU, and QEMU exits with a failure status.
+//! [`handle_exception`] with the vector's [`VectorKind`]. An IRQ goes to
+//! the GIC driver; every other exception is unexpected: the report names
+//! the exception class, ESR, FAR, ELR and CPU, and QEMU exits with a
+//! failure status. The GIC driver, the console and the exit path are rooms
+//! above `arch`, so they reach it as [`Handlers`] registered at boot.
 
 use core::arch::global_asm;
 
@@ -25,7 +27,6 @@ const FRAME_SIZE: usize = core::mem::size_of::<TrapFrame>();
 const _: () = assert!(FRAME_SIZE.is_multiple_of(16));
 
 /// Which of the 16 vectors was taken (Arm ARM D1.3.1, "Exception vectors").
-#[allow(dead_code)] // lower-EL kinds are numbers from the world switch
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u64)]
 pub enum VectorKind {
@@ -180,13 +181,38 @@ pub fn ec_name(ec: u64) -> &'static str {
     }
 }
 
+/// What the rooms above `arch` do with an exception taken at EL2.
+pub struct Handlers {
+    /// An IRQ (the GIC driver's acknowledge and dispatch).
+    pub irq: fn(),
+    /// Print one line of the report on an unexpected exception, even with
+    /// the console held (the console's emergency path).
+    pub report: fn(core::fmt::Arguments<'_>),
+    /// End the run with a failure status.
+    pub fail: fn() -> !,
+}
+
+static HANDLERS: spin::Once<Handlers> = spin::Once::new();
+
+/// Register the [`Handlers`]: first thing at boot, before anything can
+/// fault or IRQs are unmasked.
+pub fn set_handlers(h: Handlers) {
+    HANDLERS.call_once(|| h);
+}
+
 /// Print everything known about an exception Vigil cannot handle, then end
 /// the run with a failure status.
 fn unexpected(kind: VectorKind, frame: &TrapFrame) -> ! {
+    let Some(h) = HANDLERS.get() else {
+        // Nowhere to report to yet (only the boot code runs before).
+        loop {
+            aarch64_cpu::asm::wfe();
+        }
+    };
     let esr = ESR_EL2.get();
     let far = FAR_EL2.get();
     let ec = (esr >> 26) & 0x3f;
-    crate::console::emergency_println(format_args!(
+    (h.report)(format_args!(
         "unexpected exception on cpu{}: {:?}: EC {:#04x} ({}) ESR {:#010x} FAR {:#018x} ELR {:#018x} SPSR {:#x}",
         crate::arch::cpu_index(),
         kind,
@@ -200,21 +226,25 @@ fn unexpected(kind: VectorKind, frame: &TrapFrame) -> ! {
     if ec == 0x24 || ec == 0x25 {
         // Data abort: DFSC names the fault (Arm ARM D24.2.40, ISS encoding
         // for a Data Abort).
-        crate::console::emergency_println(format_args!(
+        (h.report)(format_args!(
             "  data abort: DFSC {:#04x} ({}), WnR {}",
             esr & 0x3f,
             crate::arch::fault_status_name(esr & 0x3f),
             (esr >> 6) & 1
         ));
     }
-    crate::exit::exit_failure()
+    (h.fail)()
 }
 
 #[no_mangle]
 extern "C" fn handle_exception(kind: u64, frame: &mut TrapFrame) {
     let kind = VectorKind::from_raw(kind);
     match kind {
-        VectorKind::CurrentSpxIrq => crate::gic::handle_irq(),
+        VectorKind::CurrentSpxIrq => {
+            if let Some(h) = HANDLERS.get() {
+                (h.irq)()
+            }
+        }
         _ => unexpected(kind, frame),
     }
 }

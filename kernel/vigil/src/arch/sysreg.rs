@@ -1,11 +1,23 @@
 //! System registers without a typed accessor in `aarch64-cpu`, by their
 //! generic encodings (so no assembler extension is needed).
 
+/// `sysreg!(doc, read, write, "encoding")` defines the accessors; `_` in
+/// place of a name leaves out one Vigil does not use (a read-only register,
+/// or one only written).
 macro_rules! sysreg {
+    ($(#[$doc:meta])* _, $write:ident, $enc:literal) => {
+        sysreg!(@write $(#[$doc])* $write, $enc);
+    };
+    ($(#[$doc:meta])* $read:ident, _, $enc:literal) => {
+        sysreg!(@read $(#[$doc])* $read, $enc);
+    };
     ($(#[$doc:meta])* $read:ident, $write:ident, $enc:literal) => {
+        sysreg!(@read $(#[$doc])* $read, $enc);
+        sysreg!(@write $(#[$doc])* $write, $enc);
+    };
+    (@read $(#[$doc:meta])* $read:ident, $enc:literal) => {
         $(#[$doc])*
         #[inline]
-        #[allow(dead_code)]
         pub fn $read() -> u64 {
             let v: u64;
             // SAFETY: reading this system register has no side effects
@@ -14,10 +26,10 @@ macro_rules! sysreg {
             unsafe { core::arch::asm!(concat!("mrs {}, ", $enc), out(reg) v, options(nostack)) };
             v
         }
-
+    };
+    (@write $(#[$doc:meta])* $write:ident, $enc:literal) => {
         $(#[$doc])*
         #[inline]
-        #[allow(dead_code)]
         pub fn $write(v: u64) {
             // SAFETY: the callers write values valid for this register at
             // EL2; none of these registers changes memory mappings.
@@ -28,31 +40,31 @@ macro_rules! sysreg {
 
 sysreg!(
     /// ICC_SRE_EL2 (IHI 0069 §12.12.8).
-    icc_sre_el2, set_icc_sre_el2, "S3_4_C12_C9_5"
+    _, set_icc_sre_el2, "S3_4_C12_C9_5"
 );
 sysreg!(
     /// ICC_PMR_EL1.
-    icc_pmr_el1, set_icc_pmr_el1, "S3_0_C4_C6_0"
+    _, set_icc_pmr_el1, "S3_0_C4_C6_0"
 );
 sysreg!(
     /// ICC_IAR1_EL1 (reading acknowledges).
-    icc_iar1_el1, _set_icc_iar1_el1, "S3_0_C12_C12_0"
+    icc_iar1_el1, _, "S3_0_C12_C12_0"
 );
 sysreg!(
     /// ICC_EOIR1_EL1.
-    _icc_eoir1_el1, set_icc_eoir1_el1, "S3_0_C12_C12_1"
+    _, set_icc_eoir1_el1, "S3_0_C12_C12_1"
 );
 sysreg!(
     /// ICC_DIR_EL1.
-    _icc_dir_el1, set_icc_dir_el1, "S3_0_C12_C11_1"
+    _, set_icc_dir_el1, "S3_0_C12_C11_1"
 );
 sysreg!(
     /// ICC_SGI1R_EL1.
-    _icc_sgi1r_el1, set_icc_sgi1r_el1, "S3_0_C12_C11_5"
+    _, set_icc_sgi1r_el1, "S3_0_C12_C11_5"
 );
 sysreg!(
     /// ICC_IGRPEN1_EL1.
-    icc_igrpen1_el1, set_icc_igrpen1_el1, "S3_0_C12_C12_7"
+    _, set_icc_igrpen1_el1, "S3_0_C12_C12_7"
 );
 sysreg!(
     /// ICC_CTLR_EL1.
@@ -60,7 +72,7 @@ sysreg!(
 );
 sysreg!(
     /// ICC_BPR1_EL1.
-    icc_bpr1_el1, set_icc_bpr1_el1, "S3_0_C12_C12_3"
+    _, set_icc_bpr1_el1, "S3_0_C12_C12_3"
 );
 sysreg!(
     /// CNTHP_CTL_EL2: EL2 physical timer control.
@@ -73,16 +85,7 @@ sysreg!(
 /// A register whose writes decide how guests are translated or trapped:
 /// the setter is `unsafe`, with the contract given at each one.
 macro_rules! sysreg_unsafe_set {
-    ($(#[$doc:meta])* $read:ident, $write:ident, $enc:literal, $contract:literal) => {
-        $(#[$doc])*
-        #[inline]
-        #[allow(dead_code)]
-        pub fn $read() -> u64 {
-            let v: u64;
-            // SAFETY: reading this register has no side effects.
-            unsafe { core::arch::asm!(concat!("mrs {}, ", $enc), out(reg) v, options(nostack)) };
-            v
-        }
+    ($(#[$doc:meta])* _, $write:ident, $enc:literal, $contract:literal) => {
         $(#[$doc])*
         ///
         /// # Safety
@@ -92,6 +95,10 @@ macro_rules! sysreg_unsafe_set {
             // SAFETY: the caller's contract.
             unsafe { core::arch::asm!(concat!("msr ", $enc, ", {}"), in(reg) v, options(nostack)) };
         }
+    };
+    ($(#[$doc:meta])* $read:ident, $write:ident, $enc:literal, $contract:literal) => {
+        sysreg!(@read $(#[$doc])* $read, $enc);
+        sysreg_unsafe_set!($(#[$doc])* _, $write, $enc, $contract);
     };
 }
 
@@ -109,11 +116,11 @@ sysreg!(
 );
 sysreg!(
     /// OSLAR_EL1 (write 1 to set the OS lock, 0 to clear it).
-    _read_oslar, write_oslar, "S2_0_C1_C0_4"
+    _, write_oslar, "S2_0_C1_C0_4"
 );
 sysreg!(
     /// OSLSR_EL1 (bit 1: the OS lock is set).
-    read_oslsr, _write_oslsr, "S2_0_C1_C1_4"
+    read_oslsr, _, "S2_0_C1_C1_4"
 );
 sysreg!(
     /// DBGCLAIMCLR_EL1 (reads the claim tags; writing 1s clears them).
@@ -121,7 +128,7 @@ sysreg!(
 );
 sysreg!(
     /// DBGCLAIMSET_EL1 (writing 1s sets claim tags).
-    _read_claimset, write_claimset, "S2_0_C7_C8_6"
+    _, write_claimset, "S2_0_C7_C8_6"
 );
 sysreg!(
     /// MDCR_EL2: what of the PMU and debug EL1 may reach.
@@ -129,28 +136,28 @@ sysreg!(
 );
 sysreg_unsafe_set!(
     /// VTCR_EL2: the shape of stage-2 translation.
-    vtcr_el2, set_vtcr_el2, "vtcr_el2",
+    _, set_vtcr_el2, "vtcr_el2",
     "`v` must describe the stage-2 tables every VTTBR_EL2 points at (granule, \
      levels, IPA size), with no guest running on this CPU."
 );
 sysreg_unsafe_set!(
     /// VTTBR_EL2: the running VM's stage-2 tables and VMID.
-    vttbr_el2, set_vttbr_el2, "vttbr_el2",
+    _, set_vttbr_el2, "vttbr_el2",
     "`v` must point at live stage-2 tables that map only the memory of the \
      VM about to run, with that VM's own VMID; no vCPU of another VM may run \
      on this CPU until it is replaced."
 );
-sysreg!(vmpidr_el2, set_vmpidr_el2, "vmpidr_el2");
+sysreg!(_, set_vmpidr_el2, "vmpidr_el2");
 sysreg!(cnthctl_el2, set_cnthctl_el2, "cnthctl_el2");
-sysreg!(cntvoff_el2, set_cntvoff_el2, "cntvoff_el2");
-sysreg!(esr_el2, _set_esr_el2, "esr_el2");
-sysreg!(far_el2, _set_far_el2, "far_el2");
-sysreg!(hpfar_el2, _set_hpfar_el2, "hpfar_el2");
-sysreg!(esr_el1, set_esr_el1, "esr_el1");
-sysreg!(far_el1, set_far_el1, "far_el1");
-sysreg!(elr_el1, set_elr_el1, "elr_el1");
-sysreg!(spsr_el1, set_spsr_el1, "spsr_el1");
-sysreg!(vbar_el1, _set_vbar_el1, "vbar_el1");
+sysreg!(_, set_cntvoff_el2, "cntvoff_el2");
+sysreg!(esr_el2, _, "esr_el2");
+sysreg!(far_el2, _, "far_el2");
+sysreg!(hpfar_el2, _, "hpfar_el2");
+sysreg!(_, set_esr_el1, "esr_el1");
+sysreg!(_, set_far_el1, "far_el1");
+sysreg!(_, set_elr_el1, "elr_el1");
+sysreg!(_, set_spsr_el1, "spsr_el1");
+sysreg!(vbar_el1, _, "vbar_el1");
 
 /// Unmask IRQs at the current EL.
 #[inline]

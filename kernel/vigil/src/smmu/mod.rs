@@ -269,7 +269,7 @@ impl Smmu {
             let vm = if owner == 0 {
                 "no VM"
             } else {
-                crate::vm::name(owner as usize - 1)
+                crate::console::vm_name(owner as usize - 1)
             };
             if e.is_translation_fault() {
                 log::warn!(

@@ -17,8 +17,8 @@ use vigil_vgic::{
     CpuIfContext, IchHcr, IchMisr, IchVtr, Kick, ListRegs, LrValue, Vgic, VgicConfig,
 };
 
+use crate::bus::{MmioCtx, MmioDevice};
 use crate::gic;
-use crate::vm::mmio::{MmioCtx, MmioDevice};
 
 /// The virtual timer's PPI, hardware-linked to the physical one.
 pub const VTIMER_INTID: u32 = 27;
@@ -65,16 +65,28 @@ ich_lr! {
     12 => "S3_4_C12_C13_4", 13 => "S3_4_C12_C13_5", 14 => "S3_4_C12_C13_6", 15 => "S3_4_C12_C13_7"
 }
 
+/// `ich_reg!(read, write, "encoding")`; `_` leaves out an accessor Vigil
+/// does not use.
 macro_rules! ich_reg {
+    (_, $write:ident, $enc:literal) => {
+        ich_reg!(@write $write, $enc);
+    };
+    ($read:ident, _, $enc:literal) => {
+        ich_reg!(@read $read, $enc);
+    };
     ($read:ident, $write:ident, $enc:literal) => {
-        #[allow(dead_code)]
+        ich_reg!(@read $read, $enc);
+        ich_reg!(@write $write, $enc);
+    };
+    (@read $read:ident, $enc:literal) => {
         fn $read() -> u64 {
             let v: u64;
             // SAFETY: reading an ICH register has no side effects.
             unsafe { core::arch::asm!(concat!("mrs {}, ", $enc), out(reg) v, options(nomem, nostack)) };
             v
         }
-        #[allow(dead_code)]
+    };
+    (@write $write:ident, $enc:literal) => {
         fn $write(v: u64) {
             // SAFETY: ICH registers only affect the virtual CPU interface.
             unsafe { core::arch::asm!(concat!("msr ", $enc, ", {}"), in(reg) v, options(nomem, nostack)) };
@@ -82,10 +94,10 @@ macro_rules! ich_reg {
     };
 }
 
-ich_reg!(ich_hcr, set_ich_hcr, "S3_4_C12_C11_0");
-ich_reg!(ich_vtr, _set_ich_vtr, "S3_4_C12_C11_1");
-ich_reg!(ich_misr, _set_ich_misr, "S3_4_C12_C11_2");
-ich_reg!(ich_eisr, _set_ich_eisr, "S3_4_C12_C11_3");
+ich_reg!(_, set_ich_hcr, "S3_4_C12_C11_0");
+ich_reg!(ich_vtr, _, "S3_4_C12_C11_1");
+ich_reg!(ich_misr, _, "S3_4_C12_C11_2");
+ich_reg!(ich_eisr, _, "S3_4_C12_C11_3");
 ich_reg!(ich_vmcr, set_ich_vmcr, "S3_4_C12_C11_7");
 
 macro_rules! ich_apr {
@@ -411,6 +423,17 @@ pub fn restore_cpuif(ctx: &CpuIfContext) {
     }
 }
 
+/// Who owns a guest timer's interrupt on this CPU: the vCPU loaded here,
+/// which only the scheduler knows, a room above this one. It raises that
+/// vCPU's line ([`timer_line_high`]) and says whether there was one; set
+/// once at boot ([`set_timer_owner`]).
+static TIMER_OWNER: spin::Once<fn(GuestTimer) -> bool> = spin::Once::new();
+
+/// Register the scheduler's [`TIMER_OWNER`] hook.
+pub fn set_timer_owner(owner: fn(GuestTimer) -> bool) {
+    TIMER_OWNER.call_once(|| owner);
+}
+
 /// A guest timer's physical interrupt fired: the timer of the vCPU loaded
 /// here expired. It stays active until the guest deactivates the
 /// hardware-linked virtual one; the next entry's `enter` injects it.
@@ -419,7 +442,7 @@ fn on_timer(intid: u32) {
         return;
     };
     let cpu = crate::arch::cpu_index();
-    if crate::vm::timer_fired(t) {
+    if TIMER_OWNER.get().is_some_and(|owner| owner(t)) {
         HELD[cpu].fetch_or(1 << t as usize, Ordering::Relaxed);
     } else {
         // No vCPU owns the timer here (its VM stopped): silence it.

@@ -1,18 +1,19 @@
 //! The kernel side of the virtual ITS (the emulation core is the
-//! `vigil-vits` crate): its register frames on a VM's MMIO bus, and the
-//! seam through which the hypervisor raises an LPI as if a device had
-//! written GITS_TRANSLATER.
+//! `vigil-vits` crate): its register frames on a VM's MMIO bus. A host
+//! LPI of a passed-through device reaches the core as if the device had
+//! written GITS_TRANSLATER through `vm::passthrough`
+//! (`Vits::translate_generation`).
 //!
 //! A CWRITER write traps here and the core processes the queued commands
 //! synchronously before the guest resumes. Lock order (DESIGN.md vITS
 //! invariant 10, enforced in the core): command queue, then routes, then
-//! the VM's vGIC; LPI injection (`raise`) takes routes and vGIC only.
+//! the VM's vGIC; a host LPI's translation takes routes and vGIC only.
 
 use alloc::sync::Arc;
 use vigil_vits::{Kick, Vits, VitsConfig};
 
+use crate::bus::{MmioCtx, MmioDevice};
 use crate::vgic::VmGic;
-use crate::vm::mmio::{MmioCtx, MmioDevice};
 
 /// A VM's virtual ITS.
 pub type VmIts = Arc<Vits>;

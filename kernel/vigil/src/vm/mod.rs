@@ -6,7 +6,6 @@
 //! queue; a vCPU that waits (WFI) lets the CPU sleep until an interrupt.
 
 mod debug;
-pub(crate) mod mmio;
 pub mod passthrough;
 mod pl011;
 pub mod rtc;
@@ -29,9 +28,9 @@ use vigil_vm::layout;
 use vigil_vm::psci::{PowerState, PsciVm, VcpuPower};
 
 use crate::arch::{self, sysreg};
+use crate::bus::{MmioBus, NoFunction};
 use crate::vgic::{self as vgic_glue, VmGic};
 use crate::{exit, gic, mm};
-use mmio::{MmioBus, NoFunction};
 use pl011::Pl011;
 use stage2::Stage2Tables;
 use switch::{GuestRegs, CURRENT_REGS};

@@ -8,7 +8,7 @@
 
 use spin::Mutex;
 
-use super::mmio::{MmioCtx, MmioDevice};
+use crate::bus::{MmioCtx, MmioDevice};
 use vigil_vgic::Kick;
 
 const FIFO: usize = 32;

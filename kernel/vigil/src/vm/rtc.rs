@@ -7,7 +7,7 @@ use spin::Mutex;
 use vigil_vgic::Kick;
 use vigil_vm::pl031::Pl031;
 
-use super::mmio::{MmioCtx, MmioDevice};
+use crate::bus::{MmioCtx, MmioDevice};
 
 /// The host PL031's registers (0: none; the VMs' clocks then start at 0).
 static HOST: AtomicU64 = AtomicU64::new(0);

@@ -7,7 +7,7 @@
 
 use spin::Mutex;
 
-use super::mmio::{MmioCtx, MmioDevice};
+use crate::bus::{MmioCtx, MmioDevice};
 use vigil_vgic::Kick;
 
 const PATTERN: u64 = 0x8081_8283_8485_8687;

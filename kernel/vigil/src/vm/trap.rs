@@ -253,7 +253,7 @@ fn data_abort(v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
         );
         return inject_abort(regs, true, far, access.write);
     };
-    let ctx = super::mmio::MmioCtx {
+    let ctx = crate::bus::MmioCtx {
         vcpu: v.index,
         mem: v.vm,
     };

@@ -30,8 +30,8 @@ use vigil_virtio::channel::{self, ClientView, ConfigSpace, QueueView, Regs};
 use vigil_virtio::mmio::{DeviceInfo, Effect, Transport, VENDOR_VIGIL};
 use vigil_vm::layout;
 
-use super::mmio::{MmioCtx, MmioDevice};
 use super::vm_by_id;
+use crate::bus::{MmioCtx, MmioDevice};
 
 /// virtio device type of a block device (virtio 1.2 §5).
 pub const VIRTIO_BLK: u32 = 2;

@@ -10,6 +10,9 @@
 //! Bootargs: `blk.sectors=N` (the disk's size, default 64 MiB). It powers
 //! off once its client has stopped (EVENTS.GONE).
 
+use buddy_system_allocator::Heap;
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use vigil_guest::{fail, gic, mmio, println, report, BootInfo};
@@ -21,7 +24,27 @@ use vigil_virtio::{GuestRam, OutOfRange};
 const NAME: &str = "blk-service";
 
 #[global_allocator]
-static HEAP: buddy_system_allocator::LockedHeap<32> = buddy_system_allocator::LockedHeap::empty();
+static HEAP: GuestHeap = GuestHeap(spin::Mutex::new(Heap::empty()));
+
+/// The buddy heap behind the workspace's `spin` (the crate's own
+/// `LockedHeap` would bring in a second, older `spin`).
+struct GuestHeap(spin::Mutex<Heap<32>>);
+
+// SAFETY: blocks come from the buddy allocator, which satisfies size and
+// alignment, and go back to it with their layout, under the one lock.
+unsafe impl GlobalAlloc for GuestHeap {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        self.0
+            .lock()
+            .alloc(l)
+            .map_or(ptr::null_mut(), |p| p.as_ptr())
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: `p` is a block of this heap with layout `l` (GlobalAlloc).
+        unsafe { self.0.lock().dealloc(NonNull::new_unchecked(p), l) }
+    }
+}
 
 static IRQ: AtomicBool = AtomicBool::new(false);
 static mut CONFIG_SPACE: u64 = 0;
@@ -175,7 +198,7 @@ pub fn run(boot: &'static BootInfo) -> ! {
         );
     }
     // SAFETY: [heap, heap + 4 MiB) is this VM's RAM and nothing else uses it.
-    unsafe { HEAP.lock().init(heap as usize, 4 << 20) };
+    unsafe { HEAP.0.lock().init(heap as usize, 4 << 20) };
     // The channel bridge: its ECAM, its two windows and its INTA's SPI.
     let Some(node) = boot.fdt.find_compatible(&["pci-host-ecam-generic"]) else {
         fail!(NAME, "no channel bridge in the device tree")

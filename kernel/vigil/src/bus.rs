@@ -1,6 +1,10 @@
-//! Emulated MMIO: devices claim guest-physical ranges of a VM; a trapped
-//! access with a valid syndrome is dispatched to the device that owns the
-//! address.
+//! The bus of emulated devices: devices claim guest-physical ranges of a
+//! VM; a trapped access with a valid syndrome is dispatched to the device
+//! that owns the address (guest RAM is read through `vigil_guestmem`). A
+//! leaf below the device models (`vgic`, `vits`, `vm`'s UART, RTC, virtio)
+//! and the VMs that own them, so none of them need `vm` for it. Not to be
+//! confused with `regblock`, Vigil's own access to physical device
+//! registers.
 
 use alloc::vec::Vec;
 use vigil_vgic::{GuestMemory, Kick};
