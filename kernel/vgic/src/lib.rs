@@ -69,8 +69,7 @@ pub use irq::{LPI_BASE, MAINTENANCE_PPI, SPI_BASE, VTIMER_PPI};
 pub use mem::{GuestMemory, MemError, NoMemory};
 pub use mmio::{read_lpi_config, GICD_SIZE, GICR_SGI_BASE, GICR_STRIDE, VGIC_IIDR};
 pub use regs::{
-    mpidr_aff, CpuIfContext, IchHcr, IchMisr, IchVtr, ListRegs, LrState, LrValue, SgiRequest,
-    VtimerContext,
+    mpidr_aff, CpuIfContext, IchHcr, IchMisr, IchVtr, LrState, LrValue, SgiRequest, VtimerContext,
 };
 pub use state::{FoldReport, LpiConfig, VcpuStats, VgicState};
 pub use sync::{Mutex, MutexGuard};
@@ -230,26 +229,24 @@ impl Vgic {
         self.idle_at[v].load(Ordering::Acquire) == self.changes.load(Ordering::Acquire)
     }
 
-    /// Before entering vCPU `v`: write `lrs` (all of them; unused ones
+    /// Before entering vCPU `v`: write `lrs` (all N of them; unused ones
     /// become Invalid) and return the `ICH_HCR_EL2` value to program.
     ///
     /// The highest-priority interrupts go first (active ones before
     /// pending ones, then by priority, then by INTID); no vINTID appears
     /// twice; if more are waiting than fit, UIE (and NPIE when an LR is
     /// pending) are set so a maintenance interrupt refills.
-    pub fn flush<L: ListRegs + ?Sized>(&self, v: usize, lrs: &mut L) -> IchHcr {
+    pub fn flush(&self, v: usize, lrs: &mut [LrValue]) -> IchHcr {
         use core::sync::atomic::Ordering;
         if self.is_idle(v) {
             // Nothing changed since a flush that loaded nothing.
-            for i in 0..lrs.count() {
-                lrs.write(i, LrValue::INVALID);
-            }
+            lrs.fill(LrValue::INVALID);
             return IchHcr::from_bits(IchHcr::EN);
         }
         let idle = &self.idle_at[v];
         let mut st = self.locked();
         let hcr = st.flush(v, lrs);
-        let nothing = hcr.bits() == IchHcr::EN && st.vcpus[v].lr_meta.is_empty();
+        let nothing = hcr.bits() == IchHcr::EN && lrs.iter().all(|l| *l == LrValue::INVALID);
         // Read `changes` while still holding the lock: it includes our own
         // acquisition and no later one.
         let now = if nothing {
@@ -262,17 +259,10 @@ impl Vgic {
         hcr
     }
 
-    /// After any exit of vCPU `v`: fold the LR values read back (the LRs
-    /// [`Vgic::flush`] wrote, in the same places; only those it loaded are
-    /// read) and handle the maintenance reasons in `misr` (`eisr` =
-    /// `ICH_EISR_EL2`).
-    pub fn fold<L: ListRegs + ?Sized>(
-        &self,
-        v: usize,
-        lrs: &L,
-        misr: IchMisr,
-        eisr: u32,
-    ) -> FoldReport {
+    /// After any exit of vCPU `v`: fold the LR values read back (same
+    /// order and count as written by [`Vgic::flush`]) and handle the
+    /// maintenance reasons in `misr` (`eisr` = `ICH_EISR_EL2`).
+    pub fn fold(&self, v: usize, lrs: &[LrValue], misr: IchMisr, eisr: u32) -> FoldReport {
         self.locked().fold(v, lrs, misr, eisr)
     }
 

@@ -38,42 +38,6 @@ impl LrState {
     }
 }
 
-/// The list registers `ICH_LR<n>_EL2` a flush writes and a fold reads:
-/// the real ones in the kernel (where a write equal to what the register
-/// already holds can be skipped), a slice in tests.
-pub trait ListRegs {
-    /// How many the CPU implements (ICH_VTR_EL2.ListRegs + 1).
-    fn count(&self) -> usize;
-    /// LR `i` as the guest left it (`i < count()`).
-    fn read(&self, i: usize) -> LrValue;
-    /// Program LR `i` (`i < count()`).
-    fn write(&mut self, i: usize, lr: LrValue);
-}
-
-impl ListRegs for [LrValue] {
-    fn count(&self) -> usize {
-        self.len()
-    }
-    fn read(&self, i: usize) -> LrValue {
-        self[i]
-    }
-    fn write(&mut self, i: usize, lr: LrValue) {
-        self[i] = lr;
-    }
-}
-
-impl<const N: usize> ListRegs for [LrValue; N] {
-    fn count(&self) -> usize {
-        N
-    }
-    fn read(&self, i: usize) -> LrValue {
-        self[i]
-    }
-    fn write(&mut self, i: usize, lr: LrValue) {
-        self[i] = lr;
-    }
-}
-
 /// An `ICH_LR<n>_EL2` value (IHI 0069 ch. 12, `ICH_LR<n>_EL2`).
 ///
 /// | bits | field |

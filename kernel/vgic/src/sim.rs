@@ -45,7 +45,7 @@ impl SimCpu {
     /// Enter the guest: flush. Panics if two valid LRs hold one vINTID.
     pub fn enter(&mut self, g: &Vgic) {
         assert!(!self.running, "enter while running");
-        self.hcr = g.flush(self.v, &mut self.lrs[..]);
+        self.hcr = g.flush(self.v, &mut self.lrs);
         self.eisr = 0;
         self.eoicount = 0;
         self.running = true;
@@ -143,7 +143,7 @@ impl SimCpu {
     pub fn exit(&mut self, g: &Vgic) -> FoldReport {
         assert!(self.running, "exit while not running");
         let misr = self.misr();
-        let rep = g.fold(self.v, &self.lrs[..], misr, self.eisr);
+        let rep = g.fold(self.v, &self.lrs, misr, self.eisr);
         self.running = false;
         rep
     }

@@ -26,7 +26,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::irq::{Irq, LPI_BASE, SPI_BASE};
-use crate::regs::{mpidr_aff, IchHcr, IchMisr, ListRegs, LrState, LrValue, SgiRequest};
+use crate::regs::{mpidr_aff, IchHcr, IchMisr, LrState, LrValue, SgiRequest};
 use crate::Kick;
 
 /// A retired LPI instance still in a list register (acknowledged, not yet
@@ -390,23 +390,21 @@ impl VgicState {
 
     /// Fill the list registers of vCPU `v` before entry; see
     /// [`crate::Vgic::flush`].
-    pub(crate) fn flush<L: ListRegs + ?Sized>(&mut self, v: usize, lrs: &mut L) -> IchHcr {
+    pub(crate) fn flush(&mut self, v: usize, lrs: &mut [LrValue]) -> IchHcr {
         if !self.vcpus[v].lr_meta.is_empty() {
             // The kernel entered twice without folding: fold what we wrote,
             // as if the guest had not touched it, so nothing is lost.
             self.anomalies += 1;
             log::error!("vgic: vcpu {v}: flush without fold-back");
             let written: Vec<LrValue> = self.vcpus[v].lr_meta.iter().map(|m| m.written).collect();
-            self.fold(v, &written[..], IchMisr::default(), 0);
+            self.fold(v, &written, IchMisr::default(), 0);
         }
         let mut kick = Kick::default();
         self.prune(v, &mut kick);
         if self.vcpus[v].ap.is_empty() {
             // Nothing pending or active for this vCPU: the common case on
             // an exit path (a hypercall, an MMIO access).
-            for i in 0..lrs.count() {
-                lrs.write(i, LrValue::INVALID);
-            }
+            lrs.fill(LrValue::INVALID);
             return IchHcr::from_bits(IchHcr::EN);
         }
 
@@ -422,7 +420,7 @@ impl VgicState {
         }
         cand.sort_unstable();
 
-        let n = lrs.count();
+        let n = lrs.len();
         let mut metas = core::mem::take(&mut self.vcpus[v].spare_meta);
         metas.clear();
         let mut leftover = false;
@@ -485,8 +483,8 @@ impl VgicState {
             };
             metas.push(meta);
         }
-        for i in 0..n {
-            lrs.write(i, metas.get(i).map_or(LrValue::INVALID, |m| m.written));
+        for (i, lr) in lrs.iter_mut().enumerate() {
+            *lr = metas.get(i).map_or(LrValue::INVALID, |m| m.written);
         }
         let mut hcr = IchHcr::EN;
         if leftover {
@@ -502,21 +500,17 @@ impl VgicState {
     }
 
     /// Fold the LR values read back after an exit; see [`crate::Vgic::fold`].
-    pub(crate) fn fold<L: ListRegs + ?Sized>(
+    pub(crate) fn fold(
         &mut self,
         v: usize,
-        lrs: &L,
+        lrs: &[LrValue],
         misr: IchMisr,
         eisr: u32,
     ) -> FoldReport {
         let metas = core::mem::take(&mut self.vcpus[v].lr_meta);
         let mut rep = FoldReport::default();
         for (i, meta) in metas.iter().enumerate() {
-            let mut lr = if i < lrs.count() {
-                lrs.read(i)
-            } else {
-                meta.written
-            };
+            let mut lr = lrs.get(i).copied().unwrap_or(meta.written);
             if lr.vintid() != meta.intid {
                 self.anomalies += 1;
                 log::error!(

@@ -4,18 +4,14 @@
 //! timers forwarded through hardware-linked list registers.
 //!
 //! The list registers are rebuilt from the software state on every entry
-//! and folded back on every exit (`flush`/`fold`), through [`HwLrs`]: a
-//! shadow of each CPU's LRs skips writing a value the register already
-//! holds, and an exit reads back only the LRs the entry loaded. The
-//! virtual CPU interface's VMCR and active-priority registers stay in the
-//! hardware while a vCPU is loaded and are switched with it.
+//! and folded back on every exit (`flush`/`fold`); the virtual CPU
+//! interface's VMCR and active-priority registers stay in the hardware
+//! while a vCPU is loaded and are switched with it.
 
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 use vigil_platform::MAX_CPUS;
-use vigil_vgic::{
-    CpuIfContext, IchHcr, IchMisr, IchVtr, Kick, ListRegs, LrValue, Vgic, VgicConfig,
-};
+use vigil_vgic::{CpuIfContext, IchHcr, IchMisr, IchVtr, Kick, LrValue, Vgic, VgicConfig};
 
 use crate::bus::{MmioCtx, MmioDevice};
 use crate::gic;
@@ -216,63 +212,10 @@ static WROTE_LRS: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(1) }; MAX_
 /// known, bit 1: high; 0 unknown), so unchanged lines cost one compare.
 static LINES: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
 
-/// Per physical CPU: what each list register holds (as last written, or
-/// read back after an exit). EL2 alone writes LRs, and the guest changes
-/// only those that were valid, which every exit reads back.
-static SHADOW: [[AtomicU64; MAX_LRS]; MAX_CPUS] =
-    [const { [const { AtomicU64::new(0) }; MAX_LRS] }; MAX_CPUS];
-
-/// This CPU's list registers, for the vGIC's flush and fold.
-struct HwLrs {
-    cpu: usize,
-    n: usize,
-}
-
-impl ListRegs for HwLrs {
-    fn count(&self) -> usize {
-        self.n
-    }
-
-    fn read(&self, i: usize) -> LrValue {
-        let v = read_lr(i);
-        SHADOW[self.cpu][i].store(v, Ordering::Relaxed);
-        LrValue::from_bits(v)
-    }
-
-    fn write(&mut self, i: usize, lr: LrValue) {
-        let s = &SHADOW[self.cpu][i];
-        if s.load(Ordering::Relaxed) != lr.bits() {
-            write_lr(i, lr.bits());
-            s.store(lr.bits(), Ordering::Relaxed);
-        }
-    }
-}
-
-impl HwLrs {
-    fn here() -> Self {
-        Self {
-            cpu: crate::arch::cpu_index(),
-            n: list_regs(),
-        }
-    }
-
-    fn any_valid(&self) -> bool {
-        SHADOW[self.cpu][..self.n]
-            .iter()
-            .any(|s| s.load(Ordering::Relaxed) != 0)
-    }
-}
-
 /// Virtual priority bits and list registers, from ICH_VTR_EL2. Every CPU.
 pub fn init_cpu() {
     let vtr = IchVtr(ich_vtr());
     NUM_LRS.store(vtr.list_regs().min(MAX_LRS), Ordering::Relaxed);
-    // LRs reset to UNKNOWN values: make them match the shadow (all Invalid).
-    let shadow = &SHADOW[crate::arch::cpu_index()];
-    for (i, s) in shadow[..list_regs()].iter().enumerate() {
-        write_lr(i, 0);
-        s.store(0, Ordering::Relaxed);
-    }
     NUM_APRS.store(vtr.active_priority_regs(), Ordering::Relaxed);
     set_ich_hcr(0);
     for t in GuestTimer::ALL {
@@ -364,10 +307,15 @@ pub fn enter(g: &Vgic, v: usize) {
         // last entry, and nothing new is to be loaded: leave them.
         return;
     }
-    let mut lrs = HwLrs::here();
-    let hcr = g.flush(v, &mut lrs);
+    let n = list_regs();
+    let mut lrs = [LrValue::default(); MAX_LRS];
+    let hcr = g.flush(v, &mut lrs[..n]);
+    let mut any = hcr.bits() != IchHcr::EN;
+    for (i, lr) in lrs[..n].iter().enumerate() {
+        write_lr(i, lr.bits());
+        any |= lr.bits() != 0;
+    }
     set_ich_hcr(hcr.bits());
-    let any = hcr.bits() != IchHcr::EN || lrs.any_valid();
     WROTE_LRS[cpu].store(any as usize, Ordering::Relaxed);
 }
 
@@ -396,11 +344,16 @@ pub fn exit(g: &Vgic, v: usize) -> Kick {
         // cannot have changed anything (the fast path of most exits).
         return Kick::default();
     }
+    let n = list_regs();
+    let mut lrs = [LrValue::default(); MAX_LRS];
+    for (i, lr) in lrs[..n].iter_mut().enumerate() {
+        *lr = LrValue::from_bits(read_lr(i));
+    }
     let misr = IchMisr::from_bits(ich_misr());
     let eisr = ich_eisr() as u32;
     // Clearing ICH_HCR_EL2 drops the maintenance interrupt's condition.
     set_ich_hcr(0);
-    g.fold(v, &HwLrs::here(), misr, eisr).kick
+    g.fold(v, &lrs[..n], misr, eisr).kick
 }
 
 /// The virtual CPU interface state of a vCPU that is not loaded.
