@@ -42,7 +42,7 @@
 //! vGIC); list-register state folds back only into the generation that
 //! loaded it (vITS invariant 5). The ITE records the generation it mapped.
 
-use alloc::collections::btree_map::Entry;
+use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -156,6 +156,12 @@ pub enum CmdError {
     TooManyDevices(u32),
     /// MAPTI/MAPI beyond `VitsConfig::max_mappings`.
     TooManyMappings(u32, u32),
+    /// MAPD of an ITT that would take the ITTs of all devices beyond
+    /// twice `VitsConfig::max_mappings` entries, or that the hypervisor's
+    /// heap has no room for.
+    IttQuota(u32),
+    /// MAPTI/MAPI of an INTID the vGIC's LPI table has no room for.
+    LpiTableFull(u32),
 }
 
 /// Why [`Vits::translate`] raised nothing.
@@ -182,19 +188,32 @@ struct Ite {
     gen: u64,
 }
 
+/// A device's ITT as the vITS keeps it: an entry per EventID, made by
+/// MAPD at the size it gives (IHI 0069 §5.3, MAPD), freed when no LPI
+/// state refers to it any more (vITS invariant 6: after the walk that
+/// unmaps its LPIs).
+type Itt = Box<[Option<Ite>]>;
+
 struct Device {
-    /// EventID bits of its ITT (MAPD Size + 1).
-    event_bits: u8,
-    events: BTreeMap<u32, Ite>,
+    itt: Itt,
+    /// Events mapped in `itt`.
+    mapped: u32,
 }
 
 impl Device {
-    /// `event` fits the ITT that MAPD gave `device`.
-    fn check_event(&self, device: u32, event: u32) -> Result<(), CmdError> {
-        if u64::from(event) >= 1u64 << self.event_bits {
-            return Err(CmdError::EventOutOfRange(device, event));
-        }
-        Ok(())
+    /// The ITT entry of `event`, if the ITT that MAPD gave `device` has one.
+    fn entry(&mut self, device: u32, event: u32) -> Result<&mut Option<Ite>, CmdError> {
+        self.itt
+            .get_mut(event as usize)
+            .ok_or(CmdError::EventOutOfRange(device, event))
+    }
+
+    /// The mapped ITE of `event`.
+    fn ite(&self, device: u32, event: u32) -> Result<Ite, CmdError> {
+        self.itt
+            .get(event as usize)
+            .ok_or(CmdError::EventOutOfRange(device, event))?
+            .ok_or(CmdError::EventUnmapped(device, event))
     }
 }
 
@@ -205,6 +224,8 @@ struct Routes {
     collections: BTreeMap<u16, usize>,
     /// Events mapped over all devices (the quota's count).
     mappings: u32,
+    /// ITT entries over all devices (bounded by [`Vits::itt_quota`]).
+    itt_entries: u64,
 }
 
 /// Where a walk of the mappings stopped: the last (DeviceID, EventID)
@@ -224,9 +245,10 @@ struct Walk {
 enum WalkState {
     /// INVALL or MAPC: the last (DeviceID, EventID) scanned.
     Scan(Cursor),
-    /// MAPD of a mapped device: its old mappings still to free in the vGIC
-    /// (the route is gone already).
-    Unmap(Vec<Ite>),
+    /// MAPD of a mapped device: its old ITT, whose mappings from this
+    /// EventID on are still to free in the vGIC (the route is gone
+    /// already).
+    Unmap(Itt, usize),
     /// MOVALL: the LPIs still to move.
     Move,
 }
@@ -253,6 +275,7 @@ impl Routes {
             devices: BTreeMap::new(),
             collections: BTreeMap::new(),
             mappings: 0,
+            itt_entries: 0,
         }
     }
 }
@@ -433,7 +456,7 @@ impl Vits {
     /// The route of (DeviceID, EventID): (vINTID, ICID), if mapped.
     pub fn lookup(&self, device: u32, event: u32) -> Option<(u32, u16)> {
         let r = self.routes.lock();
-        let ite = r.devices.get(&device)?.events.get(&event)?;
+        let ite = r.devices.get(&device)?.ite(device, event).ok()?;
         Some((ite.intid, ite.icid))
     }
 
@@ -481,9 +504,8 @@ impl Vits {
             .get(&device)
             .ok_or(TranslateError::DeviceUnmapped)?;
         let ite = dev
-            .events
-            .get(&event)
-            .ok_or(TranslateError::EventUnmapped)?;
+            .ite(device, event)
+            .map_err(|_| TranslateError::EventUnmapped)?;
         if generation.is_some_and(|g| g != ite.gen as u32) {
             return Err(TranslateError::Remapped);
         }
@@ -762,9 +784,9 @@ impl Vits {
                 let (more, used) = self.cmd_movall(rdbase1, rdbase2, kick, max)?;
                 (!more, used, more.then_some(WalkState::Move))
             }
-            (Command::Mapd { .. }, Some(WalkState::Unmap(ites))) => {
-                let (rest, used) = self.free_unmapped(ites, kick, max);
-                (rest.is_none(), used, rest.map(WalkState::Unmap))
+            (Command::Mapd { .. }, Some(WalkState::Unmap(itt, from))) => {
+                let (rest, used) = self.free_unmapped(itt, from, kick, max);
+                (rest.is_none(), used, rest)
             }
             (
                 Command::Mapd {
@@ -775,9 +797,11 @@ impl Vits {
                 },
                 _,
             ) => {
-                let old = self.cmd_mapd(q, device, size, itt_addr, valid, mem)?;
-                let (rest, used) = self.free_unmapped(old, kick, max);
-                (rest.is_none(), used + 1, rest.map(WalkState::Unmap))
+                let (rest, used) = match self.cmd_mapd(q, device, size, itt_addr, valid, mem)? {
+                    Some(old) => self.free_unmapped(old, 0, kick, max),
+                    None => (None, 0),
+                };
+                (rest.is_none(), used + 1, rest)
             }
             (cmd, _) => {
                 self.execute(q, &cmd, mem, kick)?;
@@ -789,22 +813,28 @@ impl Vits {
         Ok(done)
     }
 
-    /// Free the vGIC state of mappings whose route is gone (MAPD), at most
-    /// `max` of them: the rest, if any, and how many were freed.
+    /// Free the vGIC state of the mappings of `itt` (a device's, whose route
+    /// is gone: MAPD) from EventID `from` on, at most `max` of them: the
+    /// walk to resume if some are left, and how many were freed.
     fn free_unmapped(
         &self,
-        mut ites: Vec<Ite>,
+        itt: Itt,
+        from: usize,
         kick: &mut Kick,
         max: u32,
-    ) -> (Option<Vec<Ite>>, u32) {
-        let n = ites.len().min(max as usize);
-        {
-            let mut st = self.vgic.lock();
-            for ite in ites.drain(..n) {
-                st.lpi_unmap(ite.intid, kick);
+    ) -> (Option<WalkState>, u32) {
+        let mut n = 0;
+        let mut st = self.vgic.lock();
+        for (event, ite) in itt.iter().enumerate().skip(from) {
+            let Some(ite) = ite else { continue };
+            if n == max {
+                drop(st);
+                return (Some(WalkState::Unmap(itt, event)), n);
             }
+            st.lpi_unmap(ite.intid, kick);
+            n += 1;
         }
-        ((!ites.is_empty()).then_some(ites), n as u32)
+        (None, n)
     }
 
     /// Run one command. Every check happens before any state changes, so an
@@ -901,8 +931,16 @@ impl Vits {
             .ok_or(CmdError::RdbaseOutOfRange(rdbase))
     }
 
+    /// Most ITT entries over all devices: twice the mapping quota, so that
+    /// devices may leave EventIDs unmapped and the ITTs still stay within
+    /// the heap allowance ([`HEAP_AT_QUOTA`]).
+    fn itt_quota(&self) -> u64 {
+        2 * u64::from(self.cfg.max_mappings)
+    }
+
     /// MAPD (IHI 0069 §5.3, MAPD). V=1 on a mapped device replaces its ITT:
-    /// the old mappings go first, as with V=0.
+    /// the old mappings go first, as with V=0. Returns the old ITT if it
+    /// has mappings to free.
     #[allow(clippy::too_many_arguments)]
     fn cmd_mapd(
         &self,
@@ -912,7 +950,7 @@ impl Vits {
         itt_addr: u64,
         valid: bool,
         mem: &dyn GuestMemory,
-    ) -> Result<Vec<Ite>, CmdError> {
+    ) -> Result<Option<Itt>, CmdError> {
         self.check_device_id(q, device, mem)?;
         let event_bits = size + 1;
         if valid {
@@ -925,36 +963,46 @@ impl Vits {
             }
         }
         let mut routes = self.routes.lock();
-        if valid
-            && !routes.devices.contains_key(&device)
-            && routes.devices.len() >= self.cfg.max_devices as usize
-        {
-            return Err(CmdError::TooManyDevices(device));
-        }
-        let mut unmapped = Vec::new();
+        let old_entries = routes.devices.get(&device).map(|d| d.itt.len() as u64);
+        let itt = if valid {
+            if old_entries.is_none() && routes.devices.len() >= self.cfg.max_devices as usize {
+                return Err(CmdError::TooManyDevices(device));
+            }
+            let entries = 1usize << event_bits;
+            if routes.itt_entries - old_entries.unwrap_or(0) + entries as u64 > self.itt_quota() {
+                return Err(CmdError::IttQuota(device));
+            }
+            // Allocated here, once, before any change (vITS invariant 7);
+            // MAPTI and DISCARD then only write entries. Fallible: a full
+            // heap is a command error, not a panic.
+            let mut itt = Vec::new();
+            itt.try_reserve_exact(entries)
+                .map_err(|_| CmdError::IttQuota(device))?;
+            itt.resize(entries, None);
+            Some(itt.into_boxed_slice())
+        } else {
+            None
+        };
+        let mut unmapped = None;
         if let Some(old) = routes.devices.remove(&device) {
-            routes.mappings -= old.events.len() as u32;
+            routes.mappings -= old.mapped;
+            routes.itt_entries -= old.itt.len() as u64;
             // vITS invariants 2 and 6: with the route lock held no injection
             // is in flight; each LPI loses this reference and is freed by
             // the vGIC (`free_unmapped`, within the slice) once nothing else
             // (ITE, LR, queue entry) refers to it. No later command runs
-            // before they all are.
+            // before they all are; the old ITT goes with the last.
             if let Some(m) = self.mirror_for(device) {
                 m.unmap_device(device);
             }
-            unmapped.extend(old.events.values().copied());
+            unmapped = (old.mapped > 0).then_some(old.itt);
         }
-        if valid {
+        if let Some(itt) = itt {
             if let Some(m) = self.mirror_for(device) {
                 m.map_device(device, event_bits);
             }
-            routes.devices.insert(
-                device,
-                Device {
-                    event_bits,
-                    events: BTreeMap::new(),
-                },
-            );
+            routes.itt_entries += itt.len() as u64;
+            routes.devices.insert(device, Device { itt, mapped: 0 });
         }
         Ok(unmapped)
     }
@@ -1042,21 +1090,27 @@ impl Vits {
         if routes.mappings >= self.cfg.max_mappings {
             return Err(CmdError::TooManyMappings(device, event));
         }
-        let target = routes.collections.get(&icid).copied();
-        let dev = routes
+        let r = &mut *routes;
+        let target = r.collections.get(&icid).copied();
+        let dev = r
             .devices
             .get_mut(&device)
             .ok_or(CmdError::DeviceUnmapped(device))?;
-        dev.check_event(device, event)?;
-        let Entry::Vacant(slot) = dev.events.entry(event) else {
+        let slot = dev.entry(device, event)?;
+        if slot.is_some() {
             // vITS invariant 7: no side effect beyond the error policy.
             return Err(CmdError::EventAlreadyMapped(device, event));
-        };
+        }
         // vITS invariant 5: a vINTID nothing maps any more starts pristine
         // with a new generation, whatever an LR still holds of the old one.
-        let gen = self.vgic.lock().lpi_map(intid, target, cfg, kick);
-        slot.insert(Ite { intid, icid, gen });
-        routes.mappings += 1;
+        let gen = self
+            .vgic
+            .lock()
+            .lpi_map(intid, target, cfg, kick)
+            .ok_or(CmdError::LpiTableFull(intid))?;
+        *slot = Some(Ite { intid, icid, gen });
+        dev.mapped += 1;
+        r.mappings += 1;
         if let Some(m) = self.mirror_for(device) {
             m.map_event(device, event, target, gen);
         }
@@ -1065,15 +1119,11 @@ impl Vits {
 
     /// Look up a mapped event (for the commands that need one).
     fn ite(routes: &Routes, device: u32, event: u32) -> Result<Ite, CmdError> {
-        let dev = routes
+        routes
             .devices
             .get(&device)
-            .ok_or(CmdError::DeviceUnmapped(device))?;
-        dev.check_event(device, event)?;
-        dev.events
-            .get(&event)
-            .copied()
-            .ok_or(CmdError::EventUnmapped(device, event))
+            .ok_or(CmdError::DeviceUnmapped(device))?
+            .ite(device, event)
     }
 
     /// MOVI (IHI 0069 §5.3, MOVI): pending state moves with the LPI, exactly
@@ -1093,10 +1143,9 @@ impl Vits {
             .devices
             .get_mut(&device)
             .ok_or(CmdError::DeviceUnmapped(device))?;
-        dev.check_event(device, event)?;
         let ite = dev
-            .events
-            .get_mut(&event)
+            .entry(device, event)?
+            .as_mut()
             .ok_or(CmdError::EventUnmapped(device, event))?;
         let vcpu = *r
             .collections
@@ -1115,16 +1164,17 @@ impl Vits {
     /// guest already took can still be deactivated (vITS invariant 8).
     fn cmd_discard(&self, device: u32, event: u32, kick: &mut Kick) -> Result<(), CmdError> {
         let mut routes = self.routes.lock();
-        let dev = routes
+        let r = &mut *routes;
+        let dev = r
             .devices
             .get_mut(&device)
             .ok_or(CmdError::DeviceUnmapped(device))?;
-        dev.check_event(device, event)?;
         let ite = dev
-            .events
-            .remove(&event)
+            .entry(device, event)?
+            .take()
             .ok_or(CmdError::EventUnmapped(device, event))?;
-        routes.mappings -= 1;
+        dev.mapped -= 1;
+        r.mappings -= 1;
         if let Some(m) = self.mirror_for(device) {
             m.unmap_event(device, event);
         }
@@ -1312,22 +1362,26 @@ fn scan(
     after: Option<(u32, u32)>,
     max: u32,
 ) -> (Vec<(u32, u32, Ite)>, Option<(u32, u32)>, u32) {
-    use core::ops::Bound::{Excluded, Included, Unbounded};
+    use core::ops::Bound::{Included, Unbounded};
     let mut hits = Vec::new();
     let mut scanned = 0u32;
     let mut last = after;
     let first = after.map_or(Unbounded, |(d, _)| Included(d));
     for (&device, dev) in routes.devices.range((first, Unbounded)) {
         let from = match after {
-            Some((d, e)) if d == device => Excluded(e),
-            _ => Unbounded,
+            Some((d, e)) if d == device => e as usize + 1,
+            _ => 0,
         };
-        for (&event, ite) in dev.events.range((from, Unbounded)) {
+        // Unmapped entries are skipped, not counted: the ITT quota bounds
+        // how many there are.
+        for (event, ite) in dev.itt.iter().enumerate().skip(from) {
+            let Some(ite) = ite else { continue };
             if scanned == max {
                 // More to scan: resume after the last one scanned.
                 return (hits, last, scanned);
             }
             scanned += 1;
+            let event = event as u32;
             last = Some((device, event));
             if ite.icid == icid {
                 hits.push((device, event, *ite));
