@@ -92,16 +92,16 @@ impl LpiTable {
         self.live += 1;
     }
 
-    /// `intid`'s last ITE is gone: its slot goes back to pristine and its
-    /// old state is returned.
-    pub fn free(&mut self, intid: u32) -> Option<Irq> {
-        let (b, i) = Self::index(intid)?;
-        let irq = &mut self.blocks.get_mut(b)?.as_mut()?[i];
-        if irq.map_refs > 0 {
-            return None;
+    /// `intid`'s last ITE is gone (`map_refs` is 0): its slot goes back to
+    /// pristine.
+    pub fn free(&mut self, intid: u32) {
+        let Some((b, i)) = Self::index(intid) else {
+            return;
+        };
+        if let Some(Some(block)) = self.blocks.get_mut(b) {
+            block[i].reset_lpi();
+            self.live -= 1;
         }
-        self.live -= 1;
-        Some(core::mem::replace(irq, Irq::new(intid, None)))
     }
 
     /// Number of mapped LPIs.
@@ -116,5 +116,47 @@ impl LpiTable {
             .flatten()
             .flat_map(|b| b.iter())
             .filter(|i| i.map_refs > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::format;
+
+    /// A freed slot is exactly what a new one is (`Irq::reset_lpi` keeps
+    /// up with `Irq::new`).
+    #[test]
+    fn a_freed_slot_is_pristine() {
+        let mut t = LpiTable::new(16);
+        let intid = LPI_BASE + 5;
+        let irq = t.slot(intid).unwrap();
+        *irq = Irq {
+            enabled: true,
+            latch: true,
+            line: true,
+            active: true,
+            priority: 0xa0,
+            group1: false,
+            level: true,
+            target: Some(1),
+            irouter: 3,
+            hw: Some(40),
+            owner: Some(1),
+            loaded: true,
+            sw_pending_cleared: true,
+            sw_active_written: true,
+            gen: 9,
+            map_refs: 0,
+            intid,
+        };
+        t.note_mapped();
+        t.free(intid);
+        let fresh = Irq::new(intid, None);
+        assert_eq!(
+            format!("{:?}", t.slot(intid).unwrap()),
+            format!("{fresh:?}")
+        );
+        assert_eq!(t.len(), 0);
     }
 }

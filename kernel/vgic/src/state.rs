@@ -763,24 +763,21 @@ impl VgicState {
         if irq.map_refs > 0 {
             return;
         }
-        let Some(irq) = self.lpis.free(intid) else {
-            return;
-        };
-        if let Some(o) = irq.owner {
+        let (owner, gen, loaded, active, priority) =
+            (irq.owner, irq.gen, irq.loaded, irq.active, irq.priority);
+        self.lpis.free(intid);
+        if let Some(o) = owner {
             let ap = &mut self.vcpus[o].ap;
             // At most one live entry per (INTID, generation).
             if let Some(pos) = ap
                 .iter()
-                .position(|e| e.intid == intid && e.gen == irq.gen && e.zombie.is_none())
+                .position(|e| e.intid == intid && e.gen == gen && e.zombie.is_none())
             {
-                if irq.loaded || irq.active {
+                if loaded || active {
                     // vITS invariant 8: an instance the guest may already
                     // have taken can still be acknowledged and deactivated;
                     // it keeps its own state, the per-LPI state goes.
-                    ap[pos].zombie = Some(Zombie {
-                        active: irq.active,
-                        priority: irq.priority,
-                    });
+                    ap[pos].zombie = Some(Zombie { active, priority });
                     kick.add(o);
                 } else {
                     ap.remove(pos);

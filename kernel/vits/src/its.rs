@@ -691,18 +691,14 @@ impl Vits {
                     .store(true, core::sync::atomic::Ordering::Release);
                 return kick;
             }
-            let mut raw = [0u8; 32];
-            if mem.read(base + q.creadr, &mut raw).is_err() {
+            let mut dw = [0u64; 4];
+            if mem.read_u64s(base + q.creadr, &mut dw).is_err() {
                 log::error!(
                     "vits: command at {:#x} unreadable, queue stalled",
                     base + q.creadr
                 );
                 q.stalled = true;
                 break;
-            }
-            let mut dw = [0u64; 4];
-            for (i, d) in dw.iter_mut().enumerate() {
-                *d = u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
             }
             let res = match Command::decode(dw) {
                 // The common case: a command that walks nothing, none
