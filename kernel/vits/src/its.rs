@@ -527,38 +527,9 @@ impl Vits {
 
     /// Read `len` bytes at `offset` of the ITS region (two 64 KiB frames).
     pub fn mmio_read(&self, offset: u64, len: u8) -> u64 {
-        let Some((reg, part)) = check_access(offset, len) else {
-            return 0;
-        };
-        let q = self.cmdq.lock();
-        let v = match reg {
-            0x0000 => {
-                // Quiescent: all processing is synchronous, so the ITS is
-                // quiescent exactly when it is disabled.
-                if q.enabled {
-                    1
-                } else {
-                    1 << 31
-                }
-            }
-            0x0004 => u64::from(VITS_IIDR),
-            0x0008 => self.typer(),
-            0x0080 => q.cbaser,
-            0x0088 => q.cwriter,
-            0x0090 => q.creadr | u64::from(q.stalled),
-            0x0100 | 0x0108 => q.baser[((reg - 0x100) / 8) as usize],
-            0x0110..=0x0138 => 0,
-            0xffe8 => 0x3b,
-            GITS_TRANSLATER => 0,
-            _ => {
-                vigil_vgic::guest_warn!("vits: read of reserved offset {offset:#x}, RAZ");
-                return 0;
-            }
-        };
-        match part {
-            Part::Whole => v,
-            Part::Low => v & 0xffff_ffff,
-            Part::High => v >> 32,
+        match decode(offset, len) {
+            Some((r, a)) => (r.read)(self, &a),
+            None => 0,
         }
     }
 
@@ -566,87 +537,10 @@ impl Vits {
     /// processes the queue up to it before returning; a TRANSLATER write is
     /// an event from `cfg.cpu_device_id`.
     pub fn mmio_write(&self, offset: u64, len: u8, value: u64, mem: &dyn GuestMemory) -> Kick {
-        if offset == GITS_TRANSLATER && matches!(len, 1 | 2 | 4) {
-            let mask = (1u64 << (u32::from(len) * 8)) - 1;
-            return self
-                .translate(self.cfg.cpu_device_id, (value & mask) as u32)
-                .unwrap_or_default();
+        match decode(offset, len) {
+            Some((r, a)) => (r.write)(self, &a, value, mem),
+            None => Kick::default(),
         }
-        let Some((reg, part)) = check_access(offset, len) else {
-            return Kick::default();
-        };
-        let mut q = self.cmdq.lock();
-        let merge = |old: u64| merge_part(old, value, part);
-        match reg {
-            0x0000 => {
-                let en = value & 1 != 0;
-                if en != q.enabled {
-                    q.enabled = en;
-                    self.routes.lock().enabled = en;
-                    if en {
-                        return self.process(&mut q, mem);
-                    }
-                }
-            }
-            0x0080 => {
-                if q.enabled {
-                    vigil_vgic::guest_warn!("vits: GITS_CBASER write while enabled, ignored");
-                    return Kick::default();
-                }
-                let mut v = merge(q.cbaser) & CBASER_MASK;
-                let base = v & 0x000f_ffff_ffff_f000;
-                let size = ((v & 0xff) + 1) * 4096;
-                if v & VALID != 0 && !mem.is_ram(base, size) {
-                    vigil_vgic::guest_warn!(
-                        "vits: command queue {base:#x}+{size:#x} outside RAM, left invalid"
-                    );
-                    v &= !VALID;
-                }
-                q.cbaser = v;
-                // IHI 0069 ch. 12, GITS_CBASER: a write resets CREADR to 0.
-                q.creadr = 0;
-                q.stalled = false;
-            }
-            0x0088 => {
-                let v = merge(q.cwriter);
-                let off = v & QUEUE_OFFSET_MASK;
-                if off >= ((q.cbaser & 0xff) + 1) * 4096 {
-                    vigil_vgic::guest_warn!(
-                        "vits: GITS_CWRITER {off:#x} beyond the command queue, ignored"
-                    );
-                    return Kick::default();
-                }
-                q.cwriter = off;
-                if v & 1 != 0 {
-                    // Retry: resume a stalled queue.
-                    q.stalled = false;
-                }
-                return self.process(&mut q, mem);
-            }
-            0x0100 | 0x0108 => {
-                if q.enabled {
-                    vigil_vgic::guest_warn!("vits: GITS_BASER write while enabled, ignored");
-                    return Kick::default();
-                }
-                let n = ((reg - 0x100) / 8) as usize;
-                let ro = q.baser[n] & !BASER_WMASK;
-                let mut v = (merge(q.baser[n]) & BASER_WMASK) | ro;
-                if n == 1 {
-                    v &= !INDIRECT; // the collection table is flat only
-                }
-                let (base, bytes) = (baser_base(v), baser_bytes(v));
-                if v & VALID != 0 && !mem.is_ram(base, bytes) {
-                    vigil_vgic::guest_warn!(
-                        "vits: GITS_BASER{n} table {base:#x}+{bytes:#x} outside RAM, left invalid"
-                    );
-                    v &= !VALID;
-                }
-                q.baser[n] = v;
-            }
-            0x0004 | 0x0008 | 0x0090 | 0x0110..=0x0138 | 0xffe8 => {}
-            _ => vigil_vgic::guest_warn!("vits: write of reserved offset {offset:#x}, WI"),
-        }
-        Kick::default()
     }
 
     /// `GITS_TYPER` (IHI 0069 ch. 12, GITS_TYPER): Physical, ITT_entry_size, IDbits,
@@ -1292,48 +1186,266 @@ impl Vits {
     }
 }
 
-/// How an access maps onto a register.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Part {
-    /// A 32-bit register, or a 64-bit one accessed whole.
-    Whole,
-    /// Low half of a 64-bit register.
-    Low,
-    /// High half of a 64-bit register.
-    High,
+// ---- the register frame (IHI 0069 ch. 12, "ITS register descriptions") ----
+
+const W8: u8 = 1;
+const W16: u8 = 2;
+const W32: u8 = 4;
+const W64: u8 = 8;
+
+/// One decoded access, handed to a register handler.
+struct Acc {
+    /// Offset inside the register (region).
+    off: u64,
+    /// Width in bytes.
+    len: u8,
 }
 
-/// Validate an access to the register frame (IHI 0069 ch. 12, GITS_* registers: 64-bit
-/// registers allow 32- and 64-bit accesses, 32-bit ones only 32-bit
-/// accesses): (register offset, part).
-fn check_access(offset: u64, len: u8) -> Option<(u64, Part)> {
-    if offset >= GITS_SIZE || !matches!(len, 4 | 8) || !offset.is_multiple_of(u64::from(len)) {
+/// Handlers lock what they need themselves: `GITS_TRANSLATER` is the
+/// injection path, which never takes the command-queue lock (vITS
+/// invariant 10).
+type ReadFn = fn(&Vits, &Acc) -> u64;
+type WriteFn = fn(&Vits, &Acc, u64, &dyn GuestMemory) -> Kick;
+
+struct Region {
+    name: &'static str,
+    offset: u64,
+    len: u64,
+    widths: u8,
+    read: ReadFn,
+    write: WriteFn,
+}
+
+const fn reg(
+    name: &'static str,
+    offset: u64,
+    len: u64,
+    widths: u8,
+    read: ReadFn,
+    write: WriteFn,
+) -> Region {
+    Region {
+        name,
+        offset,
+        len,
+        widths,
+        read,
+        write,
+    }
+}
+
+/// The ITS register map (IHI 0069 ch. 12, GITS_* registers). The 64-bit
+/// registers permit 32- and 64-bit accesses, the 32-bit ones 32-bit
+/// accesses only; GITS_TRANSLATER also takes the narrower writes of
+/// devices with few EventID bits (IHI 0069 ch. 12, GITS_TRANSLATER) and,
+/// write-only, reads as zero. Anything else is RAZ/WI, logged.
+static GITS_REGIONS: &[Region] = &[
+    reg("GITS_CTLR", 0x0000, 4, W32, ctlr_r, ctlr_w),
+    reg("GITS_IIDR", 0x0004, 4, W32, iidr_r, wi),
+    reg("GITS_TYPER", 0x0008, 8, W32 | W64, typer_r, wi),
+    reg("GITS_CBASER", 0x0080, 8, W32 | W64, cbaser_r, cbaser_w),
+    reg("GITS_CWRITER", 0x0088, 8, W32 | W64, cwriter_r, cwriter_w),
+    reg("GITS_CREADR", 0x0090, 8, W32 | W64, creadr_r, wi),
+    // BASER0 (devices) and BASER1 (collections); BASER2..7 describe no
+    // table (Type 0): RAZ/WI.
+    reg("GITS_BASER", 0x0100, 0x10, W32 | W64, baser_r, baser_w),
+    reg("GITS_BASER", 0x0110, 0x30, W32 | W64, raz, wi),
+    reg("GITS_PIDR2", 0xffe8, 4, W32, pidr2_r, wi),
+    reg(
+        "GITS_TRANSLATER",
+        GITS_TRANSLATER,
+        4,
+        W8 | W16 | W32,
+        raz,
+        translater_w,
+    ),
+];
+
+/// Find the register and build the access, or `None` (RAZ/WI, logged).
+fn decode(offset: u64, len: u8) -> Option<(&'static Region, Acc)> {
+    if !matches!(len, 1 | 2 | 4 | 8) || !offset.is_multiple_of(u64::from(len)) {
         vigil_vgic::guest_warn!("vits: {len}-byte access at {offset:#x} not permitted, RAZ/WI");
         return None;
     }
-    if matches!(offset, 0x0000 | 0x0004 | 0xffe8 | GITS_TRANSLATER) {
-        if len != 4 {
-            vigil_vgic::guest_warn!(
-                "vits: {len}-byte access to 32-bit register {offset:#x}, RAZ/WI"
-            );
-            return None;
-        }
-        return Some((offset, Part::Whole));
-    }
-    let part = match (len, offset & 4) {
-        (8, _) => Part::Whole,
-        (_, 0) => Part::Low,
-        _ => Part::High,
+    let Some(r) = GITS_REGIONS
+        .iter()
+        .find(|r| offset >= r.offset && offset + u64::from(len) <= r.offset + r.len)
+    else {
+        vigil_vgic::guest_warn!("vits: access to reserved offset {offset:#x}, RAZ/WI");
+        return None;
     };
-    Some((offset & !7, part))
+    if r.widths & len == 0 {
+        vigil_vgic::guest_warn!(
+            "vits: {len}-byte access to {} ({offset:#x}) not permitted, RAZ/WI",
+            r.name
+        );
+        return None;
+    }
+    Some((
+        r,
+        Acc {
+            off: offset - r.offset,
+            len,
+        },
+    ))
 }
 
-fn merge_part(old: u64, value: u64, part: Part) -> u64 {
-    match part {
-        Part::Whole => value,
-        Part::Low => (old & !0xffff_ffff) | (value & 0xffff_ffff),
-        Part::High => (old & 0xffff_ffff) | (value << 32),
+fn raz(_: &Vits, _: &Acc) -> u64 {
+    0
+}
+
+fn wi(_: &Vits, _: &Acc, _: u64, _: &dyn GuestMemory) -> Kick {
+    Kick::default()
+}
+
+/// The part of 64-bit register value `v` that access `a` reads.
+fn half(v: u64, a: &Acc) -> u64 {
+    match (a.len, a.off % 8) {
+        (8, _) => v,
+        (_, 0) => v & 0xffff_ffff,
+        _ => v >> 32,
     }
+}
+
+/// 64-bit register value `old` with access `a`'s part replaced by `value`.
+fn merge(old: u64, value: u64, a: &Acc) -> u64 {
+    match (a.len, a.off % 8) {
+        (8, _) => value,
+        (_, 0) => (old & !0xffff_ffff) | (value & 0xffff_ffff),
+        _ => (old & 0xffff_ffff) | (value << 32),
+    }
+}
+
+/// `GITS_CTLR` (IHI 0069 ch. 12, GITS_CTLR): Enabled, and Quiescent — all processing is
+/// synchronous, so the ITS is quiescent exactly when it is disabled.
+fn ctlr_r(its: &Vits, _: &Acc) -> u64 {
+    if its.cmdq.lock().enabled {
+        1
+    } else {
+        1 << 31
+    }
+}
+
+fn ctlr_w(its: &Vits, _: &Acc, value: u64, mem: &dyn GuestMemory) -> Kick {
+    let mut q = its.cmdq.lock();
+    let en = value & 1 != 0;
+    if en != q.enabled {
+        q.enabled = en;
+        its.routes.lock().enabled = en;
+        if en {
+            return its.process(&mut q, mem);
+        }
+    }
+    Kick::default()
+}
+
+fn iidr_r(_: &Vits, _: &Acc) -> u64 {
+    u64::from(VITS_IIDR)
+}
+
+fn typer_r(its: &Vits, a: &Acc) -> u64 {
+    half(its.typer(), a)
+}
+
+fn cbaser_r(its: &Vits, a: &Acc) -> u64 {
+    half(its.cmdq.lock().cbaser, a)
+}
+
+/// `GITS_CBASER` (IHI 0069 ch. 12, GITS_CBASER): WI while the ITS is enabled; a queue outside
+/// RAM is stored with Valid = 0; a write resets CREADR to 0.
+fn cbaser_w(its: &Vits, a: &Acc, value: u64, mem: &dyn GuestMemory) -> Kick {
+    let mut q = its.cmdq.lock();
+    if q.enabled {
+        vigil_vgic::guest_warn!("vits: GITS_CBASER write while enabled, ignored");
+        return Kick::default();
+    }
+    let mut v = merge(q.cbaser, value, a) & CBASER_MASK;
+    let base = v & 0x000f_ffff_ffff_f000;
+    let size = ((v & 0xff) + 1) * 4096;
+    if v & VALID != 0 && !mem.is_ram(base, size) {
+        vigil_vgic::guest_warn!(
+            "vits: command queue {base:#x}+{size:#x} outside RAM, left invalid"
+        );
+        v &= !VALID;
+    }
+    q.cbaser = v;
+    q.creadr = 0;
+    q.stalled = false;
+    Kick::default()
+}
+
+fn cwriter_r(its: &Vits, a: &Acc) -> u64 {
+    half(its.cmdq.lock().cwriter, a)
+}
+
+/// `GITS_CWRITER` (IHI 0069 ch. 12, GITS_CWRITER): runs the queue up to it; Retry resumes a
+/// stalled queue; an offset beyond the queue is WI.
+fn cwriter_w(its: &Vits, a: &Acc, value: u64, mem: &dyn GuestMemory) -> Kick {
+    let mut q = its.cmdq.lock();
+    let v = merge(q.cwriter, value, a);
+    let off = v & QUEUE_OFFSET_MASK;
+    if off >= ((q.cbaser & 0xff) + 1) * 4096 {
+        vigil_vgic::guest_warn!("vits: GITS_CWRITER {off:#x} beyond the command queue, ignored");
+        return Kick::default();
+    }
+    q.cwriter = off;
+    if v & 1 != 0 {
+        q.stalled = false;
+    }
+    its.process(&mut q, mem)
+}
+
+/// `GITS_CREADR` (IHI 0069 ch. 12, GITS_CREADR): the offset and Stalled.
+fn creadr_r(its: &Vits, a: &Acc) -> u64 {
+    let q = its.cmdq.lock();
+    half(q.creadr | u64::from(q.stalled), a)
+}
+
+fn baser_r(its: &Vits, a: &Acc) -> u64 {
+    half(its.cmdq.lock().baser[(a.off / 8) as usize], a)
+}
+
+/// `GITS_BASER<n>` (IHI 0069 ch. 12, GITS_BASER<n>): WI while the ITS is enabled; Type,
+/// Entry_Size and Page_Size are read-only; the collection table is flat
+/// only; a table outside RAM is stored with Valid = 0.
+fn baser_w(its: &Vits, a: &Acc, value: u64, mem: &dyn GuestMemory) -> Kick {
+    let mut q = its.cmdq.lock();
+    if q.enabled {
+        vigil_vgic::guest_warn!("vits: GITS_BASER write while enabled, ignored");
+        return Kick::default();
+    }
+    let n = (a.off / 8) as usize;
+    let ro = q.baser[n] & !BASER_WMASK;
+    let mut v = (merge(q.baser[n], value, a) & BASER_WMASK) | ro;
+    if n == 1 {
+        v &= !INDIRECT;
+    }
+    let (base, bytes) = (baser_base(v), baser_bytes(v));
+    if v & VALID != 0 && !mem.is_ram(base, bytes) {
+        vigil_vgic::guest_warn!(
+            "vits: GITS_BASER{n} table {base:#x}+{bytes:#x} outside RAM, left invalid"
+        );
+        v &= !VALID;
+    }
+    q.baser[n] = v;
+    Kick::default()
+}
+
+/// `GITS_PIDR2` (IHI 0069 ch. 12, identification registers): ArchRev = 3
+/// (GICv3).
+fn pidr2_r(_: &Vits, _: &Acc) -> u64 {
+    0x3b
+}
+
+/// `GITS_TRANSLATER` (IHI 0069 ch. 12, GITS_TRANSLATER): an event of `cfg.cpu_device_id`, its
+/// EventID the bits written. Takes the route and vGIC locks only.
+fn translater_w(its: &Vits, a: &Acc, value: u64, _: &dyn GuestMemory) -> Kick {
+    if a.off != 0 {
+        return Kick::default();
+    }
+    let mask = (1u64 << (u32::from(a.len) * 8)) - 1;
+    its.translate(its.cfg.cpu_device_id, (value & mask) as u32)
+        .unwrap_or_default()
 }
 
 /// Whether `cmd` may walk mappings (and so run in parts: `Vits::step`).
