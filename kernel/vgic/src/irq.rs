@@ -77,6 +77,27 @@ impl Irq {
         }
     }
 
+    /// Back to the state [`Irq::new`] gives an LPI, field by field: a whole
+    /// struct assignment is a memcpy call, a good part of a DISCARD.
+    pub fn reset_lpi(&mut self) {
+        self.enabled = false;
+        self.latch = false;
+        self.line = false;
+        self.active = false;
+        self.priority = 0;
+        self.group1 = true;
+        self.level = false;
+        self.target = None;
+        self.irouter = 0;
+        self.hw = None;
+        self.owner = None;
+        self.loaded = false;
+        self.sw_pending_cleared = false;
+        self.sw_active_written = false;
+        self.gen = 0;
+        self.map_refs = 0;
+    }
+
     /// Pending as the architecture defines it: latch, or the line of a
     /// level-sensitive interrupt.
     pub fn pending(&self) -> bool {

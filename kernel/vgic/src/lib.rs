@@ -53,6 +53,7 @@ pub use log as __log;
 
 mod irq;
 pub mod log_limit;
+mod lpis;
 mod mem;
 mod mmio;
 mod regs;
@@ -121,7 +122,8 @@ pub struct VgicConfig {
     pub nr_spis: u32,
     /// Virtual priority bits (`ICH_VTR_EL2.PRIbits` + 1; QEMU: 5).
     pub pri_bits: u8,
-    /// LPI INTID bits reported in `GICD_TYPER.IDbits` (14..=32).
+    /// LPI INTID bits reported in `GICD_TYPER.IDbits` (14..=24; the LPI
+    /// table has a level-1 slot per block of INTIDs).
     pub lpi_id_bits: u8,
     /// Whether the VM has an ITS (LPIs supported).
     pub lpis: bool,
@@ -185,7 +187,7 @@ impl Vgic {
             &cfg.mpidrs,
             nr_spis,
             cfg.pri_bits,
-            cfg.lpi_id_bits.clamp(14, 32),
+            cfg.lpi_id_bits.clamp(14, lpis::MAX_LPI_ID_BITS),
             cfg.lpis,
         )
     }

@@ -28,6 +28,16 @@ pub trait GuestMemory {
         Ok(u64::from_le_bytes(b))
     }
 
+    /// Read `out.len()` little-endian u64s at `gpa` (an ITS command's four
+    /// doublewords). Implementations may read them whole, without the byte
+    /// copy of [`GuestMemory::read`].
+    fn read_u64s(&self, gpa: u64, out: &mut [u64]) -> Result<(), MemError> {
+        for (k, w) in out.iter_mut().enumerate() {
+            *w = self.read_u64(gpa + 8 * k as u64)?;
+        }
+        Ok(())
+    }
+
     /// Read one byte at `gpa`.
     fn read_u8(&self, gpa: u64) -> Result<u8, MemError> {
         let mut b = [0u8; 1];

@@ -546,7 +546,7 @@ pub(crate) fn requeue_all(st: &mut VgicState, k: &mut Kick) {
     for intid in SPI_BASE..st.nr_irqs() {
         st.queue(0, intid, k);
     }
-    let lpis: alloc::vec::Vec<u32> = st.lpis.keys().copied().collect();
+    let lpis: alloc::vec::Vec<u32> = st.lpis.iter().map(|i| i.intid).collect();
     for intid in lpis {
         st.queue(0, intid, k);
     }
@@ -614,7 +614,7 @@ fn gicr_ctlr_w(st: &mut VgicState, a: &Acc, v: u64, k: &mut Kick) {
         if let Some((base, _)) = in_table {
             let byte = a.mem.read_u8(base + u64::from(intid / 8)).unwrap_or(0);
             if byte & (1 << (intid % 8)) != 0 {
-                if let Some(irq) = st.lpis.get_mut(&intid) {
+                if let Some(irq) = st.lpis.get_mut(intid) {
                     irq.latch = true;
                 }
             }

@@ -21,11 +21,10 @@
 //! gets a generation; a list-register instance folds back only into the
 //! generation that loaded it.
 
-use alloc::collections::btree_map::Entry;
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::irq::{Irq, LPI_BASE, SPI_BASE};
+use crate::lpis::LpiTable;
 use crate::regs::{mpidr_aff, IchHcr, IchMisr, LrState, LrValue, SgiRequest};
 use crate::Kick;
 
@@ -146,9 +145,8 @@ pub struct VgicState {
     pub(crate) grp1_en: bool,
     pub(crate) spis: Vec<Irq>,
     pub(crate) vcpus: Vec<VcpuState>,
-    /// Per-LPI state, boxed: ordered-map insertions and removals then move
-    /// pointers, not whole records (the ITS command path's main cost).
-    pub(crate) lpis: BTreeMap<u32, alloc::boxed::Box<Irq>>,
+    /// Per-LPI state, indexed by INTID.
+    pub(crate) lpis: LpiTable,
     pub(crate) next_gen: u64,
     pub(crate) propbaser: u64,
     pub(crate) pri_mask: u8,
@@ -209,7 +207,7 @@ impl VgicState {
             grp1_en: false,
             spis: (0..nr_spis).map(|i| Irq::new(SPI_BASE + i, None)).collect(),
             vcpus,
-            lpis: BTreeMap::new(),
+            lpis: LpiTable::new(lpi_id_bits),
             next_gen: 1,
             propbaser: 0,
             pri_mask: !((1u16 << (8 - pri_bits)) - 1) as u8,
@@ -256,7 +254,7 @@ impl VgicState {
         } else if intid < LPI_BASE {
             self.spis.get((intid - SPI_BASE) as usize)
         } else {
-            self.lpis.get(&intid).map(|b| &**b)
+            self.lpis.get(intid)
         }
     }
 
@@ -266,7 +264,7 @@ impl VgicState {
         } else if intid < LPI_BASE {
             self.spis.get_mut((intid - SPI_BASE) as usize)
         } else {
-            self.lpis.get_mut(&intid).map(|b| &mut **b)
+            self.lpis.get_mut(intid)
         }
     }
 
@@ -721,97 +719,97 @@ impl VgicState {
     /// Further ITEs share it: it takes the configuration just read from the
     /// property table and, when the new ITE's collection is mapped, its
     /// target, and a pending instance follows (vITS invariant 9). Returns
-    /// the generation.
+    /// the generation; None, changing nothing, when the LPI table has no
+    /// room for `intid` (its block would exceed the table's bound or the
+    /// heap).
     pub fn lpi_map(
         &mut self,
         intid: u32,
         target: Option<usize>,
         cfg: LpiConfig,
         kick: &mut Kick,
-    ) -> u64 {
+    ) -> Option<u64> {
         let priority = cfg.priority & self.pri_mask;
-        if let Some(irq) = self.lpis.get_mut(&intid) {
-            irq.map_refs += 1;
-            irq.priority = priority;
-            irq.enabled = cfg.enabled;
+        let next_gen = self.next_gen;
+        let irq = self.lpis.slot(intid)?;
+        irq.priority = priority;
+        irq.enabled = cfg.enabled;
+        irq.map_refs += 1;
+        if irq.map_refs > 1 {
             if target.is_some() {
                 irq.target = target;
             }
             let gen = irq.gen;
             self.queue(0, intid, kick);
-            return gen;
+            return Some(gen);
         }
-        let gen = self.next_gen;
+        // A free slot is pristine (`LpiTable::free`): not pending, nothing
+        // to queue.
+        irq.gen = next_gen;
+        irq.target = target;
         self.next_gen += 1;
-        let mut irq = Irq::new(intid, target);
-        irq.gen = gen;
-        irq.map_refs = 1;
-        irq.priority = priority;
-        irq.enabled = cfg.enabled;
-        // Not pending: nothing to queue.
-        self.lpis.insert(intid, alloc::boxed::Box::new(irq));
-        gen
+        self.lpis.note_mapped();
+        Some(next_gen)
     }
 
     /// One ITE fewer maps to `intid` (DISCARD, MAPD V=0). When it was the
     /// last, the pending state is cleared, any instance in an LR is retired
     /// and the per-LPI state is freed (vITS invariants 2, 6, 8).
     pub fn lpi_unmap(&mut self, intid: u32, kick: &mut Kick) {
-        let Entry::Occupied(mut slot) = self.lpis.entry(intid) else {
+        let Some(irq) = self.lpis.get_mut(intid) else {
             return;
         };
-        let refs = &mut slot.get_mut().map_refs;
-        *refs = refs.saturating_sub(1);
-        if *refs > 0 {
+        irq.map_refs -= 1;
+        if irq.map_refs > 0 {
             return;
         }
-        let irq = slot.remove();
-        if let Some(o) = irq.owner {
+        let (owner, gen, loaded, active, priority) =
+            (irq.owner, irq.gen, irq.loaded, irq.active, irq.priority);
+        self.lpis.free(intid);
+        if let Some(o) = owner {
             let ap = &mut self.vcpus[o].ap;
             // At most one live entry per (INTID, generation).
             if let Some(pos) = ap
                 .iter()
-                .position(|e| e.intid == intid && e.gen == irq.gen && e.zombie.is_none())
+                .position(|e| e.intid == intid && e.gen == gen && e.zombie.is_none())
             {
-                if irq.loaded || irq.active {
+                if loaded || active {
                     // vITS invariant 8: an instance the guest may already
                     // have taken can still be acknowledged and deactivated;
                     // it keeps its own state, the per-LPI state goes.
-                    ap[pos].zombie = Some(Zombie {
-                        active: irq.active,
-                        priority: irq.priority,
-                    });
+                    ap[pos].zombie = Some(Zombie { active, priority });
                     kick.add(o);
                 } else {
                     ap.remove(pos);
                 }
             }
         }
-        // vITS invariant 6: nothing refers to `irq` any more; it is dropped.
+        // vITS invariant 6: nothing refers to the LPI's state any more; its
+        // slot is pristine again.
     }
 
     /// Generation of the live mapping of `intid`, if mapped.
     pub fn lpi_gen(&self, intid: u32) -> Option<u64> {
-        self.lpis.get(&intid).map(|i| i.gen)
+        self.lpis.get(intid).map(|i| i.gen)
     }
 
     /// Whether `intid` is pending (latched, or in an LR right now).
     pub fn lpi_pending(&self, intid: u32) -> bool {
         self.lpis
-            .get(&intid)
+            .get(intid)
             .is_some_and(|i| i.latch || (i.loaded && i.owner.is_some()))
     }
 
     /// The vCPU an LPI is targeted at.
     pub fn lpi_target(&self, intid: u32) -> Option<usize> {
-        self.lpis.get(&intid).and_then(|i| i.target)
+        self.lpis.get(intid).and_then(|i| i.target)
     }
 
     /// New priority/enable from the property table (INV, INVALL), for the
     /// mapping of generation `gen` only (vITS invariant 3).
     pub fn lpi_set_config(&mut self, intid: u32, gen: u64, cfg: LpiConfig, kick: &mut Kick) {
         let mask = self.pri_mask;
-        let Some(irq) = self.lpis.get_mut(&intid).filter(|i| i.gen == gen) else {
+        let Some(irq) = self.lpis.get_mut(intid).filter(|i| i.gen == gen) else {
             return;
         };
         irq.priority = cfg.priority & mask;
@@ -832,7 +830,7 @@ impl VgicState {
     ) -> bool {
         let Some(irq) = self
             .lpis
-            .get_mut(&intid)
+            .get_mut(intid)
             .filter(|i| gen.is_none_or(|g| i.gen == g))
         else {
             return false;
@@ -845,7 +843,7 @@ impl VgicState {
 
     /// Clear the pending state of an LPI (CLEAR).
     pub fn lpi_clear_pending(&mut self, intid: u32, kick: &mut Kick) {
-        let Some(irq) = self.lpis.get_mut(&intid) else {
+        let Some(irq) = self.lpis.get_mut(intid) else {
             return;
         };
         irq.latch = false;
@@ -860,7 +858,7 @@ impl VgicState {
     /// moved now, one in an LR folds back on the old vCPU's exit and is then
     /// migrated by the prune.
     pub fn lpi_set_target(&mut self, intid: u32, target: Option<usize>, kick: &mut Kick) {
-        let Some(irq) = self.lpis.get_mut(&intid) else {
+        let Some(irq) = self.lpis.get_mut(intid) else {
             return;
         };
         irq.target = target;
@@ -870,7 +868,7 @@ impl VgicState {
     /// All mapped LPIs currently targeted at `v` (INVALL, MOVALL).
     pub fn lpis_targeting(&self, v: usize) -> Vec<u32> {
         self.lpis
-            .values()
+            .iter()
             .filter(|i| i.target == Some(v))
             .map(|i| i.intid)
             .collect()

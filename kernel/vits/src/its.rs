@@ -42,7 +42,7 @@
 //! vGIC); list-register state folds back only into the generation that
 //! loaded it (vITS invariant 5). The ITE records the generation it mapped.
 
-use alloc::collections::btree_map::Entry;
+use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -156,6 +156,12 @@ pub enum CmdError {
     TooManyDevices(u32),
     /// MAPTI/MAPI beyond `VitsConfig::max_mappings`.
     TooManyMappings(u32, u32),
+    /// MAPD of an ITT that would take the ITTs of all devices beyond
+    /// twice `VitsConfig::max_mappings` entries, or that the hypervisor's
+    /// heap has no room for.
+    IttQuota(u32),
+    /// MAPTI/MAPI of an INTID the vGIC's LPI table has no room for.
+    LpiTableFull(u32),
 }
 
 /// Why [`Vits::translate`] raised nothing.
@@ -182,19 +188,32 @@ struct Ite {
     gen: u64,
 }
 
+/// A device's ITT as the vITS keeps it: an entry per EventID, made by
+/// MAPD at the size it gives (IHI 0069 §5.3, MAPD), freed when no LPI
+/// state refers to it any more (vITS invariant 6: after the walk that
+/// unmaps its LPIs).
+type Itt = Box<[Option<Ite>]>;
+
 struct Device {
-    /// EventID bits of its ITT (MAPD Size + 1).
-    event_bits: u8,
-    events: BTreeMap<u32, Ite>,
+    itt: Itt,
+    /// Events mapped in `itt`.
+    mapped: u32,
 }
 
 impl Device {
-    /// `event` fits the ITT that MAPD gave `device`.
-    fn check_event(&self, device: u32, event: u32) -> Result<(), CmdError> {
-        if u64::from(event) >= 1u64 << self.event_bits {
-            return Err(CmdError::EventOutOfRange(device, event));
-        }
-        Ok(())
+    /// The ITT entry of `event`, if the ITT that MAPD gave `device` has one.
+    fn entry(&mut self, device: u32, event: u32) -> Result<&mut Option<Ite>, CmdError> {
+        self.itt
+            .get_mut(event as usize)
+            .ok_or(CmdError::EventOutOfRange(device, event))
+    }
+
+    /// The mapped ITE of `event`.
+    fn ite(&self, device: u32, event: u32) -> Result<Ite, CmdError> {
+        self.itt
+            .get(event as usize)
+            .ok_or(CmdError::EventOutOfRange(device, event))?
+            .ok_or(CmdError::EventUnmapped(device, event))
     }
 }
 
@@ -205,6 +224,8 @@ struct Routes {
     collections: BTreeMap<u16, usize>,
     /// Events mapped over all devices (the quota's count).
     mappings: u32,
+    /// ITT entries over all devices (bounded by [`Vits::itt_quota`]).
+    itt_entries: u64,
 }
 
 /// Where a walk of the mappings stopped: the last (DeviceID, EventID)
@@ -224,9 +245,10 @@ struct Walk {
 enum WalkState {
     /// INVALL or MAPC: the last (DeviceID, EventID) scanned.
     Scan(Cursor),
-    /// MAPD of a mapped device: its old mappings still to free in the vGIC
-    /// (the route is gone already).
-    Unmap(Vec<Ite>),
+    /// MAPD of a mapped device: its old ITT, whose mappings from this
+    /// EventID on are still to free in the vGIC (the route is gone
+    /// already).
+    Unmap(Itt, usize),
     /// MOVALL: the LPIs still to move.
     Move,
 }
@@ -253,6 +275,7 @@ impl Routes {
             devices: BTreeMap::new(),
             collections: BTreeMap::new(),
             mappings: 0,
+            itt_entries: 0,
         }
     }
 }
@@ -433,7 +456,7 @@ impl Vits {
     /// The route of (DeviceID, EventID): (vINTID, ICID), if mapped.
     pub fn lookup(&self, device: u32, event: u32) -> Option<(u32, u16)> {
         let r = self.routes.lock();
-        let ite = r.devices.get(&device)?.events.get(&event)?;
+        let ite = r.devices.get(&device)?.ite(device, event).ok()?;
         Some((ite.intid, ite.icid))
     }
 
@@ -481,9 +504,8 @@ impl Vits {
             .get(&device)
             .ok_or(TranslateError::DeviceUnmapped)?;
         let ite = dev
-            .events
-            .get(&event)
-            .ok_or(TranslateError::EventUnmapped)?;
+            .ite(device, event)
+            .map_err(|_| TranslateError::EventUnmapped)?;
         if generation.is_some_and(|g| g != ite.gen as u32) {
             return Err(TranslateError::Remapped);
         }
@@ -505,38 +527,9 @@ impl Vits {
 
     /// Read `len` bytes at `offset` of the ITS region (two 64 KiB frames).
     pub fn mmio_read(&self, offset: u64, len: u8) -> u64 {
-        let Some((reg, part)) = check_access(offset, len) else {
-            return 0;
-        };
-        let q = self.cmdq.lock();
-        let v = match reg {
-            0x0000 => {
-                // Quiescent: all processing is synchronous, so the ITS is
-                // quiescent exactly when it is disabled.
-                if q.enabled {
-                    1
-                } else {
-                    1 << 31
-                }
-            }
-            0x0004 => u64::from(VITS_IIDR),
-            0x0008 => self.typer(),
-            0x0080 => q.cbaser,
-            0x0088 => q.cwriter,
-            0x0090 => q.creadr | u64::from(q.stalled),
-            0x0100 | 0x0108 => q.baser[((reg - 0x100) / 8) as usize],
-            0x0110..=0x0138 => 0,
-            0xffe8 => 0x3b,
-            GITS_TRANSLATER => 0,
-            _ => {
-                vigil_vgic::guest_warn!("vits: read of reserved offset {offset:#x}, RAZ");
-                return 0;
-            }
-        };
-        match part {
-            Part::Whole => v,
-            Part::Low => v & 0xffff_ffff,
-            Part::High => v >> 32,
+        match decode(offset, len) {
+            Some((r, a)) => (r.read)(self, &a),
+            None => 0,
         }
     }
 
@@ -544,87 +537,10 @@ impl Vits {
     /// processes the queue up to it before returning; a TRANSLATER write is
     /// an event from `cfg.cpu_device_id`.
     pub fn mmio_write(&self, offset: u64, len: u8, value: u64, mem: &dyn GuestMemory) -> Kick {
-        if offset == GITS_TRANSLATER && matches!(len, 1 | 2 | 4) {
-            let mask = (1u64 << (u32::from(len) * 8)) - 1;
-            return self
-                .translate(self.cfg.cpu_device_id, (value & mask) as u32)
-                .unwrap_or_default();
+        match decode(offset, len) {
+            Some((r, a)) => (r.write)(self, &a, value, mem),
+            None => Kick::default(),
         }
-        let Some((reg, part)) = check_access(offset, len) else {
-            return Kick::default();
-        };
-        let mut q = self.cmdq.lock();
-        let merge = |old: u64| merge_part(old, value, part);
-        match reg {
-            0x0000 => {
-                let en = value & 1 != 0;
-                if en != q.enabled {
-                    q.enabled = en;
-                    self.routes.lock().enabled = en;
-                    if en {
-                        return self.process(&mut q, mem);
-                    }
-                }
-            }
-            0x0080 => {
-                if q.enabled {
-                    vigil_vgic::guest_warn!("vits: GITS_CBASER write while enabled, ignored");
-                    return Kick::default();
-                }
-                let mut v = merge(q.cbaser) & CBASER_MASK;
-                let base = v & 0x000f_ffff_ffff_f000;
-                let size = ((v & 0xff) + 1) * 4096;
-                if v & VALID != 0 && !mem.is_ram(base, size) {
-                    vigil_vgic::guest_warn!(
-                        "vits: command queue {base:#x}+{size:#x} outside RAM, left invalid"
-                    );
-                    v &= !VALID;
-                }
-                q.cbaser = v;
-                // IHI 0069 ch. 12, GITS_CBASER: a write resets CREADR to 0.
-                q.creadr = 0;
-                q.stalled = false;
-            }
-            0x0088 => {
-                let v = merge(q.cwriter);
-                let off = v & QUEUE_OFFSET_MASK;
-                if off >= ((q.cbaser & 0xff) + 1) * 4096 {
-                    vigil_vgic::guest_warn!(
-                        "vits: GITS_CWRITER {off:#x} beyond the command queue, ignored"
-                    );
-                    return Kick::default();
-                }
-                q.cwriter = off;
-                if v & 1 != 0 {
-                    // Retry: resume a stalled queue.
-                    q.stalled = false;
-                }
-                return self.process(&mut q, mem);
-            }
-            0x0100 | 0x0108 => {
-                if q.enabled {
-                    vigil_vgic::guest_warn!("vits: GITS_BASER write while enabled, ignored");
-                    return Kick::default();
-                }
-                let n = ((reg - 0x100) / 8) as usize;
-                let ro = q.baser[n] & !BASER_WMASK;
-                let mut v = (merge(q.baser[n]) & BASER_WMASK) | ro;
-                if n == 1 {
-                    v &= !INDIRECT; // the collection table is flat only
-                }
-                let (base, bytes) = (baser_base(v), baser_bytes(v));
-                if v & VALID != 0 && !mem.is_ram(base, bytes) {
-                    vigil_vgic::guest_warn!(
-                        "vits: GITS_BASER{n} table {base:#x}+{bytes:#x} outside RAM, left invalid"
-                    );
-                    v &= !VALID;
-                }
-                q.baser[n] = v;
-            }
-            0x0004 | 0x0008 | 0x0090 | 0x0110..=0x0138 | 0xffe8 => {}
-            _ => vigil_vgic::guest_warn!("vits: write of reserved offset {offset:#x}, WI"),
-        }
-        Kick::default()
     }
 
     /// `GITS_TYPER` (IHI 0069 ch. 12, GITS_TYPER): Physical, ITT_entry_size, IDbits,
@@ -669,18 +585,14 @@ impl Vits {
                     .store(true, core::sync::atomic::Ordering::Release);
                 return kick;
             }
-            let mut raw = [0u8; 32];
-            if mem.read(base + q.creadr, &mut raw).is_err() {
+            let mut dw = [0u64; 4];
+            if mem.read_u64s(base + q.creadr, &mut dw).is_err() {
                 log::error!(
                     "vits: command at {:#x} unreadable, queue stalled",
                     base + q.creadr
                 );
                 q.stalled = true;
                 break;
-            }
-            let mut dw = [0u64; 4];
-            for (i, d) in dw.iter_mut().enumerate() {
-                *d = u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
             }
             let res = match Command::decode(dw) {
                 // The common case: a command that walks nothing, none
@@ -762,9 +674,9 @@ impl Vits {
                 let (more, used) = self.cmd_movall(rdbase1, rdbase2, kick, max)?;
                 (!more, used, more.then_some(WalkState::Move))
             }
-            (Command::Mapd { .. }, Some(WalkState::Unmap(ites))) => {
-                let (rest, used) = self.free_unmapped(ites, kick, max);
-                (rest.is_none(), used, rest.map(WalkState::Unmap))
+            (Command::Mapd { .. }, Some(WalkState::Unmap(itt, from))) => {
+                let (rest, used) = self.free_unmapped(itt, from, kick, max);
+                (rest.is_none(), used, rest)
             }
             (
                 Command::Mapd {
@@ -775,9 +687,11 @@ impl Vits {
                 },
                 _,
             ) => {
-                let old = self.cmd_mapd(q, device, size, itt_addr, valid, mem)?;
-                let (rest, used) = self.free_unmapped(old, kick, max);
-                (rest.is_none(), used + 1, rest.map(WalkState::Unmap))
+                let (rest, used) = match self.cmd_mapd(q, device, size, itt_addr, valid, mem)? {
+                    Some(old) => self.free_unmapped(old, 0, kick, max),
+                    None => (None, 0),
+                };
+                (rest.is_none(), used + 1, rest)
             }
             (cmd, _) => {
                 self.execute(q, &cmd, mem, kick)?;
@@ -789,22 +703,28 @@ impl Vits {
         Ok(done)
     }
 
-    /// Free the vGIC state of mappings whose route is gone (MAPD), at most
-    /// `max` of them: the rest, if any, and how many were freed.
+    /// Free the vGIC state of the mappings of `itt` (a device's, whose route
+    /// is gone: MAPD) from EventID `from` on, at most `max` of them: the
+    /// walk to resume if some are left, and how many were freed.
     fn free_unmapped(
         &self,
-        mut ites: Vec<Ite>,
+        itt: Itt,
+        from: usize,
         kick: &mut Kick,
         max: u32,
-    ) -> (Option<Vec<Ite>>, u32) {
-        let n = ites.len().min(max as usize);
-        {
-            let mut st = self.vgic.lock();
-            for ite in ites.drain(..n) {
-                st.lpi_unmap(ite.intid, kick);
+    ) -> (Option<WalkState>, u32) {
+        let mut n = 0;
+        let mut st = self.vgic.lock();
+        for (event, ite) in itt.iter().enumerate().skip(from) {
+            let Some(ite) = ite else { continue };
+            if n == max {
+                drop(st);
+                return (Some(WalkState::Unmap(itt, event)), n);
             }
+            st.lpi_unmap(ite.intid, kick);
+            n += 1;
         }
-        ((!ites.is_empty()).then_some(ites), n as u32)
+        (None, n)
     }
 
     /// Run one command. Every check happens before any state changes, so an
@@ -901,8 +821,16 @@ impl Vits {
             .ok_or(CmdError::RdbaseOutOfRange(rdbase))
     }
 
+    /// Most ITT entries over all devices: twice the mapping quota, so that
+    /// devices may leave EventIDs unmapped and the ITTs still stay within
+    /// the heap allowance ([`HEAP_AT_QUOTA`]).
+    fn itt_quota(&self) -> u64 {
+        2 * u64::from(self.cfg.max_mappings)
+    }
+
     /// MAPD (IHI 0069 §5.3, MAPD). V=1 on a mapped device replaces its ITT:
-    /// the old mappings go first, as with V=0.
+    /// the old mappings go first, as with V=0. Returns the old ITT if it
+    /// has mappings to free.
     #[allow(clippy::too_many_arguments)]
     fn cmd_mapd(
         &self,
@@ -912,7 +840,7 @@ impl Vits {
         itt_addr: u64,
         valid: bool,
         mem: &dyn GuestMemory,
-    ) -> Result<Vec<Ite>, CmdError> {
+    ) -> Result<Option<Itt>, CmdError> {
         self.check_device_id(q, device, mem)?;
         let event_bits = size + 1;
         if valid {
@@ -925,36 +853,46 @@ impl Vits {
             }
         }
         let mut routes = self.routes.lock();
-        if valid
-            && !routes.devices.contains_key(&device)
-            && routes.devices.len() >= self.cfg.max_devices as usize
-        {
-            return Err(CmdError::TooManyDevices(device));
-        }
-        let mut unmapped = Vec::new();
+        let old_entries = routes.devices.get(&device).map(|d| d.itt.len() as u64);
+        let itt = if valid {
+            if old_entries.is_none() && routes.devices.len() >= self.cfg.max_devices as usize {
+                return Err(CmdError::TooManyDevices(device));
+            }
+            let entries = 1usize << event_bits;
+            if routes.itt_entries - old_entries.unwrap_or(0) + entries as u64 > self.itt_quota() {
+                return Err(CmdError::IttQuota(device));
+            }
+            // Allocated here, once, before any change (vITS invariant 7);
+            // MAPTI and DISCARD then only write entries. Fallible: a full
+            // heap is a command error, not a panic.
+            let mut itt = Vec::new();
+            itt.try_reserve_exact(entries)
+                .map_err(|_| CmdError::IttQuota(device))?;
+            itt.resize(entries, None);
+            Some(itt.into_boxed_slice())
+        } else {
+            None
+        };
+        let mut unmapped = None;
         if let Some(old) = routes.devices.remove(&device) {
-            routes.mappings -= old.events.len() as u32;
+            routes.mappings -= old.mapped;
+            routes.itt_entries -= old.itt.len() as u64;
             // vITS invariants 2 and 6: with the route lock held no injection
             // is in flight; each LPI loses this reference and is freed by
             // the vGIC (`free_unmapped`, within the slice) once nothing else
             // (ITE, LR, queue entry) refers to it. No later command runs
-            // before they all are.
+            // before they all are; the old ITT goes with the last.
             if let Some(m) = self.mirror_for(device) {
                 m.unmap_device(device);
             }
-            unmapped.extend(old.events.values().copied());
+            unmapped = (old.mapped > 0).then_some(old.itt);
         }
-        if valid {
+        if let Some(itt) = itt {
             if let Some(m) = self.mirror_for(device) {
                 m.map_device(device, event_bits);
             }
-            routes.devices.insert(
-                device,
-                Device {
-                    event_bits,
-                    events: BTreeMap::new(),
-                },
-            );
+            routes.itt_entries += itt.len() as u64;
+            routes.devices.insert(device, Device { itt, mapped: 0 });
         }
         Ok(unmapped)
     }
@@ -1042,21 +980,27 @@ impl Vits {
         if routes.mappings >= self.cfg.max_mappings {
             return Err(CmdError::TooManyMappings(device, event));
         }
-        let target = routes.collections.get(&icid).copied();
-        let dev = routes
+        let r = &mut *routes;
+        let target = r.collections.get(&icid).copied();
+        let dev = r
             .devices
             .get_mut(&device)
             .ok_or(CmdError::DeviceUnmapped(device))?;
-        dev.check_event(device, event)?;
-        let Entry::Vacant(slot) = dev.events.entry(event) else {
+        let slot = dev.entry(device, event)?;
+        if slot.is_some() {
             // vITS invariant 7: no side effect beyond the error policy.
             return Err(CmdError::EventAlreadyMapped(device, event));
-        };
+        }
         // vITS invariant 5: a vINTID nothing maps any more starts pristine
         // with a new generation, whatever an LR still holds of the old one.
-        let gen = self.vgic.lock().lpi_map(intid, target, cfg, kick);
-        slot.insert(Ite { intid, icid, gen });
-        routes.mappings += 1;
+        let gen = self
+            .vgic
+            .lock()
+            .lpi_map(intid, target, cfg, kick)
+            .ok_or(CmdError::LpiTableFull(intid))?;
+        *slot = Some(Ite { intid, icid, gen });
+        dev.mapped += 1;
+        r.mappings += 1;
         if let Some(m) = self.mirror_for(device) {
             m.map_event(device, event, target, gen);
         }
@@ -1065,15 +1009,11 @@ impl Vits {
 
     /// Look up a mapped event (for the commands that need one).
     fn ite(routes: &Routes, device: u32, event: u32) -> Result<Ite, CmdError> {
-        let dev = routes
+        routes
             .devices
             .get(&device)
-            .ok_or(CmdError::DeviceUnmapped(device))?;
-        dev.check_event(device, event)?;
-        dev.events
-            .get(&event)
-            .copied()
-            .ok_or(CmdError::EventUnmapped(device, event))
+            .ok_or(CmdError::DeviceUnmapped(device))?
+            .ite(device, event)
     }
 
     /// MOVI (IHI 0069 §5.3, MOVI): pending state moves with the LPI, exactly
@@ -1093,10 +1033,9 @@ impl Vits {
             .devices
             .get_mut(&device)
             .ok_or(CmdError::DeviceUnmapped(device))?;
-        dev.check_event(device, event)?;
         let ite = dev
-            .events
-            .get_mut(&event)
+            .entry(device, event)?
+            .as_mut()
             .ok_or(CmdError::EventUnmapped(device, event))?;
         let vcpu = *r
             .collections
@@ -1115,16 +1054,17 @@ impl Vits {
     /// guest already took can still be deactivated (vITS invariant 8).
     fn cmd_discard(&self, device: u32, event: u32, kick: &mut Kick) -> Result<(), CmdError> {
         let mut routes = self.routes.lock();
-        let dev = routes
+        let r = &mut *routes;
+        let dev = r
             .devices
             .get_mut(&device)
             .ok_or(CmdError::DeviceUnmapped(device))?;
-        dev.check_event(device, event)?;
         let ite = dev
-            .events
-            .remove(&event)
+            .entry(device, event)?
+            .take()
             .ok_or(CmdError::EventUnmapped(device, event))?;
-        routes.mappings -= 1;
+        dev.mapped -= 1;
+        r.mappings -= 1;
         if let Some(m) = self.mirror_for(device) {
             m.unmap_event(device, event);
         }
@@ -1246,48 +1186,266 @@ impl Vits {
     }
 }
 
-/// How an access maps onto a register.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Part {
-    /// A 32-bit register, or a 64-bit one accessed whole.
-    Whole,
-    /// Low half of a 64-bit register.
-    Low,
-    /// High half of a 64-bit register.
-    High,
+// ---- the register frame (IHI 0069 ch. 12, "ITS register descriptions") ----
+
+const W8: u8 = 1;
+const W16: u8 = 2;
+const W32: u8 = 4;
+const W64: u8 = 8;
+
+/// One decoded access, handed to a register handler.
+struct Acc {
+    /// Offset inside the register (region).
+    off: u64,
+    /// Width in bytes.
+    len: u8,
 }
 
-/// Validate an access to the register frame (IHI 0069 ch. 12, GITS_* registers: 64-bit
-/// registers allow 32- and 64-bit accesses, 32-bit ones only 32-bit
-/// accesses): (register offset, part).
-fn check_access(offset: u64, len: u8) -> Option<(u64, Part)> {
-    if offset >= GITS_SIZE || !matches!(len, 4 | 8) || !offset.is_multiple_of(u64::from(len)) {
+/// Handlers lock what they need themselves: `GITS_TRANSLATER` is the
+/// injection path, which never takes the command-queue lock (vITS
+/// invariant 10).
+type ReadFn = fn(&Vits, &Acc) -> u64;
+type WriteFn = fn(&Vits, &Acc, u64, &dyn GuestMemory) -> Kick;
+
+struct Region {
+    name: &'static str,
+    offset: u64,
+    len: u64,
+    widths: u8,
+    read: ReadFn,
+    write: WriteFn,
+}
+
+const fn reg(
+    name: &'static str,
+    offset: u64,
+    len: u64,
+    widths: u8,
+    read: ReadFn,
+    write: WriteFn,
+) -> Region {
+    Region {
+        name,
+        offset,
+        len,
+        widths,
+        read,
+        write,
+    }
+}
+
+/// The ITS register map (IHI 0069 ch. 12, GITS_* registers). The 64-bit
+/// registers permit 32- and 64-bit accesses, the 32-bit ones 32-bit
+/// accesses only; GITS_TRANSLATER also takes the narrower writes of
+/// devices with few EventID bits (IHI 0069 ch. 12, GITS_TRANSLATER) and,
+/// write-only, reads as zero. Anything else is RAZ/WI, logged.
+static GITS_REGIONS: &[Region] = &[
+    reg("GITS_CTLR", 0x0000, 4, W32, ctlr_r, ctlr_w),
+    reg("GITS_IIDR", 0x0004, 4, W32, iidr_r, wi),
+    reg("GITS_TYPER", 0x0008, 8, W32 | W64, typer_r, wi),
+    reg("GITS_CBASER", 0x0080, 8, W32 | W64, cbaser_r, cbaser_w),
+    reg("GITS_CWRITER", 0x0088, 8, W32 | W64, cwriter_r, cwriter_w),
+    reg("GITS_CREADR", 0x0090, 8, W32 | W64, creadr_r, wi),
+    // BASER0 (devices) and BASER1 (collections); BASER2..7 describe no
+    // table (Type 0): RAZ/WI.
+    reg("GITS_BASER", 0x0100, 0x10, W32 | W64, baser_r, baser_w),
+    reg("GITS_BASER", 0x0110, 0x30, W32 | W64, raz, wi),
+    reg("GITS_PIDR2", 0xffe8, 4, W32, pidr2_r, wi),
+    reg(
+        "GITS_TRANSLATER",
+        GITS_TRANSLATER,
+        4,
+        W8 | W16 | W32,
+        raz,
+        translater_w,
+    ),
+];
+
+/// Find the register and build the access, or `None` (RAZ/WI, logged).
+fn decode(offset: u64, len: u8) -> Option<(&'static Region, Acc)> {
+    if !matches!(len, 1 | 2 | 4 | 8) || !offset.is_multiple_of(u64::from(len)) {
         vigil_vgic::guest_warn!("vits: {len}-byte access at {offset:#x} not permitted, RAZ/WI");
         return None;
     }
-    if matches!(offset, 0x0000 | 0x0004 | 0xffe8 | GITS_TRANSLATER) {
-        if len != 4 {
-            vigil_vgic::guest_warn!(
-                "vits: {len}-byte access to 32-bit register {offset:#x}, RAZ/WI"
-            );
-            return None;
-        }
-        return Some((offset, Part::Whole));
-    }
-    let part = match (len, offset & 4) {
-        (8, _) => Part::Whole,
-        (_, 0) => Part::Low,
-        _ => Part::High,
+    let Some(r) = GITS_REGIONS
+        .iter()
+        .find(|r| offset >= r.offset && offset + u64::from(len) <= r.offset + r.len)
+    else {
+        vigil_vgic::guest_warn!("vits: access to reserved offset {offset:#x}, RAZ/WI");
+        return None;
     };
-    Some((offset & !7, part))
+    if r.widths & len == 0 {
+        vigil_vgic::guest_warn!(
+            "vits: {len}-byte access to {} ({offset:#x}) not permitted, RAZ/WI",
+            r.name
+        );
+        return None;
+    }
+    Some((
+        r,
+        Acc {
+            off: offset - r.offset,
+            len,
+        },
+    ))
 }
 
-fn merge_part(old: u64, value: u64, part: Part) -> u64 {
-    match part {
-        Part::Whole => value,
-        Part::Low => (old & !0xffff_ffff) | (value & 0xffff_ffff),
-        Part::High => (old & 0xffff_ffff) | (value << 32),
+fn raz(_: &Vits, _: &Acc) -> u64 {
+    0
+}
+
+fn wi(_: &Vits, _: &Acc, _: u64, _: &dyn GuestMemory) -> Kick {
+    Kick::default()
+}
+
+/// The part of 64-bit register value `v` that access `a` reads.
+fn half(v: u64, a: &Acc) -> u64 {
+    match (a.len, a.off % 8) {
+        (8, _) => v,
+        (_, 0) => v & 0xffff_ffff,
+        _ => v >> 32,
     }
+}
+
+/// 64-bit register value `old` with access `a`'s part replaced by `value`.
+fn merge(old: u64, value: u64, a: &Acc) -> u64 {
+    match (a.len, a.off % 8) {
+        (8, _) => value,
+        (_, 0) => (old & !0xffff_ffff) | (value & 0xffff_ffff),
+        _ => (old & 0xffff_ffff) | (value << 32),
+    }
+}
+
+/// `GITS_CTLR` (IHI 0069 ch. 12, GITS_CTLR): Enabled, and Quiescent — all processing is
+/// synchronous, so the ITS is quiescent exactly when it is disabled.
+fn ctlr_r(its: &Vits, _: &Acc) -> u64 {
+    if its.cmdq.lock().enabled {
+        1
+    } else {
+        1 << 31
+    }
+}
+
+fn ctlr_w(its: &Vits, _: &Acc, value: u64, mem: &dyn GuestMemory) -> Kick {
+    let mut q = its.cmdq.lock();
+    let en = value & 1 != 0;
+    if en != q.enabled {
+        q.enabled = en;
+        its.routes.lock().enabled = en;
+        if en {
+            return its.process(&mut q, mem);
+        }
+    }
+    Kick::default()
+}
+
+fn iidr_r(_: &Vits, _: &Acc) -> u64 {
+    u64::from(VITS_IIDR)
+}
+
+fn typer_r(its: &Vits, a: &Acc) -> u64 {
+    half(its.typer(), a)
+}
+
+fn cbaser_r(its: &Vits, a: &Acc) -> u64 {
+    half(its.cmdq.lock().cbaser, a)
+}
+
+/// `GITS_CBASER` (IHI 0069 ch. 12, GITS_CBASER): WI while the ITS is enabled; a queue outside
+/// RAM is stored with Valid = 0; a write resets CREADR to 0.
+fn cbaser_w(its: &Vits, a: &Acc, value: u64, mem: &dyn GuestMemory) -> Kick {
+    let mut q = its.cmdq.lock();
+    if q.enabled {
+        vigil_vgic::guest_warn!("vits: GITS_CBASER write while enabled, ignored");
+        return Kick::default();
+    }
+    let mut v = merge(q.cbaser, value, a) & CBASER_MASK;
+    let base = v & 0x000f_ffff_ffff_f000;
+    let size = ((v & 0xff) + 1) * 4096;
+    if v & VALID != 0 && !mem.is_ram(base, size) {
+        vigil_vgic::guest_warn!(
+            "vits: command queue {base:#x}+{size:#x} outside RAM, left invalid"
+        );
+        v &= !VALID;
+    }
+    q.cbaser = v;
+    q.creadr = 0;
+    q.stalled = false;
+    Kick::default()
+}
+
+fn cwriter_r(its: &Vits, a: &Acc) -> u64 {
+    half(its.cmdq.lock().cwriter, a)
+}
+
+/// `GITS_CWRITER` (IHI 0069 ch. 12, GITS_CWRITER): runs the queue up to it; Retry resumes a
+/// stalled queue; an offset beyond the queue is WI.
+fn cwriter_w(its: &Vits, a: &Acc, value: u64, mem: &dyn GuestMemory) -> Kick {
+    let mut q = its.cmdq.lock();
+    let v = merge(q.cwriter, value, a);
+    let off = v & QUEUE_OFFSET_MASK;
+    if off >= ((q.cbaser & 0xff) + 1) * 4096 {
+        vigil_vgic::guest_warn!("vits: GITS_CWRITER {off:#x} beyond the command queue, ignored");
+        return Kick::default();
+    }
+    q.cwriter = off;
+    if v & 1 != 0 {
+        q.stalled = false;
+    }
+    its.process(&mut q, mem)
+}
+
+/// `GITS_CREADR` (IHI 0069 ch. 12, GITS_CREADR): the offset and Stalled.
+fn creadr_r(its: &Vits, a: &Acc) -> u64 {
+    let q = its.cmdq.lock();
+    half(q.creadr | u64::from(q.stalled), a)
+}
+
+fn baser_r(its: &Vits, a: &Acc) -> u64 {
+    half(its.cmdq.lock().baser[(a.off / 8) as usize], a)
+}
+
+/// `GITS_BASER<n>` (IHI 0069 ch. 12, GITS_BASER<n>): WI while the ITS is enabled; Type,
+/// Entry_Size and Page_Size are read-only; the collection table is flat
+/// only; a table outside RAM is stored with Valid = 0.
+fn baser_w(its: &Vits, a: &Acc, value: u64, mem: &dyn GuestMemory) -> Kick {
+    let mut q = its.cmdq.lock();
+    if q.enabled {
+        vigil_vgic::guest_warn!("vits: GITS_BASER write while enabled, ignored");
+        return Kick::default();
+    }
+    let n = (a.off / 8) as usize;
+    let ro = q.baser[n] & !BASER_WMASK;
+    let mut v = (merge(q.baser[n], value, a) & BASER_WMASK) | ro;
+    if n == 1 {
+        v &= !INDIRECT;
+    }
+    let (base, bytes) = (baser_base(v), baser_bytes(v));
+    if v & VALID != 0 && !mem.is_ram(base, bytes) {
+        vigil_vgic::guest_warn!(
+            "vits: GITS_BASER{n} table {base:#x}+{bytes:#x} outside RAM, left invalid"
+        );
+        v &= !VALID;
+    }
+    q.baser[n] = v;
+    Kick::default()
+}
+
+/// `GITS_PIDR2` (IHI 0069 ch. 12, identification registers): ArchRev = 3
+/// (GICv3).
+fn pidr2_r(_: &Vits, _: &Acc) -> u64 {
+    0x3b
+}
+
+/// `GITS_TRANSLATER` (IHI 0069 ch. 12, GITS_TRANSLATER): an event of `cfg.cpu_device_id`, its
+/// EventID the bits written. Takes the route and vGIC locks only.
+fn translater_w(its: &Vits, a: &Acc, value: u64, _: &dyn GuestMemory) -> Kick {
+    if a.off != 0 {
+        return Kick::default();
+    }
+    let mask = (1u64 << (u32::from(a.len) * 8)) - 1;
+    its.translate(its.cfg.cpu_device_id, (value & mask) as u32)
+        .unwrap_or_default()
 }
 
 /// Whether `cmd` may walk mappings (and so run in parts: `Vits::step`).
@@ -1312,22 +1470,26 @@ fn scan(
     after: Option<(u32, u32)>,
     max: u32,
 ) -> (Vec<(u32, u32, Ite)>, Option<(u32, u32)>, u32) {
-    use core::ops::Bound::{Excluded, Included, Unbounded};
+    use core::ops::Bound::{Included, Unbounded};
     let mut hits = Vec::new();
     let mut scanned = 0u32;
     let mut last = after;
     let first = after.map_or(Unbounded, |(d, _)| Included(d));
     for (&device, dev) in routes.devices.range((first, Unbounded)) {
         let from = match after {
-            Some((d, e)) if d == device => Excluded(e),
-            _ => Unbounded,
+            Some((d, e)) if d == device => e as usize + 1,
+            _ => 0,
         };
-        for (&event, ite) in dev.events.range((from, Unbounded)) {
+        // Unmapped entries are skipped, not counted: the ITT quota bounds
+        // how many there are.
+        for (event, ite) in dev.itt.iter().enumerate().skip(from) {
+            let Some(ite) = ite else { continue };
             if scanned == max {
                 // More to scan: resume after the last one scanned.
                 return (hits, last, scanned);
             }
             scanned += 1;
+            let event = event as u32;
             last = Some((device, event));
             if ite.icid == icid {
                 hits.push((device, event, *ite));

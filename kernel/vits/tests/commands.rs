@@ -1192,3 +1192,72 @@ fn quotas_bound_the_state_a_guest_can_create() {
     ));
     assert_eq!(r.its.error_count(), before + 1);
 }
+
+/// The ITTs MAPD allocates are bounded too: twice the mapping quota in
+/// entries over all devices; a MAPD beyond it is ignored, and replacing or
+/// unmapping a device gives its entries back.
+#[test]
+fn the_itt_quota_bounds_what_mapd_allocates() {
+    let r = Rig::new(1);
+    // The ITTs may overlap in guest RAM: the vITS keeps its own.
+    let mapd = |device, size| {
+        r.cmd(Command::Mapd {
+            device,
+            size,
+            itt_addr: RAM,
+            valid: true,
+        })
+    };
+    // 2 * 2^17 entries: four devices of 2^16 events.
+    for device in 1..=4 {
+        mapd(device, 15);
+    }
+    assert_eq!(r.its.error_count(), 0);
+    mapd(5, 0);
+    assert_eq!(r.its.last_error(), Some(CmdError::IttQuota(5)));
+    r.mapti(5, 0, LPI0, 0);
+    assert_eq!(r.its.last_error(), Some(CmdError::DeviceUnmapped(5)));
+    // Replacing a device with a smaller ITT makes room.
+    mapd(4, 14);
+    mapd(5, 0);
+    r.mapti(5, 0, LPI0, 0);
+    assert!(r.its.lookup(5, 0).is_some());
+    assert_eq!(r.its.error_count(), 2);
+    // Growing one back past the quota is refused, and leaves it as it was.
+    r.mapti(4, 7, LPI0 + 1, 0);
+    mapd(4, 15);
+    assert_eq!(r.its.last_error(), Some(CmdError::IttQuota(4)));
+    assert!(r.its.lookup(4, 7).is_some());
+}
+
+/// The vGIC's LPI table allocates a block of INTIDs when the first of them
+/// is mapped and keeps it; however sparse a guest's INTIDs (GICD_TYPER.IDbits
+/// up to 24 here), the blocks stay bounded, and a MAPTI beyond is ignored.
+#[test]
+fn the_lpi_table_is_bounded_however_sparse_the_intids() {
+    let mut vgic = vigil_vgic::VgicConfig::simple(1);
+    vgic.lpi_id_bits = 24;
+    let r = Rig::with_vgic(vgic, vigil_vits::VitsConfig::default());
+    r.mapd(1, 7);
+    // One INTID per 2^17: a block each.
+    for k in 0..127u32 {
+        r.mapti(1, k, LPI0 + (k << 17), 0);
+    }
+    let mapped = r.vgic.lock().lpi_count() as u32;
+    assert!(
+        (64..127).contains(&mapped),
+        "{mapped} blocks: at least 2^17 INTIDs' worth, not all"
+    );
+    assert_eq!(r.its.error_count(), u64::from(127 - mapped));
+    assert_eq!(
+        r.its.last_error(),
+        Some(CmdError::LpiTableFull(LPI0 + (126 << 17)))
+    );
+    // An allocated block stays: its INTIDs can be mapped again after a
+    // DISCARD, and a neighbour in the same block too.
+    r.discard(1, 0);
+    r.mapti(1, 0, LPI0, 0);
+    r.mapti(1, 200, LPI0 + 1, 0);
+    assert_eq!(r.vgic.lock().lpi_count() as u32, mapped + 1);
+    assert_eq!(r.its.error_count(), u64::from(127 - mapped));
+}

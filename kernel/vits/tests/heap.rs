@@ -53,7 +53,6 @@ fn a_vits_at_its_quota_fits_its_heap_allowance() {
         vgic.lpi_id_bits = 17;
         let r = Rig::with_vgic(vgic, VitsConfig::default());
         let lpis = (1u32 << 17) - LPI0;
-        r.map_two_full_devices();
         let order = |k: u32| {
             if scattered {
                 k.wrapping_mul(40503) % MAX_MAPPINGS
@@ -72,9 +71,11 @@ fn a_vits_at_its_quota_fits_its_heap_allowance() {
                 }
             })
             .collect();
-        // The commands are the guest's, not the hypervisor's heap.
+        // The commands are the guest's, not the hypervisor's heap; the
+        // ITTs that MAPD allocates are the hypervisor's.
         let base = IN_USE.load(Ordering::Relaxed);
         PEAK.store(base, Ordering::Relaxed);
+        r.map_two_full_devices();
         for chunk in cmds.chunks(1024) {
             r.cmds(chunk);
         }
