@@ -60,6 +60,29 @@ pub unsafe fn read(src: *const u8, dst: &mut [u8]) {
     }
 }
 
+/// Read `out.len()` little-endian 64-bit words from shared memory at
+/// `src` (a guest's table entries, ITS commands): one 64-bit load each when
+/// `src` is 8-byte aligned, so no word is torn.
+///
+/// # Safety
+/// As [`read`], for `8 * out.len()` bytes at `src`.
+pub unsafe fn read_le_u64s(src: *const u8, out: &mut [u64]) {
+    if !(src as usize).is_multiple_of(8) {
+        for (i, w) in out.iter_mut().enumerate() {
+            let mut b = [0; 8];
+            // SAFETY: in range (the caller's contract).
+            unsafe { read(src.add(8 * i), &mut b) };
+            *w = u64::from_le_bytes(b);
+        }
+        return;
+    }
+    for (i, w) in out.iter_mut().enumerate() {
+        // SAFETY: in range and 8-byte aligned.
+        let v = unsafe { AtomicU64::from_ptr(src.add(8 * i) as *mut u64) }.load(Ordering::Relaxed);
+        *w = u64::from_le(v);
+    }
+}
+
 /// Copy `src` into shared memory at `dst`.
 ///
 /// # Safety

@@ -55,6 +55,24 @@ fn copies_every_alignment_and_length_exactly() {
     }
 }
 
+#[test]
+fn reads_little_endian_words_at_any_alignment() {
+    let mem = Shared::new(4);
+    let init: Vec<u8> = (1..=32u8).collect();
+    // SAFETY: 32 bytes in range; no other thread touches it.
+    unsafe { vigil_guestmem::write(mem.base(), &init) };
+    for off in [0, 3, 8] {
+        let mut out = [0u64; 2];
+        // SAFETY: `off + 16 <= 32`.
+        unsafe { vigil_guestmem::read_le_u64s(mem.base().add(off), &mut out) };
+        for (i, w) in out.iter().enumerate() {
+            let at = off + 8 * i;
+            let want = u64::from_le_bytes(init[at..at + 8].try_into().unwrap());
+            assert_eq!(*w, want, "word {i} at offset {off}");
+        }
+    }
+}
+
 fn rounds() -> usize {
     if cfg!(miri) {
         20

@@ -463,23 +463,8 @@ impl GuestMemory for Vm {
         let pa = self
             .ram_pa(gpa, 8 * out.len() as u64)
             .ok_or(MemError::OutOfRam)?;
-        if !pa.is_multiple_of(8) {
-            for (k, w) in out.iter_mut().enumerate() {
-                let mut b = [0u8; 8];
-                copy_from_guest(pa + 8 * k as u64, &mut b);
-                *w = u64::from_le_bytes(b);
-            }
-            return Ok(());
-        }
-        for (k, w) in out.iter_mut().enumerate() {
-            // SAFETY: as in `copy_from_guest`: inside the VM's RAM (checked
-            // above), identity-mapped and 8-byte aligned; the guest may
-            // write it meanwhile, which an atomic load makes defined.
-            *w = u64::from_le(
-                unsafe { AtomicU64::from_ptr((pa + 8 * k as u64) as *mut u64) }
-                    .load(Ordering::Relaxed),
-            );
-        }
+        // SAFETY: as in `read`.
+        unsafe { vigil_guestmem::read_le_u64s(pa as *const u8, out) };
         Ok(())
     }
 }
