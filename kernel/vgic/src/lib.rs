@@ -68,7 +68,9 @@ use alloc::vec::Vec;
 
 pub use irq::{LPI_BASE, MAINTENANCE_PPI, SPI_BASE, VTIMER_PPI};
 pub use mem::{GuestMemory, MemError, NoMemory};
-pub use mmio::{read_lpi_config, GICD_SIZE, GICR_SGI_BASE, GICR_STRIDE, VGIC_IIDR};
+pub use mmio::{
+    merge_part, read_lpi_config, read_part, GICD_SIZE, GICR_SGI_BASE, GICR_STRIDE, VGIC_IIDR,
+};
 pub use regs::{
     mpidr_aff, CpuIfContext, IchHcr, IchMisr, IchVtr, LrState, LrValue, SgiRequest, VtimerContext,
 };

@@ -637,15 +637,29 @@ fn gicr_typer_r(st: &VgicState, a: &Acc) -> u64 {
 }
 
 fn half(v: u64, a: &Acc) -> u64 {
-    match (a.len, a.off % 8) {
+    read_part(v, a.len, u64::from(a.off))
+}
+
+fn merge_half(old: u64, v: u64, a: &Acc) -> u64 {
+    merge_part(old, v, a.len, u64::from(a.off))
+}
+
+/// The part of 64-bit register value `v` that an access of `len` bytes at
+/// byte `off` of it reads: all of it, or the 32-bit half `off` names (a
+/// 64-bit GIC register permits 32-bit accesses to either half, IHI 0069
+/// §12.1.3). Shared with the vITS's register frame.
+pub fn read_part(v: u64, len: u8, off: u64) -> u64 {
+    match (len, off % 8) {
         (8, _) => v,
         (_, 0) => v & 0xffff_ffff,
         _ => v >> 32,
     }
 }
 
-fn merge_half(old: u64, v: u64, a: &Acc) -> u64 {
-    match (a.len, a.off % 8) {
+/// 64-bit register value `old` with the part an access of `len` bytes at
+/// byte `off` writes replaced by `v` (see [`read_part`]).
+pub fn merge_part(old: u64, v: u64, len: u8, off: u64) -> u64 {
+    match (len, off % 8) {
         (8, _) => v,
         (_, 0) => (old & !0xffff_ffff) | (v & 0xffff_ffff),
         _ => (old & 0xffff_ffff) | (v << 32),

@@ -1300,20 +1300,12 @@ fn wi(_: &Vits, _: &Acc, _: u64, _: &dyn GuestMemory) -> Kick {
 
 /// The part of 64-bit register value `v` that access `a` reads.
 fn half(v: u64, a: &Acc) -> u64 {
-    match (a.len, a.off % 8) {
-        (8, _) => v,
-        (_, 0) => v & 0xffff_ffff,
-        _ => v >> 32,
-    }
+    vigil_vgic::read_part(v, a.len, a.off)
 }
 
 /// 64-bit register value `old` with access `a`'s part replaced by `value`.
 fn merge(old: u64, value: u64, a: &Acc) -> u64 {
-    match (a.len, a.off % 8) {
-        (8, _) => value,
-        (_, 0) => (old & !0xffff_ffff) | (value & 0xffff_ffff),
-        _ => (old & 0xffff_ffff) | (value << 32),
-    }
+    vigil_vgic::merge_part(old, value, a.len, a.off)
 }
 
 /// `GITS_CTLR` (IHI 0069 ch. 12, GITS_CTLR): Enabled, and Quiescent — all processing is
