@@ -7,11 +7,16 @@ pub mod mmu;
 pub mod sysreg;
 
 use aarch64_cpu::registers::{CurrentEL, Readable, CNTFRQ_EL0, CNTPCT_EL0, MPIDR_EL1, TPIDR_EL2};
+use vigil_platform::MAX_CPUS;
 
 /// Logical index of the running CPU (set in TPIDR_EL2 at entry).
 #[inline]
 pub fn cpu_index() -> usize {
-    TPIDR_EL2.get() as usize
+    // The mask is free (one AND) and lets the compiler drop the bounds
+    // check of every per-CPU array on the exit path; boot only ever stores
+    // an index below MAX_CPUS, so it never changes the value.
+    const _: () = assert!(MAX_CPUS.is_power_of_two());
+    TPIDR_EL2.get() as usize & (MAX_CPUS - 1)
 }
 
 pub fn mpidr() -> u64 {

@@ -174,11 +174,17 @@ impl Vm {
     /// Make the vCPUs in `vcpus` look at their interrupts: their CPUs
     /// leave the guest, or wake from WFI. One SGI write per cluster of
     /// target CPUs; vCPUs sharing a CPU kick it once.
+    #[inline]
     pub fn kick(&self, vcpus: Kick) {
-        // Every exit comes here, nearly always with nothing to kick.
-        if vcpus.is_empty() {
-            return;
+        // Every exit comes here, nearly always with nothing to kick: the
+        // test is inlined into the caller, the rest is not.
+        if !vcpus.is_empty() {
+            self.kick_some(vcpus);
         }
+    }
+
+    #[inline(never)]
+    fn kick_some(&self, vcpus: Kick) {
         let all = self.vcpus();
         let mut two = vcpus.iter();
         match (two.next(), two.next()) {
