@@ -8,6 +8,7 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod intid;
 pub mod its_cmd;
 pub mod lpi;
 pub mod queue;
@@ -15,11 +16,8 @@ pub mod redist;
 pub mod regs;
 pub mod sgi;
 
-/// First LPI INTID (IHI 0069 §1.2.1, "INTID ranges").
-pub const LPI_BASE: u32 = 8192;
-/// INTIDs 1020..1023 are special; 1023 means "no pending interrupt".
+pub use intid::{IntId, IntKind, LPI_BASE, PPI_BASE, SPI_BASE};
+/// The special INTID meaning "no pending interrupt".
 pub const SPURIOUS: u32 = 1023;
-/// SGIs are 0..15, PPIs 16..31, SPIs 32..1019.
-pub const SGI_COUNT: u32 = 16;
-pub const PPI_BASE: u32 = 16;
-pub const SPI_BASE: u32 = 32;
+/// SGIs are 0..15.
+pub const SGI_COUNT: u32 = PPI_BASE;

@@ -1,10 +1,8 @@
 //! Per-interrupt state (IHI 0069 ch. 4, "Interrupt states" and the
 //! interrupt handling state machine).
 
-/// First SPI INTID.
-pub const SPI_BASE: u32 = 32;
-/// First LPI INTID (IHI 0069 ch. 2, "INTIDs").
-pub const LPI_BASE: u32 = 8192;
+pub use vigil_gic::intid::{IntId, IntKind, LPI_BASE, SPI_BASE};
+
 /// The EL1 virtual timer PPI (CNTV), linked to the physical one with the LR
 /// HW bit.
 pub const VTIMER_PPI: u32 = 27;
@@ -64,7 +62,7 @@ impl Irq {
             priority: 0,
             group1: true,
             // SGIs are always edge; PPIs and SPIs reset to level.
-            level: (16..LPI_BASE).contains(&intid),
+            level: matches!(IntId::new(intid).kind(), IntKind::Ppi | IntKind::Spi),
             target,
             irouter: 0,
             hw: None,
@@ -105,6 +103,6 @@ impl Irq {
     }
 
     pub fn is_lpi(&self) -> bool {
-        self.intid >= LPI_BASE
+        IntId::new(self.intid).is_lpi()
     }
 }

@@ -66,7 +66,7 @@ mod tests;
 
 use alloc::vec::Vec;
 
-pub use irq::{LPI_BASE, MAINTENANCE_PPI, SPI_BASE, VTIMER_PPI};
+pub use irq::{IntId, IntKind, LPI_BASE, MAINTENANCE_PPI, SPI_BASE, VTIMER_PPI};
 pub use mem::{GuestMemory, MemError, NoMemory};
 pub use mmio::{
     merge_part, read_lpi_config, read_part, GICD_SIZE, GICR_SGI_BASE, GICR_STRIDE, VGIC_IIDR,

@@ -12,7 +12,7 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
-use crate::irq::{Irq, LPI_BASE};
+use crate::irq::{IntId, Irq, LPI_BASE};
 
 /// LPIs per block: as many as fill a 128 KiB heap block (the buddy
 /// allocator serves powers of two, so a round count of entries would
@@ -47,7 +47,7 @@ impl LpiTable {
     }
 
     fn index(intid: u32) -> Option<(usize, usize)> {
-        let off = intid.checked_sub(LPI_BASE)? as usize;
+        let off = IntId::new(intid).lpi_index()? as usize;
         Some((off / LPI_BLOCK, off % LPI_BLOCK))
     }
 

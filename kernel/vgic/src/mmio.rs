@@ -9,7 +9,7 @@
 //! routing is enabled") and SGIs/PPIs are programmed through each redistributor's
 //! SGI_base frame.
 
-use crate::irq::{Irq, SPI_BASE};
+use crate::irq::{IntId, Irq, SPI_BASE};
 use crate::mem::GuestMemory;
 use crate::regs::mpidr_aff;
 use crate::state::{LpiConfig, VgicState};
@@ -345,10 +345,11 @@ pub(crate) fn write(
 /// INTIDs reachable through this frame: SPIs through the distributor,
 /// SGIs/PPIs through a redistributor (ARE = 1).
 fn reachable(st: &VgicState, a: &Acc, intid: u32) -> bool {
+    let id = IntId::new(intid);
     if a.dist {
-        intid >= SPI_BASE && intid < st.nr_irqs()
+        id.is_spi() && intid < st.nr_irqs()
     } else {
-        intid < SPI_BASE
+        id.is_private()
     }
 }
 
@@ -714,10 +715,11 @@ fn pendbaser_w(st: &mut VgicState, a: &Acc, v: u64, _: &mut Kick) {
 /// `mem`, or `None` if PROPBASER does not cover it or it is outside RAM.
 pub fn read_lpi_config(propbaser: u64, intid: u32, mem: &dyn GuestMemory) -> Option<LpiConfig> {
     let idbits = (propbaser & 0x1f) as u32 + 1;
-    if idbits < 14 || (idbits < 32 && intid >= 1 << idbits) || intid < crate::irq::LPI_BASE {
+    let index = IntId::new(intid).lpi_index()?;
+    if idbits < 14 || (idbits < 32 && intid >= 1 << idbits) {
         return None;
     }
-    let addr = (propbaser & 0x000f_ffff_ffff_f000) + u64::from(intid - crate::irq::LPI_BASE);
+    let addr = (propbaser & 0x000f_ffff_ffff_f000) + u64::from(index);
     if !mem.is_ram(addr, 1) {
         return None;
     }

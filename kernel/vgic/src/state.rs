@@ -23,7 +23,7 @@
 
 use alloc::vec::Vec;
 
-use crate::irq::{Irq, LPI_BASE, SPI_BASE};
+use crate::irq::{IntId, IntKind, Irq, SPI_BASE};
 use crate::lpis::LpiTable;
 use crate::regs::{mpidr_aff, IchHcr, IchMisr, LrState, LrValue, SgiRequest};
 use crate::Kick;
@@ -249,22 +249,20 @@ impl VgicState {
     }
 
     pub(crate) fn irq(&self, v: usize, intid: u32) -> Option<&Irq> {
-        if intid < SPI_BASE {
-            self.vcpus.get(v)?.private.get(intid as usize)
-        } else if intid < LPI_BASE {
-            self.spis.get((intid - SPI_BASE) as usize)
-        } else {
-            self.lpis.get(intid)
+        match IntId::new(intid).kind() {
+            IntKind::Sgi | IntKind::Ppi => self.vcpus.get(v)?.private.get(intid as usize),
+            IntKind::Spi => self.spis.get((intid - SPI_BASE) as usize),
+            IntKind::Lpi => self.lpis.get(intid),
+            IntKind::Special | IntKind::Reserved => None,
         }
     }
 
     pub(crate) fn irq_mut(&mut self, v: usize, intid: u32) -> Option<&mut Irq> {
-        if intid < SPI_BASE {
-            self.vcpus.get_mut(v)?.private.get_mut(intid as usize)
-        } else if intid < LPI_BASE {
-            self.spis.get_mut((intid - SPI_BASE) as usize)
-        } else {
-            self.lpis.get_mut(intid)
+        match IntId::new(intid).kind() {
+            IntKind::Sgi | IntKind::Ppi => self.vcpus.get_mut(v)?.private.get_mut(intid as usize),
+            IntKind::Spi => self.spis.get_mut((intid - SPI_BASE) as usize),
+            IntKind::Lpi => self.lpis.get_mut(intid),
+            IntKind::Special | IntKind::Reserved => None,
         }
     }
 
@@ -327,7 +325,8 @@ impl VgicState {
                 self.vcpus[o]
                     .ap
                     .retain(|e| !(e.intid == intid && e.zombie.is_none()));
-                let target = want.filter(|&t| intid >= SPI_BASE || t == v);
+                // A banked interrupt only ever belongs to its own vCPU.
+                let target = want.filter(|&t| !IntId::new(intid).is_private() || t == v);
                 if let Some(t) = target {
                     self.vcpus[t].ap.push(ApEntry {
                         intid,
@@ -711,7 +710,7 @@ impl VgicState {
     /// Whether `intid` is an LPI INTID this VM supports
     /// (`GICD_TYPER.IDbits`).
     pub fn lpi_in_range(&self, intid: u32) -> bool {
-        intid >= LPI_BASE && u64::from(intid) < (1u64 << self.lpi_id_bits)
+        IntId::new(intid).is_lpi() && u64::from(intid) < (1u64 << self.lpi_id_bits)
     }
 
     /// One more ITE maps to `intid` (MAPTI, MAPI). The first mapping creates

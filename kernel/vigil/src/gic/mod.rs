@@ -14,7 +14,7 @@ use spin::Once;
 use tock_registers::interfaces::{Readable, Writeable};
 use vigil_gic::redist::{self, Redist};
 use vigil_gic::regs::{self, gicd_ctlr, gicr, GicdRegs, GicrRegs, Shareability};
-use vigil_gic::{LPI_BASE, SPURIOUS};
+use vigil_gic::{IntId, LPI_BASE, SPURIOUS};
 use vigil_platform::{CpuList, GicInfo, MAX_CPUS};
 
 use crate::arch::{self, sysreg};
@@ -375,7 +375,7 @@ pub fn set_lpi_handler(handler: Handler) {
 
 /// Enable an SGI or PPI on this CPU.
 pub fn enable_local(intid: u32) {
-    debug_assert!(intid < 32);
+    debug_assert!(IntId::new(intid).is_private());
     gicr_this().isenabler0.set(1 << intid);
 }
 
@@ -403,8 +403,11 @@ pub fn enable_spi(intid: u32, mpidr: u64) {
 /// ITS (or redistributor) sees it after an INV/INVALL/SYNC.
 pub fn set_lpi_config(intid: u32, priority: u8, enabled: bool) {
     let g = gic();
-    let off = (intid - LPI_BASE) as u64;
-    let at = g.prop_table + off;
+    let Some(off) = IntId::new(intid).lpi_index() else {
+        log::error!("gic: set_lpi_config of INTID {intid}, not an LPI");
+        return;
+    };
+    let at = g.prop_table + u64::from(off);
     // SAFETY: `intid` is an LPI below 2^lpi_id_bits, so `at` is inside the
     // configuration table, which belongs to the GIC driver.
     unsafe { core::ptr::write_volatile(at as *mut u8, regs::lpi_config(priority, enabled)) };
@@ -471,7 +474,8 @@ pub fn handle_irq() {
             }
             return;
         }
-        let h = if intid >= LPI_BASE {
+        let id = IntId::new(intid);
+        let h = if id.is_lpi() {
             LPI_HANDLER.load(Ordering::Acquire)
         } else if (intid as usize) < HANDLERS.len() {
             HANDLERS[intid as usize].load(Ordering::Acquire)
@@ -491,10 +495,10 @@ pub fn handle_irq() {
         sysreg::set_icc_eoir1_el1(intid as u64);
         // LPIs have no active state; forwarded interrupts are deactivated
         // by the guest.
-        if intid < 32 && KEEP_ACTIVE.load(Ordering::Relaxed) & (1 << intid) != 0 {
+        if id.is_private() && KEEP_ACTIVE.load(Ordering::Relaxed) & (1 << intid) != 0 {
             continue;
         }
-        if intid < LPI_BASE {
+        if !id.is_lpi() {
             sysreg::set_icc_dir_el1(intid as u64);
         }
     }
