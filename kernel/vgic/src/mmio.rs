@@ -476,7 +476,7 @@ fn icfgr_r(st: &VgicState, a: &Acc) -> u64 {
 /// SGIs are always edge-triggered (their field is RO 0b10).
 fn icfgr_w(st: &mut VgicState, a: &Acc, v: u64, k: &mut Kick) {
     write_field(st, a, v, k, false, |i, f| {
-        if i.intid >= 16 {
+        if !IntId::new(i.intid).is_sgi() {
             i.level = f & 2 == 0;
         }
     });
