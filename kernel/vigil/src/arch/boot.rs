@@ -100,8 +100,8 @@ _secondary_entry:
     adrp    x9, exception_vectors
     add     x9, x9, :lo12:exception_vectors
     msr     vbar_el2, x9
-    // CPTR_EL2 (E2H=0 layout): RES1 bits, TFP=0 so FP/SIMD does not trap.
-    mov     x9, #0x33ff
+    // CPTR_EL2: FP/SIMD untrapped, SVE and SME trapped (sysreg::CPTR_EL2_RUN).
+    ldr     x9, ={cptr}
     msr     cptr_el2, x9
     // SCTLR_EL2: RES1 bits only, MMU and caches off until Rust enables them.
     ldr     x9, ={sctlr_res1}
@@ -116,6 +116,7 @@ _secondary_entry:
 "#,
     slot = const SLOT,
     sctlr_res1 = const super::mmu::SCTLR_EL2_RES1,
+    cptr = const super::sysreg::CPTR_EL2_RUN,
 );
 
 extern "C" {

@@ -6,6 +6,7 @@
 //! (SCTLR_EL2.WXN also forbids executing anything writable). The guard page
 //! under each CPU's stack stays unmapped.
 
+use aarch64_cpu::registers::{SCTLR_EL2, TCR_EL2};
 use aarch64_paging::descriptor::El23Attributes as A;
 use aarch64_paging::idmap::IdMap;
 use aarch64_paging::paging::{El2, MemoryRegion};
@@ -15,14 +16,11 @@ use spin::Mutex;
 
 use super::boot::{self, SECONDARY_MMU};
 
-/// SCTLR_EL2 bits that are RES1 with HCR_EL2.E2H == 0 (Arm ARM D24.2.146).
+/// SCTLR_EL2 bits that are RES1 with HCR_EL2.E2H == 0 (Arm ARM D24.2.146):
+/// 4, 5, 11, 16, 18, 22, 23, 28 and 29 (`aarch64-cpu` names none of them,
+/// and gives 11 and 22 other meanings: EOS, EIS, which need FEAT_ExS).
 pub const SCTLR_EL2_RES1: u64 =
     (1 << 4) | (1 << 5) | (1 << 11) | (1 << 16) | (1 << 18) | (3 << 22) | (3 << 28);
-const SCTLR_M: u64 = 1 << 0;
-const SCTLR_C: u64 = 1 << 2;
-const SCTLR_SA: u64 = 1 << 3;
-const SCTLR_I: u64 = 1 << 12;
-const SCTLR_WXN: u64 = 1 << 19;
 
 /// MAIR_EL2: index 0 Device-nGnRE, index 1 Normal inner/outer write-back
 /// read/write-allocate.
@@ -92,7 +90,13 @@ pub fn init(ram: (u64, u64), devices: &[DeviceRange]) -> Result<(), MapError> {
 
     let ttbr = idmap.root_address().0 as u64;
     let tcr = tcr_value();
-    let sctlr = SCTLR_EL2_RES1 | SCTLR_M | SCTLR_C | SCTLR_I | SCTLR_SA | SCTLR_WXN;
+    let sctlr = SCTLR_EL2_RES1
+        | (SCTLR_EL2::M::Enable
+            + SCTLR_EL2::C::Cacheable
+            + SCTLR_EL2::I::Cacheable
+            + SCTLR_EL2::SA::Enable
+            + SCTLR_EL2::WXN::Enable)
+            .value;
     for (slot, v) in SECONDARY_MMU.iter().zip([MAIR, tcr, ttbr, sctlr]) {
         slot.store(v, Ordering::Relaxed);
     }
@@ -116,8 +120,15 @@ pub fn init(ram: (u64, u64), devices: &[DeviceRange]) -> Result<(), MapError> {
 fn tcr_value() -> u64 {
     use aarch64_cpu::registers::{Readable, ID_AA64MMFR0_EL1};
     let parange = ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange).min(5);
+    // Bits 31 and 23 are RES1 (`aarch64-cpu` does not name them).
     const RES1: u64 = (1 << 31) | (1 << 23);
-    RES1 | (parange << 16) | (3 << 12) | (1 << 10) | (1 << 8) | 16
+    RES1 | (TCR_EL2::PS.val(parange)
+        + TCR_EL2::TG0::KiB_4
+        + TCR_EL2::SH0::Inner
+        + TCR_EL2::ORGN0::WriteBack_ReadAlloc_WriteAlloc_Cacheable
+        + TCR_EL2::IRGN0::WriteBack_ReadAlloc_WriteAlloc_Cacheable
+        + TCR_EL2::T0SZ.val(16))
+    .value
 }
 
 /// # Safety
@@ -162,10 +173,8 @@ pub fn clean_to_poc(addr: u64, len: usize) {
 
 /// Whether stage-1 translation is on for this CPU.
 pub fn enabled() -> bool {
-    let sctlr: u64;
-    // SAFETY: reading SCTLR_EL2 has no side effects.
-    unsafe { core::arch::asm!("mrs {}, sctlr_el2", out(reg) sctlr, options(nomem, nostack)) };
-    sctlr & SCTLR_M != 0
+    use aarch64_cpu::registers::Readable;
+    SCTLR_EL2.is_set(SCTLR_EL2::M)
 }
 
 /// Sanity check that the linker script and `boot` agree on stack layout.

@@ -1,6 +1,39 @@
 //! System registers without a typed accessor in `aarch64-cpu`, by their
 //! generic encodings (so no assembler extension is needed).
 
+use tock_registers::register_bitfields;
+
+register_bitfields! {u64,
+    /// CPTR_EL2 with HCR_EL2.E2H == 0 (Arm ARM D24.2.31); `aarch64-cpu`
+    /// names only TAM.
+    pub CPTR_EL2_NVHE [
+        /// Trap CPACR_EL1 accesses.
+        TCPAC OFFSET(31) NUMBITS(1) [],
+        /// Trap Activity Monitor accesses.
+        TAM OFFSET(30) NUMBITS(1) [],
+        /// Trap trace register accesses.
+        TTA OFFSET(20) NUMBITS(1) [],
+        RES1_13 OFFSET(13) NUMBITS(1) [],
+        /// Trap SME.
+        TSM OFFSET(12) NUMBITS(1) [],
+        /// Trap FP/SIMD.
+        TFP OFFSET(10) NUMBITS(1) [],
+        RES1_9 OFFSET(9) NUMBITS(1) [],
+        /// Trap SVE.
+        TZ OFFSET(8) NUMBITS(1) [],
+        RES1_7_0 OFFSET(0) NUMBITS(8) [],
+    ]
+}
+
+/// CPTR_EL2 from boot on: FP/SIMD untrapped (the guests' FP registers are
+/// switched lazily, `vm::switch`), SVE and SME trapped (their state is not
+/// switched, so no guest may use it).
+pub const CPTR_EL2_RUN: u64 = CPTR_EL2_NVHE::RES1_7_0.val(0xff).value
+    | CPTR_EL2_NVHE::RES1_9::SET.value
+    | CPTR_EL2_NVHE::RES1_13::SET.value
+    | CPTR_EL2_NVHE::TZ::SET.value
+    | CPTR_EL2_NVHE::TSM::SET.value;
+
 /// `sysreg!(doc, read, write, "encoding")` defines the accessors; `_` in
 /// place of a name leaves out one Vigil does not use (a read-only register,
 /// or one only written).
