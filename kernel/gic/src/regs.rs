@@ -4,8 +4,9 @@
 //! Offsets are from IHI 0069H chapter 12: GICD §12.9, GICR §12.10-12.11,
 //! GITS §12.19.
 
-use tock_registers::register_structs;
+use tock_registers::fields::Field;
 use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly};
+use tock_registers::{register_bitfields, register_structs, RegisterLongName};
 
 register_structs! {
     /// Distributor (GICD), 64 KiB.
@@ -288,18 +289,69 @@ impl GitsTyper {
     }
 }
 
+register_bitfields! {u64,
+    /// GICR_PROPBASER (§12.11.29); bits not named here are RES0.
+    pub GICR_PROPBASER [
+        OuterCache OFFSET(56) NUMBITS(3) [],
+        /// Bits \[51:12\] of the LPI configuration table's address.
+        PhysicalAddress OFFSET(12) NUMBITS(40) [],
+        Shareability OFFSET(10) NUMBITS(2) [],
+        InnerCache OFFSET(7) NUMBITS(3) [],
+        /// LPI INTID bits supported, minus one.
+        IDbits OFFSET(0) NUMBITS(5) [],
+    ],
+    /// GICR_PENDBASER (§12.11.30); bits not named here are RES0.
+    pub GICR_PENDBASER [
+        /// Pending Table Zero: write-only, reads as 0.
+        PTZ OFFSET(62) NUMBITS(1) [],
+        OuterCache OFFSET(56) NUMBITS(3) [],
+        /// Bits \[51:16\] of the LPI pending table's address.
+        PhysicalAddress OFFSET(16) NUMBITS(36) [],
+        Shareability OFFSET(10) NUMBITS(2) [],
+        InnerCache OFFSET(7) NUMBITS(3) [],
+    ]
+}
+
+/// The bits of `field` in place, as a mask.
+pub const fn field_mask<R: RegisterLongName>(field: Field<u64, R>) -> u64 {
+    field.mask << field.shift
+}
+
+/// GICR_PROPBASER's address field: the configuration table's base.
+pub const PROPBASER_PA: u64 = field_mask(GICR_PROPBASER::PhysicalAddress);
+/// Every field of GICR_PROPBASER.
+pub const PROPBASER_FIELDS: u64 = field_mask(GICR_PROPBASER::OuterCache)
+    | PROPBASER_PA
+    | field_mask(GICR_PROPBASER::Shareability)
+    | field_mask(GICR_PROPBASER::InnerCache)
+    | field_mask(GICR_PROPBASER::IDbits);
+/// GICR_PENDBASER's address field: the pending table's base.
+pub const PENDBASER_PA: u64 = field_mask(GICR_PENDBASER::PhysicalAddress);
+pub const PENDBASER_PTZ: u64 = field_mask(GICR_PENDBASER::PTZ);
+/// Every field of GICR_PENDBASER.
+pub const PENDBASER_FIELDS: u64 = PENDBASER_PTZ
+    | field_mask(GICR_PENDBASER::OuterCache)
+    | PENDBASER_PA
+    | field_mask(GICR_PENDBASER::Shareability)
+    | field_mask(GICR_PENDBASER::InnerCache);
+
 /// GICR_PROPBASER (§12.11.29): table of 2^id_bits - 8192 bytes at `pa`.
 pub fn propbaser(pa: u64, id_bits: u32, share: Shareability, cache: u64) -> u64 {
-    (cache & 7) << 7
-        | (share as u64) << 10
-        | (pa & 0x000f_ffff_ffff_f000)
-        | ((id_bits - 1) & 0x1f) as u64
+    (GICR_PROPBASER::InnerCache.val(cache & 7)
+        + GICR_PROPBASER::Shareability.val(share as u64)
+        + GICR_PROPBASER::IDbits.val(u64::from(id_bits - 1) & 0x1f))
+    .value
+        | (pa & PROPBASER_PA)
 }
 
 /// GICR_PENDBASER (§12.11.30): pending table at `pa` (64 KiB aligned);
 /// PTZ says it is known to be zero.
 pub fn pendbaser(pa: u64, ptz: bool, share: Shareability, cache: u64) -> u64 {
-    (ptz as u64) << 62 | (cache & 7) << 7 | (share as u64) << 10 | (pa & 0x000f_ffff_ffff_0000)
+    (GICR_PENDBASER::PTZ.val(u64::from(ptz))
+        + GICR_PENDBASER::InnerCache.val(cache & 7)
+        + GICR_PENDBASER::Shareability.val(share as u64))
+    .value
+        | (pa & PENDBASER_PA)
 }
 
 /// Shareability field of GICR_PROPBASER/PENDBASER, bits [11:10].

@@ -14,6 +14,10 @@ use crate::mem::GuestMemory;
 use crate::regs::mpidr_aff;
 use crate::state::{LpiConfig, VgicState};
 use crate::Kick;
+use vigil_gic::regs::{
+    field_mask, GICR_PROPBASER, PENDBASER_FIELDS, PENDBASER_PA, PENDBASER_PTZ, PROPBASER_FIELDS,
+    PROPBASER_PA,
+};
 
 pub(crate) const W8: u8 = 1;
 pub(crate) const W32: u8 = 4;
@@ -681,12 +685,6 @@ fn gicr_waker_w(st: &mut VgicState, a: &Acc, v: u64, _: &mut Kick) {
     st.vcpus[a.bank].sleep = v & WAKER_SLEEP != 0;
 }
 
-/// PA \[51:12\], IDbits \[4:0\] and the cacheability/shareability fields.
-const PROPBASER_MASK: u64 = 0x0f8f_ffff_ffff_ff9f;
-const PENDBASER_PA: u64 = 0x000f_ffff_ffff_0000;
-const PENDBASER_PTZ: u64 = 1 << 62;
-const PENDBASER_MASK: u64 = 0x4f8f_ffff_ffff_0f80;
-
 fn propbaser_r(st: &VgicState, a: &Acc) -> u64 {
     half(st.propbaser, a)
 }
@@ -697,7 +695,7 @@ fn propbaser_w(st: &mut VgicState, a: &Acc, v: u64, _: &mut Kick) {
         crate::guest_warn!("vgic: GICR_PROPBASER write with EnableLPIs set, ignored");
         return;
     }
-    st.propbaser = merge_half(st.propbaser, v, a) & PROPBASER_MASK;
+    st.propbaser = merge_half(st.propbaser, v, a) & PROPBASER_FIELDS;
 }
 fn pendbaser_r(st: &VgicState, a: &Acc) -> u64 {
     half(st.vcpus[a.bank].pendbaser & !PENDBASER_PTZ, a)
@@ -708,18 +706,18 @@ fn pendbaser_w(st: &mut VgicState, a: &Acc, v: u64, _: &mut Kick) {
         return;
     }
     let c = &mut st.vcpus[a.bank];
-    c.pendbaser = merge_half(c.pendbaser, v, a) & PENDBASER_MASK;
+    c.pendbaser = merge_half(c.pendbaser, v, a) & PENDBASER_FIELDS;
 }
 
 /// Decode the LPI configuration of `intid` from the property table through
 /// `mem`, or `None` if PROPBASER does not cover it or it is outside RAM.
 pub fn read_lpi_config(propbaser: u64, intid: u32, mem: &dyn GuestMemory) -> Option<LpiConfig> {
-    let idbits = (propbaser & 0x1f) as u32 + 1;
+    let idbits = (propbaser & field_mask(GICR_PROPBASER::IDbits)) as u32 + 1;
     let index = IntId::new(intid).lpi_index()?;
     if idbits < 14 || (idbits < 32 && intid >= 1 << idbits) {
         return None;
     }
-    let addr = (propbaser & 0x000f_ffff_ffff_f000) + u64::from(index);
+    let addr = (propbaser & PROPBASER_PA) + u64::from(index);
     if !mem.is_ram(addr, 1) {
         return None;
     }

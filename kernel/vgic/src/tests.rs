@@ -421,6 +421,19 @@ fn gicr_frames() {
     assert_eq!(g.gicr_read(0x78, 8), 0x5000_0000, "PTZ reads as 0");
 }
 
+/// GICR_PROPBASER and GICR_PENDBASER keep only their architected fields
+/// (IHI 0069 §12.11.29-30): OuterCache [58:56], the address, Shareability
+/// [11:10], InnerCache [9:7], and IDbits [4:0] (PROPBASER); every RES0
+/// bit, 59 and 55 included, reads as zero.
+#[test]
+fn lpi_table_bases_keep_only_their_fields() {
+    let g = vgic(1);
+    g.gicr_write(0x70, 8, u64::MAX, &NoMemory);
+    assert_eq!(g.gicr_read(0x70, 8), 0x070f_ffff_ffff_ff9f);
+    g.gicr_write(0x78, 8, u64::MAX, &NoMemory);
+    assert_eq!(g.gicr_read(0x78, 8), 0x070f_ffff_ffff_0f80);
+}
+
 // ---- property test against a reference model ----
 
 use proptest::prelude::*;
