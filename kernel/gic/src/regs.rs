@@ -312,7 +312,8 @@ register_bitfields! {u64,
     ]
 }
 
-/// The bits of `field` in place, as a mask.
+/// The bits of `field` in place, as a mask. (A field's `val` already
+/// truncates its value to the field's width.)
 pub const fn field_mask<R: RegisterLongName>(field: Field<u64, R>) -> u64 {
     field.mask << field.shift
 }
@@ -337,9 +338,9 @@ pub const PENDBASER_FIELDS: u64 = PENDBASER_PTZ
 
 /// GICR_PROPBASER (§12.11.29): table of 2^id_bits - 8192 bytes at `pa`.
 pub fn propbaser(pa: u64, id_bits: u32, share: Shareability, cache: u64) -> u64 {
-    (GICR_PROPBASER::InnerCache.val(cache & 7)
+    (GICR_PROPBASER::InnerCache.val(cache)
         + GICR_PROPBASER::Shareability.val(share as u64)
-        + GICR_PROPBASER::IDbits.val(u64::from(id_bits - 1) & 0x1f))
+        + GICR_PROPBASER::IDbits.val(u64::from(id_bits - 1)))
     .value
         | (pa & PROPBASER_PA)
 }
@@ -348,7 +349,7 @@ pub fn propbaser(pa: u64, id_bits: u32, share: Shareability, cache: u64) -> u64 
 /// PTZ says it is known to be zero.
 pub fn pendbaser(pa: u64, ptz: bool, share: Shareability, cache: u64) -> u64 {
     (GICR_PENDBASER::PTZ.val(u64::from(ptz))
-        + GICR_PENDBASER::InnerCache.val(cache & 7)
+        + GICR_PENDBASER::InnerCache.val(cache)
         + GICR_PENDBASER::Shareability.val(share as u64))
     .value
         | (pa & PENDBASER_PA)
@@ -356,7 +357,7 @@ pub fn pendbaser(pa: u64, ptz: bool, share: Shareability, cache: u64) -> u64 {
 
 /// Shareability field of GICR_PROPBASER/PENDBASER, bits [11:10].
 pub fn table_shareability(v: u64) -> Shareability {
-    Shareability::from_bits(v >> 10)
+    Shareability::from_bits(GICR_PROPBASER::Shareability.read(v))
 }
 
 /// LPI configuration table entry (§5.1.1): priority [7:2], bit 1 RES1,

@@ -15,8 +15,7 @@ use crate::regs::mpidr_aff;
 use crate::state::{LpiConfig, VgicState};
 use crate::Kick;
 use vigil_gic::regs::{
-    field_mask, GICR_PROPBASER, PENDBASER_FIELDS, PENDBASER_PA, PENDBASER_PTZ, PROPBASER_FIELDS,
-    PROPBASER_PA,
+    GICR_PROPBASER, PENDBASER_FIELDS, PENDBASER_PA, PENDBASER_PTZ, PROPBASER_FIELDS, PROPBASER_PA,
 };
 
 pub(crate) const W8: u8 = 1;
@@ -712,7 +711,7 @@ fn pendbaser_w(st: &mut VgicState, a: &Acc, v: u64, _: &mut Kick) {
 /// Decode the LPI configuration of `intid` from the property table through
 /// `mem`, or `None` if PROPBASER does not cover it or it is outside RAM.
 pub fn read_lpi_config(propbaser: u64, intid: u32, mem: &dyn GuestMemory) -> Option<LpiConfig> {
-    let idbits = (propbaser & field_mask(GICR_PROPBASER::IDbits)) as u32 + 1;
+    let idbits = GICR_PROPBASER::IDbits.read(propbaser) as u32 + 1;
     let index = IntId::new(intid).lpi_index()?;
     if idbits < 14 || (idbits < 32 && intid >= 1 << idbits) {
         return None;
