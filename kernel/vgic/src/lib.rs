@@ -323,6 +323,19 @@ impl Vgic {
         self.read_locked().has_deliverable(v)
     }
 
+    /// [`VgicState::describe`] of vCPU `v`, for a state dump. It never
+    /// waits: if the state lock stays held (its holder may be the thing
+    /// that is stuck), it says so instead.
+    pub fn describe(&self, v: usize, f: &mut dyn core::fmt::Write) -> core::fmt::Result {
+        for _ in 0..10_000 {
+            if let Some(st) = self.state.try_lock() {
+                return st.describe(v, f);
+            }
+            core::hint::spin_loop();
+        }
+        write!(f, "state lock held elsewhere")
+    }
+
     /// Counters of vCPU `v`.
     pub fn stats(&self, v: usize) -> VcpuStats {
         self.read_locked().vcpus[v].stats

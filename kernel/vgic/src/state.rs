@@ -644,6 +644,51 @@ impl VgicState {
         })
     }
 
+    /// One line on vCPU `v`'s interrupts, for a state dump: its CPU
+    /// interface switches, then each interrupt on its active-or-pending
+    /// list with its flags (P pending latch, L line high, A active,
+    /// E enabled, R in a list register now, Z retired by its unmapping).
+    pub(crate) fn describe(&self, v: usize, f: &mut dyn core::fmt::Write) -> core::fmt::Result {
+        let Some(vc) = self.vcpus.get(v) else {
+            return write!(f, "no vCPU {v}");
+        };
+        write!(
+            f,
+            "grp0 {} grp1 {} lpis {} deliverable {}, {} listed:",
+            on(self.grp0_en),
+            on(self.grp1_en),
+            on(vc.lpis_enabled),
+            on(self.has_deliverable(v)),
+            vc.ap.len()
+        )?;
+        for e in vc.ap.iter().take(16) {
+            write!(f, " {}(", e.intid)?;
+            if e.zombie.is_some() {
+                write!(f, "Z")?;
+            } else if let Some(irq) = self.irq(v, e.intid) {
+                for (set, c) in [
+                    (irq.latch, 'P'),
+                    (irq.line, 'L'),
+                    (irq.active, 'A'),
+                    (irq.enabled, 'E'),
+                    (irq.loaded, 'R'),
+                ] {
+                    if set {
+                        write!(f, "{c}")?;
+                    }
+                }
+                if irq.target != Some(v) {
+                    write!(f, " ->{:?}", irq.target)?;
+                }
+            }
+            write!(f, ")")?;
+        }
+        if vc.ap.len() > 16 {
+            write!(f, " ...")?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn set_line(&mut self, v: usize, intid: u32, level: bool, kick: &mut Kick) {
         let Some(irq) = self.irq_mut(v, intid) else {
             crate::guest_warn!("vgic: injection of unknown INTID {intid}");
@@ -904,5 +949,13 @@ impl VgicState {
     /// Whether LPIs are enabled on `v`'s redistributor.
     pub fn lpis_enabled(&self, v: usize) -> bool {
         self.vcpus.get(v).is_some_and(|c| c.lpis_enabled)
+    }
+}
+
+fn on(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
     }
 }

@@ -63,6 +63,12 @@ impl<T> Mutex<T> {
         }
     }
 
+    /// Acquire the lock if it is free: for readers that must never wait
+    /// (a state dump taken while the holder may be stuck).
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+        self.inner.try_lock().map(|inner| MutexGuard { inner })
+    }
+
     /// Consume the mutex and return the protected value.
     pub fn into_inner(self) -> T {
         self.inner.into_inner()

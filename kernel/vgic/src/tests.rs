@@ -800,3 +800,24 @@ fn irouter_targets_vcpus_by_cluster_affinity() {
     g.gicd_write(0, irouter, 8, 0x0013); // Aff0 19: nobody in this layout
     assert!(g.pulse(0, 40).is_empty());
 }
+
+#[test]
+fn describe_lists_a_vcpus_interrupts_and_never_waits() {
+    let g = vgic(2);
+    enable_private(&g, 1, 3);
+    g.send_sgi(0, (3 << 24) | 0b10, true);
+    let mut s = alloc::string::String::new();
+    g.describe(1, &mut s).unwrap();
+    assert!(s.contains("deliverable on, 1 listed: 3(PE)"), "{s}");
+    let mut c = SimCpu::new(1, 4);
+    c.enter(&g);
+    s.clear();
+    g.describe(1, &mut s).unwrap();
+    // In a list register now: the LR holds the pending bit.
+    assert!(s.contains("deliverable off, 1 listed: 3(ER)"), "{s}");
+    let held = g.lock();
+    s.clear();
+    g.describe(1, &mut s).unwrap();
+    assert_eq!(s, "state lock held elsewhere");
+    drop(held);
+}

@@ -587,12 +587,10 @@ pub struct Input {
 /// order.
 pub fn run_with_input(mut cmd: Command, timeout: Duration, inputs: &[Input]) -> Run {
     let start = Instant::now();
+    // Always a pipe: at the timeout the harness asks Vigil for its state
+    // dump (Ctrl-A d) before it kills QEMU.
     let mut child = cmd
-        .stdin(if inputs.is_empty() {
-            Stdio::null()
-        } else {
-            Stdio::piped()
-        })
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -632,6 +630,17 @@ pub fn run_with_input(mut cmd: Command, timeout: Duration, inputs: &[Input]) -> 
             }
         }
         if start.elapsed() >= timeout {
+            // A hang says where it is: Vigil's state dump (one line per CPU
+            // and vCPU), given a few seconds to be printed.
+            if let Some(w) = stdin.as_mut() {
+                use std::io::Write;
+                let _ = w.write_all(STATE_DUMP_KEYS);
+                let _ = w.flush();
+                let until = Instant::now() + STATE_DUMP_WAIT;
+                while Instant::now() < until && child.try_wait().ok().flatten().is_none() {
+                    thread::sleep(Duration::from_millis(50));
+                }
+            }
             let _ = child.kill();
             let _ = child.wait();
             break Ending::TimedOut;
@@ -652,6 +661,11 @@ pub fn run_with_input(mut cmd: Command, timeout: Duration, inputs: &[Input]) -> 
         elapsed: start.elapsed(),
     }
 }
+
+/// Ctrl-A d: Vigil logs where every CPU and vCPU is.
+const STATE_DUMP_KEYS: &[u8] = b"\x01d";
+/// How long a timed-out run is given to print that dump.
+const STATE_DUMP_WAIT: Duration = Duration::from_secs(3);
 
 fn ending_of(status: ExitStatus) -> Ending {
     match status.code() {
@@ -714,6 +728,15 @@ mod tests {
         assert_eq!(r.ending, Ending::TimedOut);
         assert!(r.elapsed < Duration::from_secs(10));
         assert!(r.log.contains("started"));
+    }
+
+    #[test]
+    fn a_timed_out_run_asks_for_the_state_dump_first() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo started; head -c 2 | od -An -tx1; exec sleep 30"]);
+        let r = run_with_timeout(cmd, Duration::from_millis(300));
+        assert_eq!(r.ending, Ending::TimedOut);
+        assert!(r.log.contains("01 64"), "{}", r.log);
     }
 
     #[test]

@@ -239,6 +239,36 @@ fn focus_moves_on_when_its_vm_powers_off() {
     .unwrap();
 }
 
+/// Ctrl-A d logs where every physical CPU and vCPU is and what interrupts
+/// each vCPU has (the harness types it when a run times out, so that a
+/// hang says where it is); the guests run on, and the keys reach no guest.
+#[test]
+fn ctrl_a_d_dumps_every_cpu_and_vcpu_and_the_guests_run_on() {
+    let run = Qemu::with_guests(&[
+        Guest::test("echo").named("first").pcpus(&[0]),
+        Guest::test("echo").named("second").pcpus(&[1]),
+    ])
+    .type_after_nth("guest: echo: ready", 2, "\x01d")
+    .type_after("  vm second: Running", "hello\nquit\n")
+    .type_after("console input now goes to vm second", "quit\n")
+    .run();
+    run.check(&[
+        "state dump: ",
+        "  cpu0: vm first vcpu 0 loaded, run queue Some(1)",
+        "  cpu1: vm second vcpu 0 loaded, run queue Some(1)",
+        "  vm first: Running, vITS commands unfinished false",
+        "    vcpu 0 on cpu0: On, running true, waiting false, ",
+        "    vcpu 0 on cpu1: On, running true, waiting false, ",
+        "[first] guest: echo: hello",
+        "[first] guest: echo: PASS",
+        "[second] guest: echo: PASS",
+    ])
+    .unwrap();
+    // Every vCPU line has its vGIC state (the lock was free to read).
+    assert_eq!(run.lines_with("; vGIC: grp0 ").count(), 2, "{}", run.log);
+    assert_eq!(run.lines_with("echo: \u{1}").count(), 0, "{}", run.log);
+}
+
 /// Console input goes to the VM with the focus; Ctrl-A n moves the focus
 /// to the next VM.
 #[test]

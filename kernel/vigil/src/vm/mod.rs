@@ -68,6 +68,12 @@ pub struct Vcpu {
     state: Mutex<VcpuState>,
     /// Breakpoints, watchpoints, OS lock: switched lazily (see `debug`).
     debug: debug::DebugState,
+    /// Exits so far and the guest PC at the last one. Written only by the
+    /// CPU that runs the vCPU (no atomic add on the exit path), read by
+    /// the exit total and by the state dump, where two dumps tell a vCPU
+    /// that makes progress from one that does not.
+    exits: AtomicU64,
+    last_pc: AtomicU64,
 }
 
 struct VcpuState {
@@ -505,8 +511,14 @@ static NEXT_VMID: AtomicU32 = AtomicU32::new(1);
 static HAS_PAUTH: AtomicBool = AtomicBool::new(false);
 /// The VM whose console gets the keyboard.
 static FOCUS: AtomicUsize = AtomicUsize::new(0);
-/// Total guest exits, for the log.
-pub static EXITS: AtomicU64 = AtomicU64::new(0);
+/// Guest exits of every vCPU so far, for the log.
+fn total_exits() -> u64 {
+    (0..count())
+        .filter_map(vm_by_id)
+        .flat_map(|vm| vm.vcpus())
+        .map(|v| v.exits.load(Ordering::Relaxed))
+        .sum()
+}
 
 fn kick(pcpu: usize) {
     if pcpu == arch::cpu_index() {
@@ -960,6 +972,8 @@ fn create(
             running: AtomicBool::new(false),
             waiting: AtomicBool::new(false),
             debug: debug::DebugState::new(),
+            exits: AtomicU64::new(0),
+            last_pc: AtomicU64::new(0),
             state: Mutex::new(VcpuState {
                 regs,
                 el1: El1Regs::reset(),
@@ -1058,7 +1072,7 @@ fn vm_stopped() {
     crate::smmu::check_canary();
     log::info!(
         "all VMs stopped after {} guest exits and {} vCPU switches; exiting with status {status}",
-        EXITS.load(Ordering::Relaxed),
+        total_exits(),
         SWITCHES.load(Ordering::Relaxed)
     );
     release_all();
@@ -1158,6 +1172,7 @@ pub fn console_input_pump() {
                     log::warn!("console: Ctrl-A x: quitting (status 1)");
                     exit::exit(1)
                 }
+                b'd' => dump_state(),
                 CTRL_A => vm.uart.receive(CTRL_A),
                 other => {
                     vm.uart.receive(CTRL_A);
@@ -1174,6 +1189,58 @@ pub fn console_input_pump() {
     }
     crate::console::set_rx_interrupt(false);
     INPUT_PAUSED.store(true, Ordering::Release);
+}
+
+/// Ctrl-A d: one line per physical CPU and per vCPU on where each is and
+/// what interrupts it has, for a hang that logs nothing. It takes no lock
+/// that a stuck CPU could hold: the counters are atomics and the vGIC's
+/// state is only read if its lock is free.
+fn dump_state() {
+    log::info!(
+        "state dump: {} guest exits, {} vCPU switches",
+        total_exits(),
+        SWITCHES.load(Ordering::Relaxed)
+    );
+    for cpu in (0..crate::percpu::count())
+        .filter(|&c| crate::percpu::get(c).online.load(Ordering::Relaxed))
+    {
+        let loaded = LOADED[cpu].load(Ordering::Relaxed);
+        let queued = RUNQ[cpu].try_lock().map(|q| q.len());
+        let who = (0..count())
+            .filter_map(vm_by_id)
+            .flat_map(|vm| vm.vcpus())
+            .find(|v| core::ptr::eq(**v, loaded as *const Vcpu));
+        match who {
+            Some(v) => log::info!(
+                "  cpu{cpu}: vm {} vcpu {} loaded, run queue {queued:?}",
+                v.vm.name,
+                v.index
+            ),
+            None => log::info!("  cpu{cpu}: no vCPU loaded, run queue {queued:?}"),
+        }
+    }
+    for vm in (0..count()).filter_map(vm_by_id) {
+        log::info!(
+            "  vm {}: {:?}, vITS commands unfinished {}",
+            vm.name,
+            vm.state(),
+            vm.its.has_unfinished_commands()
+        );
+        for v in vm.vcpus() {
+            let mut gic = alloc::string::String::new();
+            let _ = vm.gic.describe(v.index, &mut gic);
+            log::info!(
+                "    vcpu {} on cpu{}: {:?}, running {}, waiting {}, {} exits, pc {:#x}; vGIC: {gic}",
+                v.index,
+                v.pcpu,
+                v.power.state(),
+                v.running.load(Ordering::Relaxed),
+                v.waiting.load(Ordering::Relaxed),
+                v.exits.load(Ordering::Relaxed),
+                v.last_pc.load(Ordering::Relaxed),
+            );
+        }
+    }
 }
 
 const CTRL_A: u8 = 0x01;
@@ -1294,7 +1361,9 @@ fn run(v: &'static Vcpu, shared: bool) {
         // under the vCPU lock for the whole call; stage 2 and EL1 state
         // were loaded by `load`.
         let kind = unsafe { switch::__guest_enter(&mut st.regs) };
-        EXITS.fetch_add(1, Ordering::Relaxed);
+        v.exits
+            .store(v.exits.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        v.last_pc.store(st.regs.pc, Ordering::Relaxed);
         v.vm.kick(vgic_glue::exit(&v.vm.gic, v.index));
         match trap::handle_exit(v, &mut st.regs, kind) {
             trap::Exit::Continue => {
