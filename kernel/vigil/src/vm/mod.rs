@@ -511,13 +511,19 @@ static NEXT_VMID: AtomicU32 = AtomicU32::new(1);
 static HAS_PAUTH: AtomicBool = AtomicBool::new(false);
 /// The VM whose console gets the keyboard.
 static FOCUS: AtomicUsize = AtomicUsize::new(0);
+/// Every VM created.
+fn all_vms() -> impl Iterator<Item = &'static Vm> {
+    (0..count()).filter_map(vm_by_id)
+}
+
+/// Every vCPU of every VM.
+fn all_vcpus() -> impl Iterator<Item = &'static Vcpu> {
+    all_vms().flat_map(|vm| vm.vcpus().iter().copied())
+}
+
 /// Guest exits of every vCPU so far, for the log.
 fn total_exits() -> u64 {
-    (0..count())
-        .filter_map(vm_by_id)
-        .flat_map(|vm| vm.vcpus())
-        .map(|v| v.exits.load(Ordering::Relaxed))
-        .sum()
+    all_vcpus().map(|v| v.exits.load(Ordering::Relaxed)).sum()
 }
 
 fn kick(pcpu: usize) {
@@ -559,7 +565,12 @@ pub fn set_uart_line(vm: usize, level: bool) -> Kick {
 
 /// The vCPU whose state is loaded on this CPU, if any.
 fn loaded() -> Option<&'static Vcpu> {
-    let loaded = LOADED[arch::cpu_index()].load(Ordering::Relaxed);
+    loaded_on(arch::cpu_index())
+}
+
+/// The vCPU whose state is loaded on CPU `cpu`, if any.
+fn loaded_on(cpu: usize) -> Option<&'static Vcpu> {
+    let loaded = LOADED[cpu].load(Ordering::Relaxed);
     // SAFETY: LOADED only holds 0 or addresses of leaked, never-freed
     // vCPUs.
     (loaded != 0).then(|| unsafe { &*(loaded as *const Vcpu) })
@@ -1064,8 +1075,7 @@ fn vm_stopped() {
     if VMS_LEFT.fetch_sub(1, Ordering::AcqRel) != 1 {
         return;
     }
-    let status = (0..count())
-        .filter_map(vm_by_id)
+    let status = all_vms()
         .map(|v| v.exit_status.load(Ordering::Acquire))
         .max()
         .unwrap_or(0);
@@ -1094,16 +1104,13 @@ static HOST_LPIS_AT_START: AtomicU32 = AtomicU32::new(0);
 fn release_all() {
     let me = arch::cpu_index();
     let out = arch::wait_until(2_000, || {
-        (0..count())
-            .filter_map(vm_by_id)
-            .flat_map(|vm| vm.vcpus().iter())
-            .all(|v| v.pcpu == me || !v.running.load(Ordering::SeqCst))
+        all_vcpus().all(|v| v.pcpu == me || !v.running.load(Ordering::SeqCst))
     });
     if !out {
         log::warn!("exit: vCPUs still in their guests after 2 s; interrupt state not released");
         return;
     }
-    for vm in (0..count()).filter_map(vm_by_id) {
+    for vm in all_vms() {
         vm.reset_interrupts();
     }
     virtio::release_all();
@@ -1204,13 +1211,8 @@ fn dump_state() {
     for cpu in (0..crate::percpu::count())
         .filter(|&c| crate::percpu::get(c).online.load(Ordering::Relaxed))
     {
-        let loaded = LOADED[cpu].load(Ordering::Relaxed);
         let queued = RUNQ[cpu].try_lock().map(|q| q.len());
-        let who = (0..count())
-            .filter_map(vm_by_id)
-            .flat_map(|vm| vm.vcpus())
-            .find(|v| core::ptr::eq(**v, loaded as *const Vcpu));
-        match who {
+        match loaded_on(cpu) {
             Some(v) => log::info!(
                 "  cpu{cpu}: vm {} vcpu {} loaded, run queue {queued:?}",
                 v.vm.name,
@@ -1219,7 +1221,7 @@ fn dump_state() {
             None => log::info!("  cpu{cpu}: no vCPU loaded, run queue {queued:?}"),
         }
     }
-    for vm in (0..count()).filter_map(vm_by_id) {
+    for vm in all_vms() {
         log::info!(
             "  vm {}: {:?}, vITS commands unfinished {}",
             vm.name,
