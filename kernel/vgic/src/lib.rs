@@ -64,7 +64,9 @@ pub mod sync;
 #[cfg(test)]
 mod tests;
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 pub use irq::{IntId, IntKind, LPI_BASE, MAINTENANCE_PPI, SPI_BASE, VTIMER_PPI};
 pub use mem::{GuestMemory, MemError, NoMemory};
@@ -76,6 +78,12 @@ pub use regs::{
 };
 pub use state::{FoldReport, LpiConfig, VcpuStats, VgicState};
 pub use sync::{Mutex, MutexGuard};
+
+/// Whether `intid` is an LPI INTID of a GIC with `id_bits` INTID bits
+/// (`GICD_TYPER.IDbits` + 1).
+pub fn lpi_in_range(intid: u32, id_bits: u8) -> bool {
+    IntId::new(intid).is_lpi() && u64::from(intid) < (1u64 << id_bits)
+}
 
 /// A set of vCPUs (by index, at most 64) that must be kicked: made to exit
 /// if running, woken if waiting for an interrupt.
@@ -152,13 +160,12 @@ impl VgicConfig {
 /// One VM's virtual GICv3.
 pub struct Vgic {
     state: Mutex<VgicState>,
-    /// Incremented by every acquisition of `state`, while holding it: an
-    /// unchanged value means nobody touched the state since.
-    changes: core::sync::atomic::AtomicU64,
-    /// Per vCPU: `changes` as of a flush that found nothing to load, or
-    /// u64::MAX. While `changes` still has that value, the next flush
-    /// would find nothing either (the exit fast path).
-    idle_at: Vec<core::sync::atomic::AtomicU64>,
+    /// Per vCPU: whether it has anything listed (pending or active for it,
+    /// or in its list registers). The state writes it under `state` as a
+    /// vCPU's list changes, and readers use it without the lock: false
+    /// means the next flush would load nothing (the exit fast path) and
+    /// the vCPU has nothing to wake for.
+    listed: Arc<[AtomicBool]>,
     nr_vcpus: usize,
     /// The shape it was built with, for [`Vgic::reset`].
     cfg: VgicConfig,
@@ -171,18 +178,16 @@ impl Vgic {
             !cfg.mpidrs.is_empty() && cfg.mpidrs.len() <= 64,
             "1..=64 vCPUs"
         );
+        let listed: Arc<[AtomicBool]> = cfg.mpidrs.iter().map(|_| AtomicBool::new(false)).collect();
         Self {
-            state: Mutex::new(Self::reset_state(cfg)),
-            changes: core::sync::atomic::AtomicU64::new(0),
-            idle_at: (0..cfg.mpidrs.len())
-                .map(|_| core::sync::atomic::AtomicU64::new(u64::MAX))
-                .collect(),
+            state: Mutex::new(Self::reset_state(cfg, &listed)),
+            listed,
             nr_vcpus: cfg.mpidrs.len(),
             cfg: cfg.clone(),
         }
     }
 
-    fn reset_state(cfg: &VgicConfig) -> VgicState {
+    fn reset_state(cfg: &VgicConfig, listed: &Arc<[AtomicBool]>) -> VgicState {
         // ITLinesNumber <= 30 keeps every SPI below the special INTIDs.
         let nr_spis = cfg.nr_spis.div_ceil(32).clamp(1, 30) * 32;
         VgicState::new(
@@ -191,6 +196,7 @@ impl Vgic {
             cfg.pri_bits,
             cfg.lpi_id_bits.clamp(14, lpis::MAX_LPI_ID_BITS),
             cfg.lpis,
+            listed.clone(),
         )
     }
 
@@ -198,7 +204,7 @@ impl Vgic {
     /// disabled and not pending, registers at their reset values, no LPI
     /// state. Hardware links ([`Vgic::map_hw`]) must be made again.
     pub fn reset(&self) {
-        *self.locked() = Self::reset_state(&self.cfg);
+        *self.locked() = Self::reset_state(&self.cfg, &self.listed);
     }
 
     /// Number of vCPUs.
@@ -211,26 +217,25 @@ impl Vgic {
         self.locked()
     }
 
-    /// Take the state lock for a read that changes nothing: not counted,
-    /// so it does not defeat the flush fast path.
+    /// Take the state lock for a read that changes nothing.
     fn read_locked(&self) -> MutexGuard<'_, VgicState> {
         self.state.lock()
     }
 
-    /// Take the state lock, counting the acquisition.
+    /// Take the state lock (to change the state).
     fn locked(&self) -> MutexGuard<'_, VgicState> {
-        let g = self.state.lock();
-        self.changes
-            .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-        g
+        self.state.lock()
     }
 
-    /// Whether a flush for vCPU `v` would load nothing, as the last one did
-    /// (no state changed since): then the list registers can stay as they
-    /// are. A lock-free check for the exit fast path.
+    /// Whether a flush for vCPU `v` would load nothing: nothing is listed
+    /// for it (pending or active) and nothing is in its list registers.
+    /// Then the list registers can stay invalid. A lock-free check for the
+    /// exit fast path; a change another CPU makes is seen here no later
+    /// than that CPU's kick of `v` arrives.
     pub fn is_idle(&self, v: usize) -> bool {
-        use core::sync::atomic::Ordering;
-        self.idle_at[v].load(Ordering::Acquire) == self.changes.load(Ordering::Acquire)
+        self.listed
+            .get(v)
+            .is_none_or(|f| !f.load(Ordering::Acquire))
     }
 
     /// Before entering vCPU `v`: write `lrs` (all N of them; unused ones
@@ -241,26 +246,12 @@ impl Vgic {
     /// twice; if more are waiting than fit, UIE (and NPIE when an LR is
     /// pending) are set so a maintenance interrupt refills.
     pub fn flush(&self, v: usize, lrs: &mut [LrValue]) -> IchHcr {
-        use core::sync::atomic::Ordering;
         if self.is_idle(v) {
-            // Nothing changed since a flush that loaded nothing.
+            // Nothing listed for it: nothing to load.
             lrs.fill(LrValue::INVALID);
             return IchHcr::from_bits(IchHcr::EN);
         }
-        let idle = &self.idle_at[v];
-        let mut st = self.locked();
-        let hcr = st.flush(v, lrs);
-        let nothing = hcr.bits() == IchHcr::EN && lrs.iter().all(|l| *l == LrValue::INVALID);
-        // Read `changes` while still holding the lock: it includes our own
-        // acquisition and no later one.
-        let now = if nothing {
-            self.changes.load(Ordering::Relaxed)
-        } else {
-            u64::MAX
-        };
-        idle.store(now, Ordering::Release);
-        drop(st);
-        hcr
+        self.locked().flush(v, lrs)
     }
 
     /// After any exit of vCPU `v`: fold the LR values read back (same
@@ -320,7 +311,9 @@ impl Vgic {
 
     /// Whether vCPU `v` has an interrupt to take (wake it from WFI).
     pub fn has_deliverable(&self, v: usize) -> bool {
-        self.read_locked().has_deliverable(v)
+        // Nothing listed, nothing to take: no lock on a WFI exit of an
+        // idle vCPU.
+        !self.is_idle(v) && self.read_locked().has_deliverable(v)
     }
 
     /// [`VgicState::describe`] of vCPU `v`, for a state dump. It never

@@ -21,7 +21,9 @@
 //! gets a generation; a list-register instance folds back only into the
 //! generation that loaded it.
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::irq::{IntId, IntKind, Irq, SPI_BASE};
 use crate::lpis::LpiTable;
@@ -153,6 +155,10 @@ pub struct VgicState {
     pub(crate) lpi_id_bits: u8,
     pub(crate) has_lpis: bool,
     pub(crate) anomalies: u64,
+    /// Per vCPU: whether anything is on its list or in its list
+    /// registers, kept up to date by every change of either and read
+    /// without the lock ([`crate::Vgic::is_idle`]).
+    listed: Arc<[AtomicBool]>,
 }
 
 impl VgicState {
@@ -162,6 +168,7 @@ impl VgicState {
         pri_bits: u8,
         lpi_id_bits: u8,
         has_lpis: bool,
+        listed: Arc<[AtomicBool]>,
     ) -> Self {
         let vcpus = mpidrs
             .iter()
@@ -214,7 +221,11 @@ impl VgicState {
             lpi_id_bits,
             has_lpis,
             anomalies: 0,
+            listed,
         };
+        for f in s.listed.iter() {
+            f.store(false, Ordering::Release);
+        }
         for i in 0..s.spis.len() {
             // Reset IROUTER = 0: Aff 0.0.0.0, i.e. the vCPU with MPIDR 0.
             s.spis[i].target = s.vcpu_by_aff(0);
@@ -225,6 +236,27 @@ impl VgicState {
     /// Number of vCPUs.
     pub fn nr_vcpus(&self) -> usize {
         self.vcpus.len()
+    }
+
+    /// Something may have left vCPU `v`'s list: if nothing is left,
+    /// publish it. (A non-empty list was published when its first entry
+    /// came, [`VgicState::listed_now`]; what is in the list registers
+    /// stays on the list until the fold, so the list alone says whether
+    /// a flush would load anything.)
+    fn relist(&self, v: usize) {
+        if let (Some(flag), Some(vc)) = (self.listed.get(v), self.vcpus.get(v)) {
+            if vc.ap.is_empty() {
+                flag.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    /// Something was put on vCPU `t`'s list: a Release store under the
+    /// lock, before the kick that tells the vCPU's CPU to look.
+    fn listed_now(&self, t: usize) {
+        if let Some(flag) = self.listed.get(t) {
+            flag.store(true, Ordering::Release);
+        }
     }
 
     pub(crate) fn nr_irqs(&self) -> u32 {
@@ -310,6 +342,7 @@ impl VgicState {
                         gen,
                         zombie: None,
                     });
+                    self.listed_now(t);
                     if let Some(irq) = self.irq_mut(v, intid) {
                         irq.owner = Some(t);
                     }
@@ -325,6 +358,7 @@ impl VgicState {
                 self.vcpus[o]
                     .ap
                     .retain(|e| !(e.intid == intid && e.zombie.is_none()));
+                self.relist(o);
                 // A banked interrupt only ever belongs to its own vCPU.
                 let target = want.filter(|&t| !IntId::new(intid).is_private() || t == v);
                 if let Some(t) = target {
@@ -333,6 +367,7 @@ impl VgicState {
                         gen,
                         zombie: None,
                     });
+                    self.listed_now(t);
                     kick.add(t);
                 }
                 if let Some(irq) = self.irq_mut(v, intid) {
@@ -383,6 +418,7 @@ impl VgicState {
                 self.queue(v, e.intid, kick);
             }
         }
+        self.relist(v);
     }
 
     /// Fill the list registers of vCPU `v` before entry; see
@@ -755,7 +791,7 @@ impl VgicState {
     /// Whether `intid` is an LPI INTID this VM supports
     /// (`GICD_TYPER.IDbits`).
     pub fn lpi_in_range(&self, intid: u32) -> bool {
-        IntId::new(intid).is_lpi() && u64::from(intid) < (1u64 << self.lpi_id_bits)
+        crate::lpi_in_range(intid, self.lpi_id_bits)
     }
 
     /// One more ITE maps to `intid` (MAPTI, MAPI). The first mapping creates
@@ -825,6 +861,7 @@ impl VgicState {
                     kick.add(o);
                 } else {
                     ap.remove(pos);
+                    self.relist(o);
                 }
             }
         }
@@ -937,8 +974,17 @@ impl VgicState {
     /// Internal inconsistencies detected and survived (stale list entries,
     /// LR state with no mapping to fold into, flush without fold). Always 0
     /// in a correct kernel; tests assert it.
+    ///
+    /// A vCPU whose lock-free `listed` flag disagrees with its list (the
+    /// exit fast path would skip or wake wrongly) counts as one.
     pub fn anomalies(&self) -> u64 {
-        self.anomalies
+        let unlisted = self
+            .vcpus
+            .iter()
+            .zip(self.listed.iter())
+            .filter(|(vc, f)| vc.ap.is_empty() == f.load(Ordering::Acquire))
+            .count();
+        self.anomalies + unlisted as u64
     }
 
     /// Record an internal inconsistency found by a user of this state.

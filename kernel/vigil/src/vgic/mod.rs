@@ -3,8 +3,11 @@
 //! the emulated GICD and GICR frames on a VM's MMIO bus, and the EL1
 //! timers forwarded through hardware-linked list registers.
 //!
-//! The list registers are rebuilt from the software state on every entry
-//! and folded back on every exit (`flush`/`fold`); the virtual CPU
+//! The list registers are rebuilt from the software state on an entry
+//! with anything listed for the vCPU and folded back on the exit after it
+//! (`flush`/`fold`); once the guest has consumed them (every LR spent),
+//! entries and exits touch no ICH register until something is listed
+//! again. The virtual CPU
 //! interface's VMCR and active-priority registers stay in the hardware
 //! while a vCPU is loaded and are switched with it.
 
@@ -94,6 +97,7 @@ ich_reg!(_, set_ich_hcr, "S3_4_C12_C11_0");
 ich_reg!(ich_vtr, _, "S3_4_C12_C11_1");
 ich_reg!(ich_misr, _, "S3_4_C12_C11_2");
 ich_reg!(ich_eisr, _, "S3_4_C12_C11_3");
+ich_reg!(ich_elrsr, _, "S3_4_C12_C11_5");
 ich_reg!(ich_vmcr, set_ich_vmcr, "S3_4_C12_C11_7");
 
 macro_rules! ich_apr {
@@ -204,8 +208,11 @@ pub const PTIMER_INTID: u32 = 30;
 /// whose physical interrupt was left active for the guest to deactivate
 /// through its hardware-linked LR.
 static HELD: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
-/// Per physical CPU: whether the last entry wrote any list register or
-/// maintenance request. If not, the exit has nothing to fold.
+/// Per physical CPU: whether the list registers may hold anything the
+/// guest can change, or ICH_HCR_EL2 a maintenance request: set by an entry
+/// that wrote any, cleared by one that wrote none and by an exit that
+/// found them all spent. If clear, the exit has nothing to fold and an
+/// entry with nothing listed writes nothing.
 static WROTE_LRS: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(1) }; MAX_CPUS];
 /// Per physical CPU: the timer lines last given to the vGIC for the vCPU
 /// loaded here, two bits per timer at `2 * GuestTimer as usize` (bit 0:
@@ -370,10 +377,25 @@ fn fold_from<const N: usize>(g: &Vgic, v: usize, n: usize) -> Kick {
     for (i, lr) in lrs[..n].iter_mut().enumerate() {
         *lr = LrValue::from_bits(read_lr(i));
     }
+    // ICH_ELRSR_EL2 bit n: LR n is Invalid with no EOI maintenance request
+    // (IHI 0069 §12.5.5): inert as it stands.
+    let all = (1u64 << n) - 1;
+    let spent = ich_elrsr() & all == all;
     let misr = IchMisr::from_bits(ich_misr());
     let eisr = ich_eisr() as u32;
-    // Clearing ICH_HCR_EL2 drops the maintenance interrupt's condition.
-    set_ich_hcr(0);
+    if spent {
+        // The guest consumed everything it was given (the usual end of an
+        // interrupt: taken and deactivated): the LRs are inert as they
+        // are and need no rewrite. ICH_HCR_EL2 = En alone drops any
+        // maintenance condition (no enable bit but En, nothing in an LR
+        // to raise EOI), so an entry with nothing new listed touches no
+        // ICH register.
+        set_ich_hcr(IchHcr::EN);
+        WROTE_LRS[crate::arch::cpu_index()].store(0, Ordering::Relaxed);
+    } else {
+        // Clearing ICH_HCR_EL2 drops the maintenance interrupt's condition.
+        set_ich_hcr(0);
+    }
     g.fold(v, &lrs[..n], misr, eisr).kick
 }
 
