@@ -260,6 +260,52 @@ fn unreadable_command_stalls_until_retry() {
     assert_eq!(r.its.lookup(1, 0), Some((LPI0, 0)));
 }
 
+/// One CWRITER write covering several commands with a hole under the
+/// third: the two before it run, the queue stalls exactly on it, and
+/// Retry runs the rest.
+#[test]
+fn unreadable_command_mid_queue_stalls_on_that_command() {
+    let r = Rig::new(1);
+    r.mapd(1, 3);
+    let start = r.creadr();
+    r.mem.set_hole(Some((CMDQ + start + 2 * 32, 32)));
+    r.cmds(&[
+        Command::Mapti {
+            device: 1,
+            event: 0,
+            intid: LPI0,
+            icid: 0,
+        },
+        Command::Mapti {
+            device: 1,
+            event: 1,
+            intid: LPI0 + 1,
+            icid: 0,
+        },
+        Command::Mapti {
+            device: 1,
+            event: 2,
+            intid: LPI0 + 2,
+            icid: 0,
+        },
+        Command::Mapti {
+            device: 1,
+            event: 3,
+            intid: LPI0 + 3,
+            icid: 0,
+        },
+    ]);
+    assert_eq!(r.creadr() & 1, 1, "Stalled");
+    assert_eq!(r.creadr() & !1, start + 2 * 32, "on the third command");
+    assert_eq!(r.its.lookup(1, 1), Some((LPI0 + 1, 0)));
+    assert_eq!(r.its.lookup(1, 2), None);
+    r.mem.set_hole(None);
+    r.its
+        .mmio_write(0x88, 8, r.its.mmio_read(0x88, 8) | 1, &*r.mem); // Retry
+    assert_eq!(r.creadr(), start + 4 * 32);
+    assert_eq!(r.its.lookup(1, 3), Some((LPI0 + 3, 0)));
+}
+
 // ---- command effects ----
 
 #[test]
