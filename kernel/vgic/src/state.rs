@@ -275,9 +275,17 @@ impl VgicState {
     /// The vCPUs a target list with these Aff3.Aff2.Aff1 and RS names, by
     /// TargetList bit.
     fn sgi_group(&self, aff321: u32, range: u8) -> Option<&[u8; 16]> {
+        Some(&self.sgi_groups[self.sgi_group_index(aff321, range)?].vcpu)
+    }
+
+    /// Where in `sgi_groups` the group for these Aff3.Aff2.Aff1 and RS is.
+    fn sgi_group_index(&self, aff321: u32, range: u8) -> Option<usize> {
         let key = sgi_key(aff321, range);
-        let g = self.sgi_groups.binary_search_by_key(&key, |g| g.key).ok()?;
-        Some(&self.sgi_groups[g].vcpu)
+        match self.sgi_groups.as_slice() {
+            // Up to 16 vCPUs: one group, no search.
+            [only] => (only.key == key).then_some(0),
+            groups => groups.binary_search_by_key(&key, |g| g.key).ok(),
+        }
     }
 
     pub(crate) fn irq(&self, v: usize, intid: u32) -> Option<&Irq> {
@@ -749,7 +757,7 @@ impl VgicState {
             }
             return;
         }
-        let Some(&slots) = self.sgi_group(req.aff321, req.range) else {
+        let Some(g) = self.sgi_group_index(req.aff321, req.range) else {
             // No vCPU has that affinity: nobody is a target.
             return;
         };
@@ -757,8 +765,9 @@ impl VgicState {
         while bits != 0 {
             let b = bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            if slots[b] != NO_VCPU {
-                self.sgi_to(usize::from(slots[b]), req.intid, group1, kick);
+            let t = self.sgi_groups[g].vcpu[b & 15];
+            if t != NO_VCPU {
+                self.sgi_to(usize::from(t), req.intid, group1, kick);
             }
         }
     }
