@@ -80,10 +80,11 @@ pub(crate) struct VcpuState {
     pub mpidr: u64,
     pub private: Vec<Irq>,
     pub ap: Vec<ApEntry>,
+    /// What the last flush put in each list register; empty after the
+    /// fold (its buffer is kept, so the entry and exit paths allocate
+    /// nothing once it has grown).
     pub lr_meta: Vec<LrMeta>,
-    /// Buffers reused by every flush/fold (no allocation on the entry and
-    /// exit paths once they have grown).
-    pub spare_meta: Vec<LrMeta>,
+    /// The flush's candidate buffer, likewise reused.
     pub spare_cand: Vec<(u8, u8, u32, usize)>,
     pub lpis_enabled: bool,
     pub pendbaser: u64,
@@ -137,6 +138,23 @@ fn sgi_key(aff321: u32, range: u8) -> u32 {
     (aff321 << 4) | u32::from(range & 0xf)
 }
 
+/// The state of `intid` among one vCPU's banked interrupts (`private`),
+/// the SPIs and the LPIs: [`VgicState::irq_mut`] on the fields
+/// themselves, so a caller can hold other parts of the vCPU's state.
+fn irq_in<'a>(
+    private: &'a mut [Irq],
+    spis: &'a mut [Irq],
+    lpis: &'a mut LpiTable,
+    intid: u32,
+) -> Option<&'a mut Irq> {
+    match IntId::new(intid).kind() {
+        IntKind::Sgi | IntKind::Ppi => private.get_mut(intid as usize),
+        IntKind::Spi => spis.get_mut((intid - SPI_BASE) as usize),
+        IntKind::Lpi => lpis.get_mut(intid),
+        IntKind::Special | IntKind::Reserved => None,
+    }
+}
+
 /// The whole interrupt state of one VM, behind [`crate::Vgic`]'s lock.
 pub struct VgicState {
     /// Every vCPU by affinity, sorted by key: a targeted SGI or an
@@ -178,7 +196,6 @@ impl VgicState {
                 private: (0..SPI_BASE).map(|i| Irq::new(i, Some(v))).collect(),
                 ap: Vec::new(),
                 lr_meta: Vec::new(),
-                spare_meta: Vec::new(),
                 spare_cand: Vec::new(),
                 lpis_enabled: false,
                 pendbaser: 0,
@@ -449,23 +466,29 @@ impl VgicState {
             return IchHcr::from_bits(IchHcr::EN);
         }
 
+        // Borrowed field by field (no Vec taken out and put back): the
+        // list, the candidates, the LR records and this vCPU's banked
+        // interrupts are disjoint parts of its state.
+        let Self {
+            vcpus, spis, lpis, ..
+        } = self;
+        let vc = &mut vcpus[v];
         // (class, priority, intid, index): active first, then by priority.
-        let mut cand = core::mem::take(&mut self.vcpus[v].spare_cand);
+        let cand = &mut vc.spare_cand;
         cand.clear();
-        for (idx, e) in self.vcpus[v].ap.iter().enumerate() {
+        for (idx, e) in vc.ap.iter().enumerate() {
             if let Some(z) = e.zombie {
                 cand.push((0, z.priority, e.intid, idx));
-            } else if let Some(irq) = self.irq(v, e.intid) {
+            } else if let Some(irq) = irq_in(&mut vc.private, spis, lpis, e.intid) {
                 cand.push((u8::from(!irq.active), irq.priority, e.intid, idx));
             }
         }
         cand.sort_unstable();
 
         let n = lrs.len();
-        let mut metas = core::mem::take(&mut self.vcpus[v].spare_meta);
-        metas.clear();
+        let metas = &mut vc.lr_meta;
         let mut leftover = false;
-        for &(_, _, intid, idx) in &cand {
+        for &(_, _, intid, idx) in cand.iter() {
             // vITS invariant 4: never the same vINTID in two LRs.
             if let Some(slot) = metas.iter().position(|m| m.intid == intid) {
                 // A retired instance still active blocks the new one: ask
@@ -479,7 +502,7 @@ impl VgicState {
                 leftover = true;
                 break;
             }
-            let e = self.vcpus[v].ap[idx];
+            let e = vc.ap[idx];
             let meta = if let Some(z) = e.zombie {
                 LrMeta {
                     intid,
@@ -490,7 +513,7 @@ impl VgicState {
                     loaded_latch: false,
                 }
             } else {
-                let Some(irq) = self.irq_mut(v, intid) else {
+                let Some(irq) = irq_in(&mut vc.private, spis, lpis, intid) else {
                     continue;
                 };
                 // Never pending+active for a hardware-linked interrupt (the
@@ -535,8 +558,6 @@ impl VgicState {
             }
             hcr |= IchHcr::UIE;
         }
-        self.vcpus[v].lr_meta = metas;
-        self.vcpus[v].spare_cand = cand;
         IchHcr::from_bits(hcr)
     }
 
@@ -577,9 +598,10 @@ impl VgicState {
             self.maint_lrenp(v);
         }
         self.prune(v, &mut rep.kick);
+        // The records' buffer goes back, empty, for the next flush.
         let mut metas = metas;
         metas.clear();
-        self.vcpus[v].spare_meta = metas;
+        self.vcpus[v].lr_meta = metas;
         rep
     }
 
