@@ -155,6 +155,84 @@ fn irq_in<'a>(
     }
 }
 
+/// The parts of the state one vCPU's fold changes, borrowed apart from its
+/// LR records (which it reads meanwhile).
+struct FoldParts<'a> {
+    v: usize,
+    ap: &'a mut Vec<ApEntry>,
+    stats: &'a mut VcpuStats,
+    private: &'a mut [Irq],
+    spis: &'a mut [Irq],
+    lpis: &'a mut LpiTable,
+    anomalies: &'a mut u64,
+}
+
+impl FoldParts<'_> {
+    fn fold_one(&mut self, meta: &LrMeta, lr: LrValue) {
+        let v = self.v;
+        let (lp, la) = (lr.state().pending(), lr.state().active());
+        let pos = self
+            .ap
+            .iter()
+            .position(|e| e.intid == meta.intid && e.gen == meta.gen);
+        let Some(pos) = pos else {
+            *self.anomalies += 1;
+            log::error!(
+                "vgic: vcpu {v}: LR for INTID {} has no list entry",
+                meta.intid
+            );
+            return;
+        };
+        if self.ap[pos].zombie.is_some() {
+            // vITS invariant 5/8: a retired instance folds into its own
+            // entry only; it may be acknowledged/deactivated, nothing else.
+            if meta.loaded_pending && !lp && la {
+                self.stats.acked += 1;
+            } else if meta.loaded_pending && lp {
+                self.stats.retired_dropped += 1;
+            }
+            if la {
+                if let Some(z) = self.ap[pos].zombie.as_mut() {
+                    z.active = true;
+                }
+            } else {
+                self.ap.swap_remove(pos);
+            }
+            return;
+        }
+        let mut acked = false;
+        match irq_in(self.private, self.spis, self.lpis, meta.intid) {
+            Some(irq) if irq.gen == meta.gen && irq.owner == Some(v) && irq.loaded => {
+                if !irq.sw_active_written {
+                    irq.active = la;
+                }
+                if lp && !irq.sw_pending_cleared {
+                    if irq.level {
+                        irq.latch |= meta.loaded_latch;
+                    } else {
+                        irq.latch = true;
+                    }
+                }
+                acked = meta.loaded_pending && !lp;
+                irq.loaded = false;
+                irq.sw_active_written = false;
+                irq.sw_pending_cleared = false;
+            }
+            _ => {
+                // vITS invariant 5: not the mapping that put it there.
+                *self.anomalies += 1;
+                log::error!(
+                    "vgic: vcpu {v}: LR for INTID {} folds into no mapping",
+                    meta.intid
+                );
+            }
+        }
+        if acked {
+            self.stats.acked += 1;
+        }
+    }
+}
+
 /// The whole interrupt state of one VM, behind [`crate::Vgic`]'s lock.
 pub struct VgicState {
     /// Every vCPU by affinity, sorted by key: a targeted SGI or an
@@ -569,24 +647,46 @@ impl VgicState {
         misr: IchMisr,
         eisr: u32,
     ) -> FoldReport {
-        let metas = core::mem::take(&mut self.vcpus[v].lr_meta);
         let mut rep = FoldReport::default();
-        for (i, meta) in metas.iter().enumerate() {
-            let mut lr = lrs.get(i).copied().unwrap_or(meta.written);
-            if lr.vintid() != meta.intid {
-                self.anomalies += 1;
-                log::error!(
-                    "vgic: vcpu {v}: LR{i} holds INTID {} but {} was written",
-                    lr.vintid(),
-                    meta.intid
-                );
-                lr = meta.written;
+        {
+            // Field by field, as in the flush: the records are read while
+            // the list, the counters and the interrupts change.
+            let Self {
+                vcpus,
+                spis,
+                lpis,
+                anomalies,
+                ..
+            } = self;
+            let vc = &mut vcpus[v];
+            let mut parts = FoldParts {
+                v,
+                ap: &mut vc.ap,
+                stats: &mut vc.stats,
+                private: &mut vc.private,
+                spis,
+                lpis,
+                anomalies,
+            };
+            for (i, meta) in vc.lr_meta.iter().enumerate() {
+                let mut lr = lrs.get(i).copied().unwrap_or(meta.written);
+                if lr.vintid() != meta.intid {
+                    *parts.anomalies += 1;
+                    log::error!(
+                        "vgic: vcpu {v}: LR{i} holds INTID {} but {} was written",
+                        lr.vintid(),
+                        meta.intid
+                    );
+                    lr = meta.written;
+                }
+                parts.fold_one(meta, lr);
             }
-            self.fold_one(v, meta, lr);
         }
         // One handler per maintenance reason (ICH_MISR_EL2).
         if misr.has(IchMisr::EOI) {
+            let metas = core::mem::take(&mut self.vcpus[v].lr_meta);
             self.maint_eoi(v, &metas, eisr, &mut rep);
+            self.vcpus[v].lr_meta = metas;
         }
         if misr.has(IchMisr::U) {
             self.maint_underflow(v);
@@ -597,75 +697,11 @@ impl VgicState {
         if misr.has(IchMisr::LRENP) {
             self.maint_lrenp(v);
         }
+        // Nothing is loaded any more (the records' buffer stays for the
+        // next flush).
+        self.vcpus[v].lr_meta.clear();
         self.prune(v, &mut rep.kick);
-        // The records' buffer goes back, empty, for the next flush.
-        let mut metas = metas;
-        metas.clear();
-        self.vcpus[v].lr_meta = metas;
         rep
-    }
-
-    fn fold_one(&mut self, v: usize, meta: &LrMeta, lr: LrValue) {
-        let (lp, la) = (lr.state().pending(), lr.state().active());
-        let pos = self.vcpus[v]
-            .ap
-            .iter()
-            .position(|e| e.intid == meta.intid && e.gen == meta.gen);
-        let Some(pos) = pos else {
-            self.anomalies += 1;
-            log::error!(
-                "vgic: vcpu {v}: LR for INTID {} has no list entry",
-                meta.intid
-            );
-            return;
-        };
-        if self.vcpus[v].ap[pos].zombie.is_some() {
-            // vITS invariant 5/8: a retired instance folds into its own
-            // entry only; it may be acknowledged/deactivated, nothing else.
-            if meta.loaded_pending && !lp && la {
-                self.vcpus[v].stats.acked += 1;
-            } else if meta.loaded_pending && lp {
-                self.vcpus[v].stats.retired_dropped += 1;
-            }
-            if la {
-                if let Some(z) = self.vcpus[v].ap[pos].zombie.as_mut() {
-                    z.active = true;
-                }
-            } else {
-                self.vcpus[v].ap.swap_remove(pos);
-            }
-            return;
-        }
-        let mut acked = false;
-        match self.irq_mut(v, meta.intid) {
-            Some(irq) if irq.gen == meta.gen && irq.owner == Some(v) && irq.loaded => {
-                if !irq.sw_active_written {
-                    irq.active = la;
-                }
-                if lp && !irq.sw_pending_cleared {
-                    if irq.level {
-                        irq.latch |= meta.loaded_latch;
-                    } else {
-                        irq.latch = true;
-                    }
-                }
-                acked = meta.loaded_pending && !lp;
-                irq.loaded = false;
-                irq.sw_active_written = false;
-                irq.sw_pending_cleared = false;
-            }
-            _ => {
-                // vITS invariant 5: not the mapping that put it there.
-                self.anomalies += 1;
-                log::error!(
-                    "vgic: vcpu {v}: LR for INTID {} folds into no mapping",
-                    meta.intid
-                );
-            }
-        }
-        if acked {
-            self.vcpus[v].stats.acked += 1;
-        }
     }
 
     /// EOI maintenance: LRs with the EOI bit were deactivated. For level
