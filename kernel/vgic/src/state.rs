@@ -138,6 +138,32 @@ fn sgi_key(aff321: u32, range: u8) -> u32 {
     (aff321 << 4) | u32::from(range & 0xf)
 }
 
+/// [`VgicState::oracle`] with the distributor's group enables given and
+/// `lpis_on(t)` saying whether vCPU `t`'s redistributor has EnableLPIs,
+/// so a caller holding part of the state mutably can ask it.
+fn oracle_with(
+    irq: &Irq,
+    grp0_en: bool,
+    grp1_en: bool,
+    lpis_on: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    if irq.active {
+        return irq.owner.or(irq.target);
+    }
+    if !irq.pending() || !irq.enabled {
+        return None;
+    }
+    let group_on = if irq.group1 { grp1_en } else { grp0_en };
+    if !group_on {
+        return None;
+    }
+    let t = irq.target?;
+    if irq.is_lpi() && !lpis_on(t) {
+        return None;
+    }
+    Some(t)
+}
+
 /// The state of `intid` among one vCPU's banked interrupts (`private`),
 /// the SPIs and the LPIs: [`VgicState::irq_mut`] on the fields
 /// themselves, so a caller can hold other parts of the vCPU's state.
@@ -407,25 +433,9 @@ impl VgicState {
     /// is enabled in `GICD_CTLR` and, for an LPI, the target redistributor
     /// has `EnableLPIs` set.
     fn oracle(&self, irq: &Irq) -> Option<usize> {
-        if irq.active {
-            return irq.owner.or(irq.target);
-        }
-        if !irq.pending() || !irq.enabled {
-            return None;
-        }
-        let group_on = if irq.group1 {
-            self.grp1_en
-        } else {
-            self.grp0_en
-        };
-        if !group_on {
-            return None;
-        }
-        let t = irq.target?;
-        if irq.is_lpi() && !self.vcpus.get(t)?.lpis_enabled {
-            return None;
-        }
-        Some(t)
+        oracle_with(irq, self.grp0_en, self.grp1_en, |t| {
+            self.vcpus.get(t).is_some_and(|c| c.lpis_enabled)
+        })
     }
 
     /// Re-evaluate where an interrupt belongs after any state change, and
@@ -524,6 +534,47 @@ impl VgicState {
         self.relist(v);
     }
 
+    /// Put vCPU `v`'s list entries into its candidate buffer as
+    /// (class, priority, intid, index): active first, then by priority.
+    /// With `check`, stop and return false at the first entry the prune
+    /// would drop or move (a retired instance no longer active, a stale or
+    /// loaded entry, one that belongs elsewhere now).
+    fn gather(&mut self, v: usize, check: bool) -> bool {
+        let (g0, g1) = (self.grp0_en, self.grp1_en);
+        let Self {
+            vcpus, spis, lpis, ..
+        } = self;
+        let vc = &mut vcpus[v];
+        let v_lpis = vc.lpis_enabled;
+        let cand = &mut vc.spare_cand;
+        cand.clear();
+        for (idx, e) in vc.ap.iter().enumerate() {
+            if let Some(z) = e.zombie {
+                if check && !z.active {
+                    return false;
+                }
+                cand.push((0, z.priority, e.intid, idx));
+                continue;
+            }
+            let Some(irq) = irq_in(&mut vc.private, spis, lpis, e.intid) else {
+                if check {
+                    return false;
+                }
+                continue;
+            };
+            if check
+                && (irq.gen != e.gen
+                    || irq.owner != Some(v)
+                    || irq.loaded
+                    || oracle_with(irq, g0, g1, |t| t == v && v_lpis) != Some(v))
+            {
+                return false;
+            }
+            cand.push((u8::from(!irq.active), irq.priority, e.intid, idx));
+        }
+        true
+    }
+
     /// Fill the list registers of vCPU `v` before entry; see
     /// [`crate::Vgic::flush`].
     pub(crate) fn flush(&mut self, v: usize, lrs: &mut [LrValue]) -> IchHcr {
@@ -535,8 +586,16 @@ impl VgicState {
             let written: Vec<LrValue> = self.vcpus[v].lr_meta.iter().map(|m| m.written).collect();
             self.fold(v, &written, IchMisr::default(), 0);
         }
-        let mut kick = Kick::default();
-        self.prune(v, &mut kick);
+        // The list is normally settled here: every change of an
+        // interrupt's deliverability requeues it, and the fold pruned what
+        // was in the LRs. The candidates are gathered checking exactly
+        // what the prune would (an entry it would drop or move), and only
+        // if one fails does the prune run and the gathering start again.
+        if !self.gather(v, true) {
+            let mut kick = Kick::default();
+            self.prune(v, &mut kick);
+            self.gather(v, false);
+        }
         if self.vcpus[v].ap.is_empty() {
             // Nothing pending or active for this vCPU: the common case on
             // an exit path (a hypercall, an MMIO access).
@@ -551,16 +610,7 @@ impl VgicState {
             vcpus, spis, lpis, ..
         } = self;
         let vc = &mut vcpus[v];
-        // (class, priority, intid, index): active first, then by priority.
         let cand = &mut vc.spare_cand;
-        cand.clear();
-        for (idx, e) in vc.ap.iter().enumerate() {
-            if let Some(z) = e.zombie {
-                cand.push((0, z.priority, e.intid, idx));
-            } else if let Some(irq) = irq_in(&mut vc.private, spis, lpis, e.intid) {
-                cand.push((u8::from(!irq.active), irq.priority, e.intid, idx));
-            }
-        }
         cand.sort_unstable();
 
         let n = lrs.len();
