@@ -185,6 +185,14 @@ fn irq_in<'a>(
 /// LR records (which it reads meanwhile).
 struct FoldParts<'a> {
     v: usize,
+    /// The distributor's group enables and this vCPU's EnableLPIs, for
+    /// the oracle.
+    grp0_en: bool,
+    grp1_en: bool,
+    lpis_enabled: bool,
+    /// Whether an entry needs the prune after all: it belongs to another
+    /// vCPU now, or something did not add up.
+    unsettled: bool,
     ap: &'a mut Vec<ApEntry>,
     stats: &'a mut VcpuStats,
     private: &'a mut [Irq],
@@ -202,6 +210,7 @@ impl FoldParts<'_> {
             .iter()
             .position(|e| e.intid == meta.intid && e.gen == meta.gen);
         let Some(pos) = pos else {
+            self.unsettled = true;
             *self.anomalies += 1;
             log::error!(
                 "vgic: vcpu {v}: LR for INTID {} has no list entry",
@@ -227,6 +236,7 @@ impl FoldParts<'_> {
             return;
         }
         let mut acked = false;
+        let (g0, g1, v_lpis) = (self.grp0_en, self.grp1_en, self.lpis_enabled);
         match irq_in(self.private, self.spis, self.lpis, meta.intid) {
             Some(irq) if irq.gen == meta.gen && irq.owner == Some(v) && irq.loaded => {
                 if !irq.sw_active_written {
@@ -243,8 +253,21 @@ impl FoldParts<'_> {
                 irq.loaded = false;
                 irq.sw_active_written = false;
                 irq.sw_pending_cleared = false;
+                // Settle it here, as the prune would: it stays listed if
+                // it is still for this vCPU, leaves the list if it is for
+                // nobody (taken and deactivated, the usual end), and a
+                // move to another vCPU is left to the prune.
+                match oracle_with(irq, g0, g1, |t| t != v || v_lpis) {
+                    Some(t) if t == v => {}
+                    Some(_) => self.unsettled = true,
+                    None => {
+                        irq.owner = None;
+                        self.ap.swap_remove(pos);
+                    }
+                }
             }
             _ => {
+                self.unsettled = true;
                 // vITS invariant 5: not the mapping that put it there.
                 *self.anomalies += 1;
                 log::error!(
@@ -698,7 +721,7 @@ impl VgicState {
         eisr: u32,
     ) -> FoldReport {
         let mut rep = FoldReport::default();
-        {
+        let unsettled = {
             // Field by field, as in the flush: the records are read while
             // the list, the counters and the interrupts change.
             let Self {
@@ -706,11 +729,17 @@ impl VgicState {
                 spis,
                 lpis,
                 anomalies,
+                grp0_en,
+                grp1_en,
                 ..
             } = self;
             let vc = &mut vcpus[v];
             let mut parts = FoldParts {
                 v,
+                grp0_en: *grp0_en,
+                grp1_en: *grp1_en,
+                lpis_enabled: vc.lpis_enabled,
+                unsettled: false,
                 ap: &mut vc.ap,
                 stats: &mut vc.stats,
                 private: &mut vc.private,
@@ -731,7 +760,8 @@ impl VgicState {
                 }
                 parts.fold_one(meta, lr);
             }
-        }
+            parts.unsettled
+        };
         // One handler per maintenance reason (ICH_MISR_EL2).
         if misr.has(IchMisr::EOI) {
             let metas = core::mem::take(&mut self.vcpus[v].lr_meta);
@@ -750,7 +780,15 @@ impl VgicState {
         // Nothing is loaded any more (the records' buffer stays for the
         // next flush).
         self.vcpus[v].lr_meta.clear();
-        self.prune(v, &mut rep.kick);
+        // Each folded entry was settled above; the others were settled
+        // before (every deliverability change requeues an interrupt that
+        // is not in an LR). The prune runs only if one must move, and the
+        // next flush checks the whole list again anyway.
+        if unsettled {
+            self.prune(v, &mut rep.kick);
+        } else {
+            self.relist(v);
+        }
         rep
     }
 
