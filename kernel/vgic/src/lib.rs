@@ -26,7 +26,7 @@
 //! let n = IchVtr(read ICH_VTR_EL2).list_regs();          // once, at boot
 //! loop {
 //!     vgic.set_line(v, VTIMER_PPI, vtimer.asserted(CNTPCT));
-//!     let hcr = vgic.flush(v, &mut lrs[..n]);           // lock: VM vGIC
+//!     let (hcr, kick) = vgic.flush(v, &mut lrs[..n]);   // lock: VM vGIC
 //!     write ICH_LR<0..n>_EL2 = lrs, ICH_HCR_EL2 = hcr, restore VMCR/APRs;
 //!     enter guest ... exit;
 //!     read back lrs, misr = ICH_MISR_EL2, eisr = ICH_EISR_EL2; save VMCR/APRs;
@@ -239,19 +239,23 @@ impl Vgic {
     }
 
     /// Before entering vCPU `v`: write `lrs` (all N of them; unused ones
-    /// become Invalid) and return the `ICH_HCR_EL2` value to program.
+    /// become Invalid) and return the `ICH_HCR_EL2` value to program, and
+    /// the vCPUs to kick (an interrupt found to belong elsewhere moved to
+    /// them; normally none).
     ///
     /// The highest-priority interrupts go first (active ones before
     /// pending ones, then by priority, then by INTID); no vINTID appears
     /// twice; if more are waiting than fit, UIE (and NPIE when an LR is
     /// pending) are set so a maintenance interrupt refills.
-    pub fn flush(&self, v: usize, lrs: &mut [LrValue]) -> IchHcr {
+    pub fn flush(&self, v: usize, lrs: &mut [LrValue]) -> (IchHcr, Kick) {
         if self.is_idle(v) {
             // Nothing listed for it: nothing to load.
             lrs.fill(LrValue::INVALID);
-            return IchHcr::from_bits(IchHcr::EN);
+            return (IchHcr::from_bits(IchHcr::EN), Kick::default());
         }
-        self.locked().flush(v, lrs)
+        let mut kick = Kick::default();
+        let hcr = self.locked().flush(v, lrs, &mut kick);
+        (hcr, kick)
     }
 
     /// After any exit of vCPU `v`: fold the LR values read back (same

@@ -24,6 +24,9 @@ pub struct SimCpu {
     pub active: Vec<(u32, u8)>,
     /// Physical INTIDs deactivated through HW list registers.
     pub hw_deactivated: Vec<u32>,
+    /// vCPUs the flushes asked to kick (none while every deliverability
+    /// change requeues), for a caller driving several vCPUs.
+    pub kicked: crate::Kick,
     running: bool,
 }
 
@@ -38,6 +41,7 @@ impl SimCpu {
             eoicount: 0,
             active: Vec::new(),
             hw_deactivated: Vec::new(),
+            kicked: crate::Kick::default(),
             running: false,
         }
     }
@@ -45,7 +49,9 @@ impl SimCpu {
     /// Enter the guest: flush. Panics if two valid LRs hold one vINTID.
     pub fn enter(&mut self, g: &Vgic) {
         assert!(!self.running, "enter while running");
-        self.hcr = g.flush(self.v, &mut self.lrs);
+        let (hcr, kick) = g.flush(self.v, &mut self.lrs);
+        self.hcr = hcr;
+        self.kicked.merge(kick);
         self.eisr = 0;
         self.eoicount = 0;
         self.running = true;

@@ -600,7 +600,7 @@ impl VgicState {
 
     /// Fill the list registers of vCPU `v` before entry; see
     /// [`crate::Vgic::flush`].
-    pub(crate) fn flush(&mut self, v: usize, lrs: &mut [LrValue]) -> IchHcr {
+    pub(crate) fn flush(&mut self, v: usize, lrs: &mut [LrValue], kick: &mut Kick) -> IchHcr {
         if !self.vcpus[v].lr_meta.is_empty() {
             // The kernel entered twice without folding: fold what we wrote,
             // as if the guest had not touched it, so nothing is lost.
@@ -615,8 +615,8 @@ impl VgicState {
         // what the prune would (an entry it would drop or move), and only
         // if one fails does the prune run and the gathering start again.
         if !self.gather(v, true) {
-            let mut kick = Kick::default();
-            self.prune(v, &mut kick);
+            // An interrupt it moves to another vCPU: that vCPU is kicked.
+            self.prune(v, kick);
             self.gather(v, false);
         }
         if self.vcpus[v].ap.is_empty() {

@@ -649,7 +649,8 @@ fn idle_fast_path_sees_every_change() {
     enable_spi(&g, 40);
     let mut lrs = [LrValue::default(); 4];
     let idle_flush = |lrs: &mut [LrValue; 4]| {
-        let hcr = g.flush(0, lrs);
+        let (hcr, kick) = g.flush(0, lrs);
+        assert!(kick.is_empty());
         assert_eq!(hcr.bits(), IchHcr::EN);
         assert!(lrs.iter().all(|l| *l == LrValue::INVALID), "{lrs:?}");
         // Nothing was written, so (as the kernel does) nothing to fold.
@@ -711,11 +712,16 @@ fn flush_prunes_entries_changed_behind_the_lists_back() {
     g.lock().irq_mut(0, 40).unwrap().enabled = false;
     g.lock().irq_mut(0, 41).unwrap().target = Some(1);
     let mut lrs = [LrValue::default(); 4];
-    g.flush(0, &mut lrs);
+    let (_, kick) = g.flush(0, &mut lrs);
     assert!(lrs.iter().all(|l| *l == LrValue::INVALID), "{lrs:?}");
     assert_eq!(g.lock().list_len(0), 0);
     assert!(g.is_idle(0));
     assert_eq!(g.lock().list_len(1), 1);
+    assert_eq!(
+        kick.iter().collect::<Vec<_>>(),
+        vec![1],
+        "the new target is kicked"
+    );
     g.flush(1, &mut lrs);
     assert_eq!(lrs[0].vintid(), 41);
     assert_eq!(g.lock().anomalies(), 0);

@@ -306,36 +306,39 @@ fn timer_lines_changed(g: &Vgic, v: usize, cpu: usize, now: usize) {
 
 /// Before entering vCPU `v`: sample its timers' lines, and load the list
 /// registers and ICH_HCR_EL2 from the software state.
-pub fn enter(g: &Vgic, v: usize) {
+/// Returns the vCPUs to kick (an interrupt the flush found belonging
+/// elsewhere; normally none).
+pub fn enter(g: &Vgic, v: usize) -> Kick {
     let cpu = crate::arch::cpu_index();
     sample_timers(g, v, cpu);
     if WROTE_LRS[cpu].load(Ordering::Relaxed) == 0 && g.is_idle(v) {
         // The LRs are all invalid and ICH_HCR_EL2 is just En since the
         // last entry, and nothing new is to be loaded: leave them.
-        return;
+        return Kick::default();
     }
-    let any = match list_regs() {
+    let (any, kick) = match list_regs() {
         n @ 0..=4 => flush_into::<4>(g, v, n),
         n => flush_into::<MAX_LRS>(g, v, n),
     };
     WROTE_LRS[cpu].store(any as usize, Ordering::Relaxed);
+    kick
 }
 
 /// Flush into the first `n` list registers through an `N`-entry buffer:
 /// the common 4-LR CPU then zeroes 32 bytes inline, not 128 through a
 /// `memset` call (the soft-float build has no SIMD stores). Whether any LR
-/// or maintenance request was written.
+/// or maintenance request was written, and the flush's kicks.
 #[inline(always)]
-fn flush_into<const N: usize>(g: &Vgic, v: usize, n: usize) -> bool {
+fn flush_into<const N: usize>(g: &Vgic, v: usize, n: usize) -> (bool, Kick) {
     let mut lrs = [LrValue::default(); N];
-    let hcr = g.flush(v, &mut lrs[..n]);
+    let (hcr, kick) = g.flush(v, &mut lrs[..n]);
     let mut any = hcr.bits() != IchHcr::EN;
     for (i, lr) in lrs[..n].iter().enumerate() {
         write_lr(i, lr.bits());
         any |= lr.bits() != 0;
     }
     set_ich_hcr(hcr.bits());
-    any
+    (any, kick)
 }
 
 /// The vCPU loaded on this CPU changes: forget what was known of the

@@ -1358,7 +1358,7 @@ fn run(v: &'static Vcpu, shared: bool) {
             // entry: a long queue cannot hold this CPU past a time slice).
             v.vm.kick(v.vm.its.resume(v.vm));
         }
-        vgic_glue::enter(&v.vm.gic, v.index);
+        v.vm.kick(vgic_glue::enter(&v.vm.gic, v.index));
         // SAFETY: the registers are this CPU's CURRENT_REGS entry, held
         // under the vCPU lock for the whole call; stage 2 and EL1 state
         // were loaded by `load`.
