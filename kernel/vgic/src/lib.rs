@@ -79,12 +79,6 @@ pub use regs::{
 pub use state::{FoldReport, LpiConfig, VcpuStats, VgicState};
 pub use sync::{Mutex, MutexGuard};
 
-/// Whether `intid` is an LPI INTID of a GIC with `id_bits` INTID bits
-/// (`GICD_TYPER.IDbits` + 1).
-pub fn lpi_in_range(intid: u32, id_bits: u8) -> bool {
-    IntId::new(intid).is_lpi() && u64::from(intid) < (1u64 << id_bits)
-}
-
 /// A set of vCPUs (by index, at most 64) that must be kicked: made to exit
 /// if running, woken if waiting for an interrupt.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -946,7 +946,7 @@ impl VgicState {
     /// Whether `intid` is an LPI INTID this VM supports
     /// (`GICD_TYPER.IDbits`).
     pub fn lpi_in_range(&self, intid: u32) -> bool {
-        crate::lpi_in_range(intid, self.lpi_id_bits)
+        IntId::new(intid).is_lpi() && u64::from(intid) < (1u64 << self.lpi_id_bits)
     }
 
     /// One more ITE maps to `intid` (MAPTI, MAPI). The first mapping creates
