@@ -181,6 +181,51 @@ fn irq_in<'a>(
     }
 }
 
+/// Whether list entry `e` of vCPU `v` is settled for a flush, exactly as
+/// the prune would judge it: the mapping that listed it, owned by `v`,
+/// not in an LR, and deliverable to `v` now.
+#[inline(always)]
+fn settled_here(irq: &Irq, e: &ApEntry, v: usize, g0: bool, g1: bool, v_lpis: bool) -> bool {
+    irq.gen == e.gen
+        && irq.owner == Some(v)
+        && !irq.loaded
+        && oracle_with(irq, g0, g1, |t| t == v && v_lpis) == Some(v)
+}
+
+/// The LR that loads `irq` (INTID `intid`) and its record, marking it
+/// loaded; `None` if it has no state to load.
+#[inline(always)]
+fn load_into_lr(irq: &mut Irq, intid: u32) -> Option<LrMeta> {
+    // Never pending+active for a hardware-linked interrupt (the pending
+    // state lives in the physical GIC), nor for a level interrupt (its
+    // line is resampled at deactivation instead).
+    let pend = irq.pending() && !(irq.active && (irq.hw.is_some() || irq.level));
+    let state = LrState::from_flags(pend, irq.active);
+    if state == LrState::Invalid {
+        return None;
+    }
+    let mut lr = LrValue::new(intid, irq.priority, irq.group1, state);
+    if let Some(p) = irq.hw {
+        lr = lr.with_hw(p);
+    } else if irq.level {
+        lr = lr.with_eoi();
+    }
+    let meta = LrMeta {
+        intid,
+        gen: irq.gen,
+        written: lr,
+        zombie: false,
+        loaded_pending: pend,
+        loaded_latch: irq.latch,
+    };
+    if pend {
+        // The LR owns this pending state now.
+        irq.latch = false;
+    }
+    irq.loaded = true;
+    Some(meta)
+}
+
 /// The parts of the state one vCPU's fold changes, borrowed apart from its
 /// LR records (which it reads meanwhile).
 struct FoldParts<'a> {
@@ -557,6 +602,35 @@ impl VgicState {
         self.relist(v);
     }
 
+    /// The flush of a list of one settled, loadable interrupt (an IPI, an
+    /// LPI, a timer tick: the usual entry with something to load), without
+    /// the candidate buffer and its sort. `None`: not that case, the
+    /// general flush decides.
+    #[inline(always)]
+    fn flush_one(&mut self, v: usize, lrs: &mut [LrValue]) -> Option<IchHcr> {
+        let (g0, g1) = (self.grp0_en, self.grp1_en);
+        let Self {
+            vcpus, spis, lpis, ..
+        } = self;
+        let vc = vcpus.get_mut(v)?;
+        let [e] = vc.ap[..] else {
+            return None;
+        };
+        let (first, rest) = lrs.split_first_mut()?;
+        if e.zombie.is_some() {
+            return None;
+        }
+        let irq = irq_in(&mut vc.private, spis, lpis, e.intid)?;
+        if !settled_here(irq, &e, v, g0, g1, vc.lpis_enabled) {
+            return None;
+        }
+        let meta = load_into_lr(irq, e.intid)?;
+        *first = meta.written;
+        rest.fill(LrValue::INVALID);
+        vc.lr_meta.push(meta);
+        Some(IchHcr::from_bits(IchHcr::EN))
+    }
+
     /// Put vCPU `v`'s list entries into its candidate buffer as
     /// (class, priority, intid, index): active first, then by priority.
     /// With `check`, stop and return false at the first entry the prune
@@ -585,12 +659,7 @@ impl VgicState {
                 }
                 continue;
             };
-            if check
-                && (irq.gen != e.gen
-                    || irq.owner != Some(v)
-                    || irq.loaded
-                    || oracle_with(irq, g0, g1, |t| t == v && v_lpis) != Some(v))
-            {
+            if check && !settled_here(irq, e, v, g0, g1, v_lpis) {
                 return false;
             }
             cand.push((u8::from(!irq.active), irq.priority, e.intid, idx));
@@ -608,6 +677,9 @@ impl VgicState {
             log::error!("vgic: vcpu {v}: flush without fold-back");
             let written: Vec<LrValue> = self.vcpus[v].lr_meta.iter().map(|m| m.written).collect();
             self.fold(v, &written, IchMisr::default(), 0);
+        }
+        if let Some(hcr) = self.flush_one(v, lrs) {
+            return hcr;
         }
         // The list is normally settled here: every change of an
         // interrupt's deliverability requeues it, and the fold pruned what
@@ -664,36 +736,11 @@ impl VgicState {
                     loaded_latch: false,
                 }
             } else {
-                let Some(irq) = irq_in(&mut vc.private, spis, lpis, intid) else {
+                let Some(meta) = irq_in(&mut vc.private, spis, lpis, intid)
+                    .and_then(|irq| load_into_lr(irq, intid))
+                else {
                     continue;
                 };
-                // Never pending+active for a hardware-linked interrupt (the
-                // pending state lives in the physical GIC), nor for a level
-                // interrupt (its line is resampled at deactivation instead).
-                let pend = irq.pending() && !(irq.active && (irq.hw.is_some() || irq.level));
-                let state = LrState::from_flags(pend, irq.active);
-                if state == LrState::Invalid {
-                    continue;
-                }
-                let mut lr = LrValue::new(intid, irq.priority, irq.group1, state);
-                if let Some(p) = irq.hw {
-                    lr = lr.with_hw(p);
-                } else if irq.level {
-                    lr = lr.with_eoi();
-                }
-                let meta = LrMeta {
-                    intid,
-                    gen: irq.gen,
-                    written: lr,
-                    zombie: false,
-                    loaded_pending: pend,
-                    loaded_latch: irq.latch,
-                };
-                if pend {
-                    // The LR owns this pending state now.
-                    irq.latch = false;
-                }
-                irq.loaded = true;
                 meta
             };
             metas.push(meta);

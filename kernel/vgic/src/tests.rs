@@ -304,6 +304,70 @@ fn vtimer_uses_hw_lr() {
     assert!(c.drain(&g, 4).is_empty());
 }
 
+/// The flush of a list of one interrupt (its own short path) loads exactly
+/// the LR the general flush loads for the same interrupt in company: edge,
+/// pending+active, level (EOI maintenance), hardware-linked; and an entry
+/// that is not deliverable any more loads nothing either way.
+#[test]
+fn lone_interrupt_loads_the_lr_it_would_in_company() {
+    // Each scenario leaves INTID `id` of vCPU 0 listed; `company` adds a
+    // lower-priority SPI 90 to the list so the general flush runs.
+    type Setup = fn(&Vgic, &mut SimCpu);
+    let scenarios: [(&str, u32, Setup); 5] = [
+        ("edge", 40, |g, _| {
+            g.gicd_write(0, 0xc00 + 40 / 16 * 4, 4, 0b10 << ((40 % 16) * 2));
+            g.pulse(0, 40);
+        }),
+        ("pending+active", 40, |g, c| {
+            g.gicd_write(0, 0xc00 + 40 / 16 * 4, 4, 0b10 << ((40 % 16) * 2));
+            g.pulse(0, 40);
+            c.enter(g);
+            assert_eq!(c.ack(), Some(40));
+            g.pulse(0, 40);
+            c.exit(g);
+        }),
+        ("level", 33, |g, _| {
+            g.set_line(0, 33, true);
+        }),
+        ("hw", VTIMER_PPI, |g, _| {
+            g.map_hw(0, VTIMER_PPI, Some(VTIMER_PPI));
+            g.set_line(0, VTIMER_PPI, true);
+        }),
+        ("disabled behind the list's back", 40, |g, _| {
+            g.pulse(0, 40);
+            g.lock().irq_mut(0, 40).unwrap().enabled = false;
+        }),
+    ];
+    for (name, id, setup) in scenarios {
+        let lr_of = |company: bool| {
+            let g = vgic(1);
+            enable_spi(&g, 33);
+            enable_spi(&g, 40);
+            enable_private(&g, 0, VTIMER_PPI);
+            let mut c = SimCpu::new(0, 4);
+            setup(&g, &mut c);
+            if company {
+                enable_spi(&g, 90);
+                set_prio_spi(&g, 90, 0xf0);
+                g.pulse(0, 90);
+            }
+            let alone = g.lock().list_len(0) == 1;
+            c.enter(&g);
+            assert_eq!(g.lock().anomalies(), 0, "{name}");
+            (alone, c.lrs.iter().copied().find(|l| l.vintid() == id))
+        };
+        let (alone, lone) = lr_of(false);
+        let (_, among) = lr_of(true);
+        assert!(alone, "{name}: the scenario lists one interrupt");
+        assert_eq!(
+            lone.map(LrValue::bits),
+            among.map(LrValue::bits),
+            "{name}: LR alone vs in company"
+        );
+        assert_eq!(lone.is_some(), name != "disabled behind the list's back");
+    }
+}
+
 #[test]
 fn disable_while_in_lr_retracts_at_exit() {
     let g = vgic(1);
