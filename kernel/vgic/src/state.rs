@@ -141,6 +141,7 @@ fn sgi_key(aff321: u32, range: u8) -> u32 {
 /// [`VgicState::oracle`] with the distributor's group enables given and
 /// `lpis_on(t)` saying whether vCPU `t`'s redistributor has EnableLPIs,
 /// so a caller holding part of the state mutably can ask it.
+#[inline(always)]
 fn oracle_with(
     irq: &Irq,
     grp0_en: bool,
@@ -224,6 +225,21 @@ fn load_into_lr(irq: &mut Irq, intid: u32) -> Option<LrMeta> {
     }
     irq.loaded = true;
     Some(meta)
+}
+
+/// The flush's LR values: the records' in order, Invalid after them.
+#[inline(always)]
+fn write_lrs(metas: &[LrMeta], lrs: &mut [LrValue]) {
+    for (i, lr) in lrs.iter_mut().enumerate() {
+        match metas.get(i) {
+            Some(m) => *lr = m.written,
+            // A store only where needed: the caller's buffer is nearly
+            // always Invalid already, and a plain fill becomes a memset
+            // call that costs more than the whole loop.
+            None if lr.bits() != LrValue::INVALID.bits() => *lr = LrValue::INVALID,
+            None => {}
+        }
+    }
 }
 
 /// The parts of the state one vCPU's fold changes, borrowed apart from its
@@ -616,7 +632,9 @@ impl VgicState {
         let [e] = vc.ap[..] else {
             return None;
         };
-        let (first, rest) = lrs.split_first_mut()?;
+        if lrs.is_empty() {
+            return None;
+        }
         if e.zombie.is_some() {
             return None;
         }
@@ -625,9 +643,8 @@ impl VgicState {
             return None;
         }
         let meta = load_into_lr(irq, e.intid)?;
-        *first = meta.written;
-        rest.fill(LrValue::INVALID);
         vc.lr_meta.push(meta);
+        write_lrs(&vc.lr_meta, lrs);
         Some(IchHcr::from_bits(IchHcr::EN))
     }
 
@@ -745,9 +762,7 @@ impl VgicState {
             };
             metas.push(meta);
         }
-        for (i, lr) in lrs.iter_mut().enumerate() {
-            *lr = metas.get(i).map_or(LrValue::INVALID, |m| m.written);
-        }
+        write_lrs(metas, lrs);
         let mut hcr = IchHcr::EN;
         if leftover {
             // More waiting than LRs: refill when the guest has consumed them.
