@@ -83,6 +83,16 @@ pub unsafe fn read_le_u64s(src: *const u8, out: &mut [u64]) {
     }
 }
 
+/// Read one byte of shared memory at `src` (an LPI's property byte): a
+/// single load, without [`read`]'s head/word/tail split.
+///
+/// # Safety
+/// As [`read`], for the byte at `src`.
+pub unsafe fn read_u8(src: *const u8) -> u8 {
+    // SAFETY: valid (the caller's contract); AtomicU8 has u8's alignment.
+    unsafe { AtomicU8::from_ptr(src as *mut u8) }.load(Ordering::Relaxed)
+}
+
 /// Copy `src` into shared memory at `dst`.
 ///
 /// # Safety

@@ -56,6 +56,19 @@ fn copies_every_alignment_and_length_exactly() {
 }
 
 #[test]
+fn reads_each_byte_alone() {
+    let mem = Shared::new(2);
+    let init: Vec<u8> = (0..16u8).map(|b| b.wrapping_mul(37) ^ 0xC3).collect();
+    // SAFETY: 16 bytes in range; no other thread touches it.
+    unsafe { vigil_guestmem::write(mem.base(), &init) };
+    for (off, want) in init.iter().enumerate() {
+        // SAFETY: `off < 16`.
+        let got = unsafe { vigil_guestmem::read_u8(mem.base().add(off)) };
+        assert_eq!(got, *want, "byte at {off}");
+    }
+}
+
+#[test]
 fn reads_little_endian_words_at_any_alignment() {
     let mem = Shared::new(4);
     let init: Vec<u8> = (1..=32u8).collect();

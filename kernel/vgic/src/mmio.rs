@@ -720,8 +720,6 @@ pub fn read_lpi_config(propbaser: u64, intid: u32, mem: &dyn GuestMemory) -> Opt
         return None;
     }
     let addr = (propbaser & PROPBASER_PA) + u64::from(index);
-    if !mem.is_ram(addr, 1) {
-        return None;
-    }
+    // Outside RAM the read fails (the GuestMemory contract): None.
     mem.read_u8(addr).ok().map(LpiConfig::from_byte)
 }

@@ -479,6 +479,12 @@ impl GuestMemory for Vm {
         unsafe { vigil_guestmem::read_le_u64s(pa as *const u8, out) };
         Ok(())
     }
+
+    fn read_u8(&self, gpa: u64) -> Result<u8, MemError> {
+        let pa = self.ram_pa(gpa, 1).ok_or(MemError::OutOfRam)?;
+        // SAFETY: as in `read`.
+        Ok(unsafe { vigil_guestmem::read_u8(pa as *const u8) })
+    }
 }
 
 impl PsciVm for Vm {
