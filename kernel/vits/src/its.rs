@@ -728,7 +728,10 @@ impl Vits {
     }
 
     /// Run one command. Every check happens before any state changes, so an
-    /// error has no side effect (vITS invariant 7).
+    /// error has no side effect (vITS invariant 7). Inlined into the
+    /// command loop: a call per command with the decoded command passed
+    /// through memory cost more than its dispatch.
+    #[inline(always)]
     fn execute(
         &self,
         q: &CmdQueue,
@@ -954,6 +957,7 @@ impl Vits {
     /// MAPTI / MAPI (IHI 0069 §5.3, MAPTI and MAPI). The LPI's priority and
     /// enable are read from the property table.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn cmd_mapti(
         &self,
         q: &CmdQueue,
