@@ -217,11 +217,59 @@ impl Device {
     }
 }
 
+/// The collection table: ICID -> target vCPU, flat, as the ITS's own
+/// GITS_BASER1 table is. It grows to the highest ICID mapped (ICIDs are 16
+/// bits: at most 128 KiB per vITS); a lookup, on every MSI and most
+/// commands, is one load.
+#[derive(Default)]
+struct Collections(Vec<u16>);
+
+impl Collections {
+    const UNMAPPED: u16 = u16::MAX;
+
+    fn get(&self, icid: u16) -> Option<usize> {
+        match self.0.get(usize::from(icid)) {
+            Some(&v) if v != Self::UNMAPPED => Some(usize::from(v)),
+            _ => None,
+        }
+    }
+
+    fn contains(&self, icid: u16) -> bool {
+        self.get(icid).is_some()
+    }
+
+    /// Map `icid` to `vcpu` (below [`Self::UNMAPPED`]; the redistributor
+    /// check bounds it); the previous target, or Err if the table cannot
+    /// grow (the heap is out).
+    fn insert(&mut self, icid: u16, vcpu: usize) -> Result<Option<usize>, ()> {
+        let v = u16::try_from(vcpu)
+            .ok()
+            .filter(|&v| v != Self::UNMAPPED)
+            .ok_or(())?;
+        let i = usize::from(icid);
+        if i >= self.0.len() {
+            self.0
+                .try_reserve_exact(i + 1 - self.0.len())
+                .map_err(|_| ())?;
+            self.0.resize(i + 1, Self::UNMAPPED);
+        }
+        let old = self.get(icid);
+        self.0[i] = v;
+        Ok(old)
+    }
+
+    fn remove(&mut self, icid: u16) {
+        if let Some(slot) = self.0.get_mut(usize::from(icid)) {
+            *slot = Self::UNMAPPED;
+        }
+    }
+}
+
 /// The event -> vLPI route (lock 2).
 struct Routes {
     enabled: bool,
     devices: BTreeMap<u32, Device>,
-    collections: BTreeMap<u16, usize>,
+    collections: Collections,
     /// Events mapped over all devices (the quota's count).
     mappings: u32,
     /// ITT entries over all devices (bounded by [`Vits::itt_quota`]).
@@ -273,7 +321,7 @@ impl Routes {
         Self {
             enabled: false,
             devices: BTreeMap::new(),
-            collections: BTreeMap::new(),
+            collections: Collections::default(),
             mappings: 0,
             itt_entries: 0,
         }
@@ -462,7 +510,7 @@ impl Vits {
 
     /// The vCPU collection `icid` is mapped to.
     pub fn collection(&self, icid: u16) -> Option<usize> {
-        self.routes.lock().collections.get(&icid).copied()
+        self.routes.lock().collections.get(icid)
     }
 
     /// Raise the LPI of (DeviceID, EventID) as if the device had written
@@ -509,9 +557,9 @@ impl Vits {
         if generation.is_some_and(|g| g != ite.gen as u32) {
             return Err(TranslateError::Remapped);
         }
-        let vcpu = *routes
+        let vcpu = routes
             .collections
-            .get(&ite.icid)
+            .get(ite.icid)
             .ok_or(TranslateError::CollectionUnmapped)?;
         let mut kick = Kick::default();
         let mut st = self.vgic.lock();
@@ -917,18 +965,21 @@ impl Vits {
     ) -> WalkResult {
         let mut routes = self.routes.lock();
         let (vcpu, after) = match resumed {
-            Some(after) => match routes.collections.get(&icid) {
-                Some(&v) => (v, after),
+            Some(after) => match routes.collections.get(icid) {
+                Some(v) => (v, after),
                 None => return Ok((None, 1)),
             },
             None => {
                 self.check_icid(q, icid)?;
                 if !valid {
-                    routes.collections.remove(&icid);
+                    routes.collections.remove(icid);
                     return Ok((None, 1));
                 }
                 let vcpu = self.check_rdbase(rdbase)?;
-                let old = routes.collections.insert(icid, vcpu);
+                let old = routes
+                    .collections
+                    .insert(icid, vcpu)
+                    .map_err(|()| CmdError::CollectionOutOfRange(icid))?;
                 if old.is_none_or(|o| o == vcpu) {
                     return Ok((None, 1));
                 }
@@ -985,7 +1036,7 @@ impl Vits {
             return Err(CmdError::TooManyMappings(device, event));
         }
         let r = &mut *routes;
-        let target = r.collections.get(&icid).copied();
+        let target = r.collections.get(icid);
         let dev = r
             .devices
             .get_mut(&device)
@@ -1041,9 +1092,9 @@ impl Vits {
             .entry(device, event)?
             .as_mut()
             .ok_or(CmdError::EventUnmapped(device, event))?;
-        let vcpu = *r
+        let vcpu = r
             .collections
-            .get(&icid)
+            .get(icid)
             .ok_or(CmdError::CollectionUnmapped(icid))?;
         ite.icid = icid;
         self.vgic.lock().lpi_set_target(ite.intid, Some(vcpu), kick);
@@ -1110,7 +1161,7 @@ impl Vits {
         self.check_icid(q, icid)?;
         let (hits, next, scanned) = {
             let routes = self.routes.lock();
-            if !routes.collections.contains_key(&icid) {
+            if !routes.collections.contains(icid) {
                 return Err(CmdError::CollectionUnmapped(icid));
             }
             scan(&routes, icid, after, max)
@@ -1133,9 +1184,9 @@ impl Vits {
     fn cmd_int(&self, device: u32, event: u32, kick: &mut Kick) -> Result<(), CmdError> {
         let routes = self.routes.lock();
         let ite = Self::ite(&routes, device, event)?;
-        let vcpu = *routes
+        let vcpu = routes
             .collections
-            .get(&ite.icid)
+            .get(ite.icid)
             .ok_or(CmdError::CollectionUnmapped(ite.icid))?;
         self.vgic
             .lock()
@@ -1147,7 +1198,7 @@ impl Vits {
     fn cmd_clear(&self, device: u32, event: u32, kick: &mut Kick) -> Result<(), CmdError> {
         let routes = self.routes.lock();
         let ite = Self::ite(&routes, device, event)?;
-        if !routes.collections.contains_key(&ite.icid) {
+        if !routes.collections.contains(ite.icid) {
             return Err(CmdError::CollectionUnmapped(ite.icid));
         }
         if let Some(m) = self.mirror_for(device) {
@@ -1493,4 +1544,30 @@ fn scan(
         }
     }
     (hits, None, scanned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Collections;
+
+    /// The flat collection table answers as the map it replaced: unmapped
+    /// until MAPC, the last MAPC wins, V=0 unmaps, ICIDs far apart grow it
+    /// without disturbing each other, and no vCPU index can alias
+    /// "unmapped".
+    #[test]
+    fn collection_table_maps_remaps_and_unmaps() {
+        let mut c = Collections::default();
+        assert_eq!(c.get(0), None);
+        assert_eq!(c.insert(3, 1), Ok(None));
+        assert_eq!((c.get(3), c.get(2), c.get(4)), (Some(1), None, None));
+        assert_eq!(c.insert(3, 2), Ok(Some(1)));
+        assert_eq!(c.insert(u16::MAX, 0), Ok(None));
+        assert_eq!((c.get(3), c.get(u16::MAX)), (Some(2), Some(0)));
+        c.remove(3);
+        c.remove(40_000);
+        assert!(!c.contains(3) && c.contains(u16::MAX));
+        assert_eq!(c.insert(5, usize::from(u16::MAX)), Err(()));
+        assert_eq!(c.insert(5, 1 << 20), Err(()));
+        assert!(!c.contains(5));
+    }
 }
