@@ -76,6 +76,13 @@ fn a_vits_at_its_quota_fits_its_heap_allowance() {
         let base = IN_USE.load(Ordering::Relaxed);
         PEAK.store(base, Ordering::Relaxed);
         r.map_two_full_devices();
+        // The flat collection table at its largest this table allows
+        // (one 64 KiB page: 8192 ICIDs).
+        r.cmd(Command::Mapc {
+            icid: 8191,
+            rdbase: 0,
+            valid: true,
+        });
         for chunk in cmds.chunks(1024) {
             r.cmds(chunk);
         }
