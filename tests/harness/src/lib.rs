@@ -408,6 +408,7 @@ pub struct Qemu {
     semihosting: Option<bool>,
     expected_errors: Vec<String>,
     smp: Option<usize>,
+    gic: Option<u8>,
 }
 
 impl Qemu {
@@ -422,6 +423,7 @@ impl Qemu {
             semihosting: None,
             expected_errors: Vec::new(),
             smp: None,
+            gic: None,
         }
     }
 
@@ -429,6 +431,13 @@ impl Qemu {
     /// instead of its default 4.
     pub fn smp(mut self, n: usize) -> Self {
         self.smp = Some(n);
+        self
+    }
+
+    /// Boot the board with GIC architecture version `v` (`scripts/qemu
+    /// --gic`: 4 is QEMU's GICv4.0) instead of its GICv3.
+    pub fn gic(mut self, v: u8) -> Self {
+        self.gic = Some(v);
         self
     }
 
@@ -518,6 +527,9 @@ impl Qemu {
         }
         if let Some(n) = self.smp {
             cmd.arg("--smp").arg(n.to_string());
+        }
+        if let Some(v) = self.gic {
+            cmd.arg("--gic").arg(v.to_string());
         }
         cmd.arg("--append").arg(&self.append);
         for g in &self.guests {

@@ -44,6 +44,17 @@ fn lpi_through_the_its_with_a_two_level_device_table() {
     );
 }
 
+/// The physical ITS driver on QEMU's GICv4.0 board: the redistributors
+/// are 4 frames each there (GICR_TYPER.VLPIS) and the ITS reports
+/// virtual support; Vigil finds every redistributor and its LPIs arrive.
+#[test]
+fn lpi_through_the_its_on_a_gicv4_board() {
+    let run = Qemu::scenario("lpi").gic(4).run();
+    run.check(LPI_LINES).unwrap();
+    run.check(&["GIC: GICv4,", "4 redistributors in 1 regions"])
+        .unwrap();
+}
+
 #[test]
 fn lpi_through_the_its_with_a_flat_device_table() {
     let run = Qemu::new("vigil.test=lpi vigil.its=flat").run();
