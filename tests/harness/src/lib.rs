@@ -435,7 +435,8 @@ impl Qemu {
     }
 
     /// Boot the board with GIC architecture version `v` (`scripts/qemu
-    /// --gic`: 4 is QEMU's GICv4.0) instead of its GICv3.
+    /// --gic`: 4 is QEMU's GICv4.0) instead of its GICv3. The run then
+    /// fails unless Vigil's boot log names that GIC.
     pub fn gic(mut self, v: u8) -> Self {
         self.gic = Some(v);
         self
@@ -543,6 +544,11 @@ impl Qemu {
         let expected: Vec<&str> = self.expected_errors.iter().map(String::as_str).collect();
         if let Err(e) = errors_as_expected(&run.log, &expected) {
             panic!("{e}\n--- serial log ---\n{}", run.log);
+        }
+        if let Some(v) = self.gic {
+            // The board flag took: Vigil names the GIC it found, once.
+            let named = run.lines_with(&format!("GIC: GICv{v},")).count();
+            assert_eq!(named, 1, "asked for GICv{v}:\n{}", run.log);
         }
         run
     }

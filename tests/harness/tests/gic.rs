@@ -51,8 +51,8 @@ fn lpi_through_the_its_with_a_two_level_device_table() {
 fn lpi_through_the_its_on_a_gicv4_board() {
     let run = Qemu::scenario("lpi").gic(4).run();
     run.check(LPI_LINES).unwrap();
-    run.check(&["GIC: GICv4,", "4 redistributors in 1 regions"])
-        .unwrap();
+    // `gic(4)` checks the boot log names a GICv4.
+    run.check(&["4 redistributors in 1 regions"]).unwrap();
 }
 
 #[test]

@@ -91,12 +91,6 @@ fn hwrng_through_passthrough(gic: u8) {
     assert!(a > b, "ITS-MSI count did not rise: {b} -> {a}\n{}", run.log);
     assert_eq!(run.lines_with(" WARN ]").count(), 0, "{}", run.log);
     assert_eq!(run.lines_with(" ERROR]").count(), 0, "{}", run.log);
-    assert_eq!(
-        run.lines_with(&format!("GIC: GICv{gic},")).count(),
-        1,
-        "{}",
-        run.log
-    );
 }
 
 /// The bridge cannot be given to two VMs: one clear error, before any VM
@@ -159,12 +153,6 @@ fn msi_stress(gic: u8) {
     assert_eq!(run.lines_with("FAIL").count(), 0, "{}", run.log);
     assert_eq!(run.lines_with(" ERROR]").count(), 0, "{}", run.log);
     assert_eq!(run.lines_with(" WARN ]").count(), 0, "{}", run.log);
-    assert_eq!(
-        run.lines_with(&format!("GIC: GICv{gic},")).count(),
-        1,
-        "{}",
-        run.log
-    );
 }
 
 /// PSCI SYSTEM_RESET 100 times by vCPU 0 while vCPUs 1..3 call CPU_ON on
