@@ -7,6 +7,10 @@
 //! - DW2[15:0] ICID, DW2[51:16] RDbase (MAPC, SYNC, MOVALL),
 //!   DW2[51:8] ITT_addr (MAPD), DW2[63] Valid (MAPC, MAPD);
 //! - DW3[51:16] RDbase2 (MOVALL).
+//!
+//! GICv4.0's virtual commands (§5.3.20-§5.3.28) put the vPEID at
+//! DW1[47:32]; VMAPTI's vINTID is DW2[31:0] and its doorbell DW2[63:32]
+//! (1023: none); VMAPP's VPT_addr is DW3[51:16], VPT_size DW3[4:0].
 
 /// Command numbers (IHI 0069 table 5-8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +28,11 @@ pub enum Opcode {
     Invall = 0x0d,
     Movall = 0x0e,
     Discard = 0x0f,
+    Vmovi = 0x21,
+    Vsync = 0x25,
+    Vmapp = 0x29,
+    Vmapti = 0x2a,
+    Vinvall = 0x2d,
 }
 
 impl Opcode {
@@ -41,6 +50,11 @@ impl Opcode {
             0x0d => Self::Invall,
             0x0e => Self::Movall,
             0x0f => Self::Discard,
+            0x21 => Self::Vmovi,
+            0x25 => Self::Vsync,
+            0x29 => Self::Vmapp,
+            0x2a => Self::Vmapti,
+            0x2d => Self::Vinvall,
             _ => return None,
         })
     }
@@ -68,6 +82,8 @@ impl RdBase {
 pub struct ItsCommand(pub [u64; 4]);
 
 const RDBASE_MASK: u64 = (1 << 36) - 1; // 36 bits at [51:16]
+/// A doorbell field that names no doorbell (IHI 0069 §5.3.22).
+pub const NO_DOORBELL: u32 = 1023;
 const ITT_ADDR_MASK: u64 = ((1 << 52) - 1) & !0xff; // bits [51:8]
 
 impl ItsCommand {
@@ -179,6 +195,55 @@ impl ItsCommand {
         c
     }
 
+    fn vpe(mut self, vpe_id: u16) -> Self {
+        self.0[1] |= (vpe_id as u64) << 32;
+        self
+    }
+
+    /// VMAPP (GICv4.0 form): map vPE `vpe_id` to redistributor `rd`, with
+    /// its virtual pending table at `vpt_addr` (64 KiB aligned) for
+    /// vINTIDs below 2^`id_bits`; or unmap it (§5.3.24).
+    pub fn vmapp(vpe_id: u16, rd: RdBase, vpt_addr: u64, id_bits: u8, valid: bool) -> Self {
+        let mut c = Self::new(Opcode::Vmapp).vpe(vpe_id).rdbase(rd);
+        c.0[2] |= (valid as u64) << 63;
+        c.0[3] = (vpt_addr & (RDBASE_MASK << 16)) | (id_bits.saturating_sub(1) & 0x1f) as u64;
+        c
+    }
+
+    /// VMAPTI: map (device, event) to vLPI `vintid` of vPE `vpe_id`,
+    /// ringing physical LPI `doorbell` when the vPE is not resident
+    /// ([`NO_DOORBELL`]: none) (§5.3.26).
+    pub fn vmapti(device_id: u32, event_id: u32, vpe_id: u16, vintid: u32, doorbell: u32) -> Self {
+        let mut c = Self::new(Opcode::Vmapti)
+            .device(device_id)
+            .event(event_id)
+            .vpe(vpe_id);
+        c.0[2] = u64::from(vintid) | (u64::from(doorbell) << 32);
+        c
+    }
+
+    /// VMOVI: move (device, event)'s vLPI to vPE `vpe_id`, with its new
+    /// doorbell (§5.3.27). Its pending state moves with it.
+    pub fn vmovi(device_id: u32, event_id: u32, vpe_id: u16, doorbell: u32) -> Self {
+        let mut c = Self::new(Opcode::Vmovi)
+            .device(device_id)
+            .event(event_id)
+            .vpe(vpe_id);
+        c.0[2] = 1 | (u64::from(doorbell) << 32);
+        c
+    }
+
+    /// VSYNC: complete all earlier effects on vPE `vpe_id` (§5.3.28).
+    pub fn vsync(vpe_id: u16) -> Self {
+        Self::new(Opcode::Vsync).vpe(vpe_id)
+    }
+
+    /// VINVALL: reload the configuration of every vLPI of vPE `vpe_id`
+    /// (§5.3.23).
+    pub fn vinvall(vpe_id: u16) -> Self {
+        Self::new(Opcode::Vinvall).vpe(vpe_id)
+    }
+
     pub fn opcode(&self) -> Option<Opcode> {
         Opcode::from_u8(self.0[0] as u8)
     }
@@ -282,6 +347,36 @@ mod tests {
             }
         }
         assert_eq!(Opcode::from_u8(0x02), None);
-        assert_eq!(Opcode::from_u8(0x2b), None, "GICv4 VMAPI is not supported");
+        assert_eq!(Opcode::from_u8(0x2b), None, "GICv4 VMAPI is not built");
+    }
+
+    #[test]
+    fn virtual_commands_layout() {
+        let c = ItsCommand::vmapp(0xbeef, RdBase(5), 0x0004_1234_5670_0000, 16, true);
+        assert_eq!(c.0[0], 0x29);
+        assert_eq!(c.0[1], 0xbeef << 32);
+        assert_eq!(c.0[2], (1 << 63) | (5 << 16));
+        // VPT_addr keeps bits [51:16]; VPT_size is ID bits minus one.
+        assert_eq!(c.0[3], 0x0004_1234_5670_0000 | 15);
+        let c = ItsCommand::vmapp(1, RdBase(0), 0x1_2345, 16, false);
+        assert_eq!(c.0[2], 0);
+        assert_eq!(c.0[3], 0x1_0000 | 15);
+
+        let c = ItsCommand::vmapti(0x11, 0x22, 3, 8192 + 7, 9000);
+        assert_eq!(
+            c.0,
+            [0x11_0000_002a, (3 << 32) | 0x22, (9000 << 32) | 8199, 0]
+        );
+        let c = ItsCommand::vmapti(1, 2, 0xffff, 8192, NO_DOORBELL);
+        assert_eq!(c.0[1], (0xffff << 32) | 2);
+        assert_eq!(c.0[2], (1023 << 32) | 8192);
+
+        let c = ItsCommand::vmovi(0x11, 0x22, 4, 9001);
+        assert_eq!(c.0, [0x11_0000_0021, (4 << 32) | 0x22, (9001 << 32) | 1, 0]);
+        assert_eq!(ItsCommand::vsync(7).0, [0x25, 7 << 32, 0, 0]);
+        assert_eq!(ItsCommand::vinvall(7).0, [0x2d, 7 << 32, 0, 0]);
+        for op in [0x21u8, 0x25, 0x29, 0x2a, 0x2d] {
+            assert_eq!(Opcode::from_u8(op).map(|o| o as u8), Some(op));
+        }
     }
 }

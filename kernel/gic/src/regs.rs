@@ -94,6 +94,55 @@ register_structs! {
     }
 }
 
+register_structs! {
+    /// A GICv4 redistributor's VLPI_base frame (its third 64 KiB frame,
+    /// at RD_base + 0x20000; IHI 0069H §9.11, §12.11.37-38).
+    pub GicrVlpiRegs {
+        (0x0000 => _reserved0),
+        (0x0070 => pub vpropbaser: ReadWrite<u64>),
+        (0x0078 => pub vpendbaser: ReadWrite<u64>),
+        (0x0080 => _reserved1),
+        (0x10000 => @END),
+    }
+}
+
+/// The VLPI_base frame's offset from RD_base.
+pub const GICR_VLPI_FRAME: u64 = 0x2_0000;
+
+/// GICv4.0 GICR_VPROPBASER and GICR_VPENDBASER (IHI 0069H §12.11.37-38).
+pub mod vlpi {
+    use super::Shareability;
+
+    pub const VALID: u64 = 1 << 63;
+    /// Implementation Defined Area Invalid: the pending table's first
+    /// 1 KiB holds no cached summary (a freshly zeroed table).
+    pub const IDAI: u64 = 1 << 62;
+    /// Read after Valid 1 -> 0: the vPE still has a pending, enabled vLPI.
+    pub const PENDING_LAST: u64 = 1 << 61;
+    /// Read after Valid 1 -> 0: the redistributor is still writing the
+    /// pending table back; PendingLast means something only once clear.
+    pub const DIRTY: u64 = 1 << 60;
+
+    /// GICR_VPROPBASER: the vLPI configuration table at `pa` (4 KiB
+    /// aligned), for vINTIDs below 2^`id_bits`.
+    pub fn vpropbaser(pa: u64, id_bits: u8, share: Shareability, cache: u64) -> u64 {
+        (pa & 0x000f_ffff_ffff_f000)
+            | (share as u64) << 10
+            | (cache & 7) << 7
+            | (id_bits.saturating_sub(1) & 0x1f) as u64
+    }
+
+    /// GICR_VPENDBASER: the vPE whose virtual pending table is at `pa`
+    /// (64 KiB aligned), resident (`valid`) or not.
+    pub fn vpendbaser(pa: u64, valid: bool, idai: bool, share: Shareability, cache: u64) -> u64 {
+        (pa & 0x000f_ffff_ffff_0000)
+            | (share as u64) << 10
+            | (cache & 7) << 7
+            | if valid { VALID } else { 0 }
+            | if idai { IDAI } else { 0 }
+    }
+}
+
 /// Size of one GICv3 redistributor (RD_base + SGI_base).
 pub const GICR_STRIDE: u64 = 0x2_0000;
 
@@ -114,6 +163,8 @@ pub mod gicr {
     pub const WAKER_PROCESSOR_SLEEP: u32 = 1 << 1;
     pub const WAKER_CHILDREN_ASLEEP: u32 = 1 << 2;
     pub const TYPER_PLPIS: u64 = 1 << 0;
+    /// GICv4 virtual LPIs at this redistributor.
+    pub const TYPER_VLPIS: u64 = 1 << 1;
     pub const TYPER_LAST: u64 = 1 << 4;
 
     /// Affinity Aff3.Aff2.Aff1.Aff0 from GICR_TYPER[63:32], in MPIDR bit
@@ -257,6 +308,10 @@ pub struct GitsTyper(pub u64);
 impl GitsTyper {
     pub fn physical(&self) -> bool {
         self.0 & 1 != 0
+    }
+    /// GICv4 virtual LPIs: the V-commands and a vPE table (bit 1).
+    pub fn virtual_lpis(&self) -> bool {
+        self.0 & 2 != 0
     }
     /// Bytes per ITT entry.
     pub fn itt_entry_size(&self) -> u64 {
@@ -436,6 +491,8 @@ mod tests {
         // PTA = 0, CIL = 0.
         let t = GitsTyper(1 | (11 << 4) | (15 << 8) | (15 << 13));
         assert!(t.physical());
+        assert!(!t.virtual_lpis());
+        assert!(GitsTyper(3).virtual_lpis());
         assert_eq!(t.itt_entry_size(), 12);
         assert_eq!(t.id_bits(), 16);
         assert_eq!(t.dev_bits(), 16);
@@ -461,5 +518,22 @@ mod tests {
         assert_eq!(table_shareability(q), Shareability::InnerShareable);
         assert_eq!(lpi_config(0xa0, true), 0xa3);
         assert_eq!(lpi_config(0xa1, false), 0xa2);
+    }
+
+    #[test]
+    fn vlpi_frame_encodings() {
+        let p = vlpi::vpropbaser(
+            0x4_4000_1fff,
+            16,
+            Shareability::InnerShareable,
+            CACHE_RAWAWB,
+        );
+        assert_eq!(p, 0x4_4000_1000 | (1 << 10) | (7 << 7) | 15);
+        let q = vlpi::vpendbaser(0x4_4001_ffff, true, true, Shareability::NonShareable, 0);
+        assert_eq!(q, (1 << 63) | (1 << 62) | 0x4_4001_0000);
+        let q = vlpi::vpendbaser(0x4_4001_0000, false, false, Shareability::InnerShareable, 7);
+        assert_eq!(q, 0x4_4001_0000 | (1 << 10) | (7 << 7));
+        assert_eq!(vlpi::PENDING_LAST, 1 << 61);
+        assert_eq!(vlpi::DIRTY, 1 << 60);
     }
 }
