@@ -34,6 +34,7 @@ const KNOWN_OPTIONS: &[&str] = &[
     "vigil.test",
     "vigil.log",
     "vigil.its",
+    "vigil.gicv4",
     "vigil.exit",
     "vigil.dma_canary",
 ];
@@ -189,7 +190,14 @@ extern "C" fn kmain() -> ! {
                 "boot: vigil.its={other}: expected vigil.its=flat"
             )),
         };
-        gic::its::init(its.base, platform.cpus.len(), flat)
+        let gicv4 = match args.get("vigil.gicv4") {
+            None | Some("on") => true,
+            Some("off") => false,
+            Some(other) => fatal(format_args!(
+                "boot: vigil.gicv4={other}: expected vigil.gicv4=on or off"
+            )),
+        };
+        gic::its::init(its.base, platform.cpus.len(), flat, gicv4)
             .unwrap_or_else(|e| fatal(format_args!("boot: ITS: {e}")));
     }
     if let Some(info) = platform.smmu {

@@ -185,6 +185,9 @@ pub enum TranslateError {
 struct Ite {
     intid: u32,
     icid: u16,
+    /// The mirror mapped it to its vLPI directly ([`Mirror::map_event`]):
+    /// software triggers and INV go to the mirror.
+    direct: bool,
     gen: u64,
 }
 
@@ -394,16 +397,38 @@ pub trait Mirror: Send + Sync {
     fn map_device(&self, device: u32, event_bits: u8);
     /// MAPD(V=0), or MAPD(V=1) replacing a mapped device.
     fn unmap_device(&self, device: u32);
-    /// MAPTI/MAPI: the event now raises a vLPI on vCPU `target` (None:
-    /// its collection is not mapped yet), in this mapping's `generation`
-    /// (give it to [`Vits::translate_generation`]).
-    fn map_event(&self, device: u32, event: u32, target: Option<usize>, generation: u64);
+    /// MAPTI/MAPI: the event now raises vLPI `intid` on vCPU `target`
+    /// (None: its collection is not mapped yet), in this mapping's
+    /// `generation` (give it to [`Vits::translate_generation`]). True if
+    /// the mirror mapped it to the vLPI directly (GICv4 VMAPTI): the
+    /// physical ITS then owns its pending state, and the event's software
+    /// triggers and INVs go to [`Mirror::raise`] and
+    /// [`Mirror::inv_event`].
+    fn map_event(
+        &self,
+        device: u32,
+        event: u32,
+        intid: u32,
+        target: Option<usize>,
+        generation: u64,
+    ) -> bool;
     /// DISCARD.
     fn unmap_event(&self, device: u32, event: u32);
     /// MOVI, or a MAPC that retargets the event's collection.
     fn move_event(&self, device: u32, event: u32, target: usize);
     /// CLEAR: drop a pending host interrupt of the event.
     fn clear_event(&self, device: u32, event: u32);
+    /// A software trigger (INT, a `GITS_TRANSLATER` write) of an event it
+    /// mapped directly: make it pending on the physical side, where its
+    /// pending state lives (in the vPE's table, not in the vGIC: the two
+    /// paths never both hold it). False if it could not (then the vGIC
+    /// takes it).
+    fn raise(&self, _device: u32, _event: u32) -> bool {
+        false
+    }
+    /// INV/INVALL of an event it mapped directly: the guest changed its
+    /// configuration; the physical redistributor re-reads it.
+    fn inv_event(&self, _device: u32, _event: u32) {}
 }
 
 /// One VM's virtual ITS.
@@ -445,6 +470,16 @@ impl Vits {
     /// The mirror, if `device` is one it owns.
     fn mirror_for(&self, device: u32) -> Option<&dyn Mirror> {
         self.mirror.get().map(|m| &**m).filter(|m| m.owns(device))
+    }
+
+    /// A software trigger of an event the mirror mapped directly
+    /// ([`Mirror::raise`]). Out of line: the injection path of every other
+    /// event pays only the test of the ITE's flag.
+    #[cold]
+    #[inline(never)]
+    fn raise_direct(&self, device: u32, event: u32) -> bool {
+        self.mirror_for(device)
+            .is_some_and(|m| m.raise(device, event))
     }
 
     /// Back to power-on state (a VM reset): disabled, no queue, no devices
@@ -556,6 +591,11 @@ impl Vits {
             .map_err(|_| TranslateError::EventUnmapped)?;
         if generation.is_some_and(|g| g != ite.gen as u32) {
             return Err(TranslateError::Remapped);
+        }
+        // A host LPI (generation given) only exists for events the mirror
+        // did not map directly.
+        if ite.direct && generation.is_none() && self.raise_direct(device, event) {
+            return Ok(Kick::default());
         }
         let vcpu = routes
             .collections
@@ -1053,12 +1093,19 @@ impl Vits {
             .lock()
             .lpi_map(intid, target, cfg, kick)
             .ok_or(CmdError::LpiTableFull(intid))?;
-        *slot = Some(Ite { intid, icid, gen });
+        // Under the route lock: a host LPI the physical MAPTI raises is
+        // translated only once the ITE below is in place.
+        let direct = self
+            .mirror_for(device)
+            .is_some_and(|m| m.map_event(device, event, intid, target, gen));
+        *slot = Some(Ite {
+            intid,
+            icid,
+            direct,
+            gen,
+        });
         dev.mapped += 1;
         r.mappings += 1;
-        if let Some(m) = self.mirror_for(device) {
-            m.map_event(device, event, target, gen);
-        }
         Ok(())
     }
 
@@ -1141,6 +1188,12 @@ impl Vits {
         let mut st = self.vgic.lock();
         // vITS invariant 3: apply only to the mapping we looked up.
         st.lpi_set_config(ite.intid, ite.gen, cfg, kick);
+        drop(st);
+        if ite.direct {
+            if let Some(m) = self.mirror_for(device) {
+                m.inv_event(device, event);
+            }
+        }
         Ok(())
     }
 
@@ -1177,6 +1230,12 @@ impl Vits {
         for (&(_, _, ite), cfg) in hits.iter().zip(cfgs) {
             st.lpi_set_config(ite.intid, ite.gen, cfg, kick);
         }
+        drop(st);
+        for &(device, event, _) in hits.iter().filter(|h| h.2.direct) {
+            if let Some(m) = self.mirror_for(device) {
+                m.inv_event(device, event);
+            }
+        }
         Ok((next.map(Some), scanned))
     }
 
@@ -1188,6 +1247,9 @@ impl Vits {
             .collections
             .get(ite.icid)
             .ok_or(CmdError::CollectionUnmapped(ite.icid))?;
+        if ite.direct && self.raise_direct(device, event) {
+            return Ok(());
+        }
         self.vgic
             .lock()
             .lpi_set_pending(ite.intid, None, Some(vcpu), kick);

@@ -1093,11 +1093,19 @@ fn mirror_sees_every_mapping_change_of_its_devices() {
         fn unmap_device(&self, device: u32) {
             self.0.lock().unwrap().push(format!("unmapd {device}"));
         }
-        fn map_event(&self, device: u32, event: u32, target: Option<usize>, _generation: u64) {
+        fn map_event(
+            &self,
+            device: u32,
+            event: u32,
+            intid: u32,
+            target: Option<usize>,
+            _generation: u64,
+        ) -> bool {
             self.0
                 .lock()
                 .unwrap()
-                .push(format!("map {device}/{event} -> {target:?}"));
+                .push(format!("map {device}/{event} = {intid} -> {target:?}"));
+            false
         }
         fn unmap_event(&self, device: u32, event: u32) {
             self.0
@@ -1162,11 +1170,11 @@ fn mirror_sees_every_mapping_change_of_its_devices() {
         *fake.0.lock().unwrap(),
         vec![
             "mapd 7 5",
-            "map 7/2 -> Some(1)",
+            "map 7/2 = 8193 -> Some(1)",
             "move 7/2 -> 0",
             "clear 7/2",
             "discard 7/2",
-            "map 7/3 -> Some(1)",
+            "map 7/3 = 8195 -> Some(1)",
             "move 7/3 -> 0",
             "unmapd 7",
         ]
@@ -1306,4 +1314,75 @@ fn the_lpi_table_is_bounded_however_sparse_the_intids() {
     r.mapti(1, 200, LPI0 + 1, 0);
     assert_eq!(r.vgic.lock().lpi_count() as u32, mapped + 1);
     assert_eq!(r.its.error_count(), u64::from(127 - mapped));
+}
+
+/// GICv4 passthrough: an event the mirror mapped directly (its MAPTI said
+/// so) has its pending state on the physical side. A software trigger of
+/// it (INT, a guest GITS_TRANSLATER write) goes to the mirror and leaves
+/// the vGIC alone, so the vLPI is never pending on both paths; INV and
+/// INVALL reach the mirror for the physical redistributor to re-read the
+/// configuration. Events it did not map directly keep the list-register
+/// path and never reach those two calls.
+#[test]
+fn direct_mapped_events_are_raised_and_invalidated_by_the_mirror() {
+    use std::sync::{Arc, Mutex};
+    #[derive(Default)]
+    struct Direct(Mutex<Vec<String>>);
+    impl Direct {
+        fn log(&self, s: String) {
+            self.0.lock().unwrap().push(s);
+        }
+    }
+    impl vigil_vits::Mirror for Direct {
+        fn owns(&self, device: u32) -> bool {
+            device == 0
+        }
+        fn map_device(&self, _: u32, _: u8) {}
+        fn unmap_device(&self, _: u32) {}
+        fn map_event(&self, _: u32, event: u32, _: u32, _: Option<usize>, _: u64) -> bool {
+            // Event 5 is mapped directly; event 6 is not.
+            event == 5
+        }
+        fn unmap_event(&self, _: u32, _: u32) {}
+        fn move_event(&self, _: u32, _: u32, _: usize) {}
+        fn clear_event(&self, _: u32, _: u32) {}
+        fn raise(&self, device: u32, event: u32) -> bool {
+            self.log(format!("raise {device}/{event}"));
+            true
+        }
+        fn inv_event(&self, device: u32, event: u32) {
+            self.log(format!("inv {device}/{event}"));
+        }
+    }
+    let r = Rig::new(1);
+    let m = Arc::new(Direct::default());
+    r.its.set_mirror(m.clone());
+    r.mapd(0, 4); // cpu_device_id = 0
+    r.mapd(1, 4); // not the mirror's
+    r.mapti(0, 5, LPI0 + 9, 0);
+    r.mapti(0, 6, LPI0 + 10, 0);
+    r.mapti(1, 5, LPI0 + 11, 0);
+    r.int(0, 5);
+    let k = r.its.mmio_write(GITS_TRANSLATER, 4, 5, &*r.mem);
+    assert!(
+        !k.contains(0),
+        "a direct event kicked nobody's list registers"
+    );
+    assert!(
+        r.drain(0).is_empty(),
+        "the vGIC holds no pending direct vLPI"
+    );
+    r.int(0, 6);
+    r.int(1, 5);
+    assert_eq!(r.drain(0), vec![LPI0 + 10, LPI0 + 11]);
+    r.cmd(Command::Inv {
+        device: 0,
+        event: 5,
+    });
+    r.cmd(Command::Invall { icid: 0 });
+    assert_eq!(
+        *m.0.lock().unwrap(),
+        vec!["raise 0/5", "raise 0/5", "inv 0/5", "inv 0/5"],
+        "only the direct event reaches the mirror's raise and INV"
+    );
 }

@@ -62,10 +62,17 @@ impl Mirror for TestMirror {
             *owner = None;
         }
     }
-    fn map_event(&self, device: u32, event: u32, _target: Option<usize>, generation: u64) {
+    fn map_event(
+        &self,
+        device: u32,
+        event: u32,
+        _intid: u32,
+        _target: Option<usize>,
+        generation: u64,
+    ) -> bool {
         let owned = *self.phys.owner.lock().unwrap() == Some(device);
         if !owned || event != 0 {
-            return;
+            return false;
         }
         self.routes.arm(
             HOST_LPI,
@@ -76,6 +83,7 @@ impl Mirror for TestMirror {
                 generation: generation as u32,
             },
         );
+        false
     }
     fn unmap_event(&self, device: u32, event: u32) {
         if *self.phys.owner.lock().unwrap() == Some(device) && event == 0 {

@@ -63,6 +63,10 @@ pub mod hypercall {
     /// Returns the calling VM's vGIC/vITS anomaly count (0 unless the
     /// emulation has a bug): lets a scenario check itself.
     pub const ANOMALIES: u32 = 0xc600_0005;
+    /// Returns the calling vCPU's exits so far, this call's own included
+    /// (x0), and of them those for a physical interrupt (x1): lets a
+    /// benchmark count the exits an operation costs.
+    pub const EXITS: u32 = 0xc600_0006;
 }
 
 /// SMCCC (DEN 0028) calls Vigil answers besides PSCI, and the range PSCI

@@ -491,6 +491,15 @@ impl Qemu {
         q
     }
 
+    /// Add a word to Vigil's boot arguments.
+    pub fn bootarg(mut self, a: &str) -> Self {
+        if !self.append.is_empty() {
+            self.append.push(' ');
+        }
+        self.append.push_str(a);
+        self
+    }
+
     /// Add a VM.
     pub fn guest(mut self, g: Guest) -> Self {
         self.guests.push(g);

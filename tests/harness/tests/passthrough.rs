@@ -29,26 +29,91 @@ fn msi_rows(run: &Run, label: &str) -> Vec<(String, u64)> {
     rows
 }
 
+/// How passed-through MSIs reach the guest.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum MsiPath {
+    /// GICv3: host LPIs, mirrored to vLPIs in list registers.
+    V3,
+    /// QEMU's GICv4.0 with direct injection (VMAPTI, vPE residency).
+    V4,
+    /// The same board with `vigil.gicv4=off`: the GICv3 path there.
+    V4ForcedV3,
+}
+
+impl MsiPath {
+    fn qemu(self, guests: &[Guest]) -> Qemu {
+        let q = Qemu::with_guests(guests);
+        match self {
+            Self::V3 => q.gic(3),
+            Self::V4 => q.gic(4),
+            Self::V4ForcedV3 => q.gic(4).bootarg("vigil.gicv4=off"),
+        }
+    }
+
+    /// What Vigil's log says of the path, and the counts of its stop line:
+    /// passthrough MSIs taken as host LPIs (each an exit or a wakeup) must
+    /// be none on the direct path, where every event was mapped to its
+    /// vLPI; on the others, the reverse.
+    fn check(self, run: &Run) {
+        let mode = match self {
+            Self::V3 => "GICv4 direct injection not available",
+            Self::V4 => "GICv4 direct injection on",
+            Self::V4ForcedV3 => "GICv4 direct injection off (vigil.gicv4=off)",
+        };
+        assert_eq!(run.lines_with(mode).count(), 1, "{mode}:\n{}", run.log);
+        let line = run
+            .lines_with("passthrough MSIs: ")
+            .next()
+            .unwrap_or_else(|| panic!("no passthrough MSI counts:\n{}", run.log))
+            .to_string();
+        let count = |after: &str| -> u64 {
+            let at = line
+                .find(after)
+                .unwrap_or_else(|| panic!("{after:?} in {line:?}"));
+            line[..at]
+                .split_whitespace()
+                .last()
+                .and_then(|w| w.trim_start_matches('(').parse().ok())
+                .unwrap_or_else(|| panic!("count before {after:?} in {line:?}"))
+        };
+        let host = count(" through host LPIs");
+        let direct = count(" events mapped to vLPIs directly");
+        if self == Self::V4 {
+            assert_eq!(host, 0, "passthrough MSIs took host LPIs: {line}");
+            assert!(direct > 0, "no event mapped directly: {line}");
+        } else {
+            assert!(host > 0, "no MSI through a host LPI: {line}");
+            assert_eq!(direct, 0, "{line}");
+        }
+    }
+}
+
 #[test]
 fn linux_reads_hwrng_through_a_passed_through_virtio_device() {
-    hwrng_through_passthrough(3);
+    hwrng_through_passthrough(MsiPath::V3);
 }
 
-/// The same on QEMU's GICv4.0 board: Vigil detects GICv4 and its
-/// list-register path works unchanged there (issue 16 builds direct
-/// injection on this board).
+/// The same on QEMU's GICv4.0 board, with the device's MSIs injected
+/// straight into the vCPUs (issue 16).
 #[test]
 fn linux_reads_hwrng_through_a_passed_through_virtio_device_on_gicv4() {
-    hwrng_through_passthrough(4);
+    hwrng_through_passthrough(MsiPath::V4);
 }
 
-fn hwrng_through_passthrough(gic: u8) {
-    let run = Qemu::with_guests(&[Guest::linux(2, "hwrng,poweroff").pci()])
-        .gic(gic)
+/// And on that board with the GICv3 path forced.
+#[test]
+fn linux_reads_hwrng_through_a_passed_through_virtio_device_on_gicv4_forced_v3() {
+    hwrng_through_passthrough(MsiPath::V4ForcedV3);
+}
+
+fn hwrng_through_passthrough(path: MsiPath) {
+    let run = path
+        .qemu(&[Guest::linux(2, "hwrng,poweroff").pci()])
         .qemu_arg("-device")
         .qemu_arg("virtio-rng-pci-non-transitional")
         .timeout(Duration::from_secs(150))
         .run();
+    path.check(&run);
     run.check(&[
         "pci-host-generic 4010000000.pcie: ECAM at [mem 0x4010000000-0x401fffffff] for [bus 00-ff]",
         "VIGIL-INIT: insmod ok virtio_pci.ko",
@@ -123,20 +188,27 @@ fn only_one_vm_gets_the_bridge() {
 /// MAPD(V=0) and at the end.
 #[test]
 fn msi_stress_discard_mapti_mapd_while_a_device_raises_msis() {
-    msi_stress(3);
+    msi_stress(MsiPath::V3);
 }
 
-/// The same on QEMU's GICv4.0 board (the list-register path there).
+/// The same on QEMU's GICv4.0 board, injected directly: the races are the
+/// physical ITS's VMAPTI/DISCARD/MAPD(V=0) against vPE residency.
 #[test]
 fn msi_stress_discard_mapti_mapd_while_a_device_raises_msis_on_gicv4() {
-    msi_stress(4);
+    msi_stress(MsiPath::V4);
 }
 
-fn msi_stress(gic: u8) {
+/// And on that board with the GICv3 path forced.
+#[test]
+fn msi_stress_discard_mapti_mapd_while_a_device_raises_msis_on_gicv4_forced_v3() {
+    msi_stress(MsiPath::V4ForcedV3);
+}
+
+fn msi_stress(path: MsiPath) {
     // RAM at the usual IPA, not identity-mapped: the SMMU translates the
     // device's MSI writes to the ITS doorbell (issue 15).
-    let run = Qemu::with_guests(&[Guest::test("msi-stress").cpus(2).pcpus(&[0, 1]).pci()])
-        .gic(gic)
+    let run = path
+        .qemu(&[Guest::test("msi-stress").cpus(2).pcpus(&[0, 1]).pci()])
         .qemu_arg("-device")
         .qemu_arg("edu")
         .timeout(Duration::from_secs(300))
@@ -153,6 +225,7 @@ fn msi_stress(gic: u8) {
     assert_eq!(run.lines_with("FAIL").count(), 0, "{}", run.log);
     assert_eq!(run.lines_with(" ERROR]").count(), 0, "{}", run.log);
     assert_eq!(run.lines_with(" WARN ]").count(), 0, "{}", run.log);
+    path.check(&run);
 }
 
 /// PSCI SYSTEM_RESET 100 times by vCPU 0 while vCPUs 1..3 call CPU_ON on
@@ -163,14 +236,26 @@ fn msi_stress(gic: u8) {
 /// no host LPI leaks and no anomaly is counted (issue 14, item 2).
 #[test]
 fn reset_storm_with_cpu_on_races_and_msis_in_flight() {
-    let run = Qemu::with_guests(&[Guest::test("reset-storm")
-        .cpus(4)
-        .pcpus(&[0, 1, 2, 3])
-        .pci()])
-    .qemu_arg("-device")
-    .qemu_arg("edu")
-    .timeout(Duration::from_secs(300))
-    .run();
+    reset_storm(MsiPath::V3);
+}
+
+/// The same with the MSIs injected directly (GICv4): a reset discards
+/// every vLPI mapping, pending bits in the vPEs' tables included.
+#[test]
+fn reset_storm_with_cpu_on_races_and_msis_in_flight_on_gicv4() {
+    reset_storm(MsiPath::V4);
+}
+
+fn reset_storm(path: MsiPath) {
+    let run = path
+        .qemu(&[Guest::test("reset-storm")
+            .cpus(4)
+            .pcpus(&[0, 1, 2, 3])
+            .pci()])
+        .qemu_arg("-device")
+        .qemu_arg("edu")
+        .timeout(Duration::from_secs(300))
+        .run();
     run.check(&[
         "guest: reset-storm: 100 resets, every boot clean; CPU_ON raced them",
         "[reset-storm] guest: reset-storm: PASS",
@@ -184,6 +269,7 @@ fn reset_storm_with_cpu_on_races_and_msis_in_flight() {
         "{}",
         run.log
     );
+    path.check(&run);
 }
 
 /// Issue 15: a VM owning QEMU's `edu` device aims its DMA at another VM's

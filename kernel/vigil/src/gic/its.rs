@@ -42,6 +42,8 @@ pub enum ItsError {
     },
     DeviceOutOfRange(u32),
     TableRejected(usize),
+    TooManyVpes,
+    NoDoorbells,
 }
 
 impl core::fmt::Display for ItsError {
@@ -60,6 +62,8 @@ impl core::fmt::Display for ItsError {
             ),
             Self::DeviceOutOfRange(d) => write!(f, "DeviceID {d} beyond the ITS's DeviceID bits"),
             Self::TableRejected(n) => write!(f, "GITS_BASER{n} did not accept its table"),
+            Self::TooManyVpes => write!(f, "more than {} vPEs", super::vpe::MAX_VPES),
+            Self::NoDoorbells => write!(f, "no host LPIs left for vPE doorbells"),
         }
     }
 }
@@ -96,7 +100,14 @@ pub struct Its {
     devices: DeviceTable,
     lpis: Mutex<LpiAllocator>,
     completed: AtomicU64,
+    /// GICv4 direct injection is in use: the vPE table is set up and
+    /// passthrough MSIs are mapped to vLPIs (VMAPTI).
+    direct: bool,
 }
+
+/// vPEs the vPE table holds (vPEID < this): one per vCPU of a VM with
+/// passthrough.
+pub const MAX_VPES: usize = 1024;
 
 static ITS: Once<Its> = Once::new();
 
@@ -167,8 +178,14 @@ fn setup_baser(
 }
 
 /// Set up the ITS at `base`: tables, command queue, one collection per
-/// CPU. `force_flat` keeps the device table single-level.
-pub fn init(base: u64, cpus: usize, force_flat: bool) -> Result<&'static Its, ItsError> {
+/// CPU. `force_flat` keeps the device table single-level. `gicv4`: use
+/// direct vLPI injection if the ITS has it (GITS_TYPER.Virtual).
+pub fn init(
+    base: u64,
+    cpus: usize,
+    force_flat: bool,
+    gicv4: bool,
+) -> Result<&'static Its, ItsError> {
     // SAFETY: `base` is the ITS frame from the device tree, mapped as
     // device memory for the hypervisor's lifetime.
     let regs = unsafe { RegBlock::<GitsRegs>::new(base) };
@@ -182,7 +199,9 @@ pub fn init(base: u64, cpus: usize, force_flat: bool) -> Result<&'static Its, It
         log::warn!("ITS did not report quiescent after disable");
     }
 
+    let direct = gicv4 && typer.virtual_lpis();
     let mut devices = None;
+    let mut vpes = false;
     for n in 0..8 {
         let cur = r.baser[n].get();
         match baser::table_type(cur) {
@@ -210,10 +229,20 @@ pub fn init(base: u64, cpus: usize, force_flat: bool) -> Result<&'static Its, It
                 let bytes = cpus as u64 * baser::entry_size(cur);
                 setup_baser(r, n, bytes, false)?;
             }
+            // Left invalid on the v3 path: no V-command is ever issued.
+            baser::TableType::Vpes if direct => {
+                let bytes = MAX_VPES as u64 * baser::entry_size(cur);
+                setup_baser(r, n, bytes, false)?;
+                vpes = true;
+            }
             _ => {}
         }
     }
     let devices = devices.ok_or(ItsError::TableRejected(0))?;
+    if direct && !vpes {
+        log::warn!("ITS: GITS_TYPER.Virtual but no vPE table; GICv4 direct injection off");
+    }
+    let direct = direct && vpes;
 
     let qbase = alloc(QUEUE_SIZE, 65536)?;
     r.cbaser.set(regs::cbaser(
@@ -240,6 +269,7 @@ pub fn init(base: u64, cpus: usize, force_flat: bool) -> Result<&'static Its, It
         devices,
         lpis: Mutex::new(LpiAllocator::new(super::lpi_count())),
         completed: AtomicU64::new(0),
+        direct,
     });
     // One collection per CPU, ICID = CPU index.
     let mut cmds = Vec::new();
@@ -248,13 +278,18 @@ pub fn init(base: u64, cpus: usize, force_flat: bool) -> Result<&'static Its, It
     }
     its.run(&cmds)?;
     log::info!(
-        "ITS at {base:#x}: {} DeviceID bits, {} EventID bits, {}-byte ITT entries, PTA {}, device table {}, {} collections mapped",
+        "ITS at {base:#x}: {} DeviceID bits, {} EventID bits, {}-byte ITT entries, PTA {}, device table {}, {} collections mapped; GICv4 direct injection {}",
         typer.dev_bits(),
         typer.id_bits(),
         typer.itt_entry_size(),
         typer.pta() as u8,
         if its.devices.indirect { "two-level" } else { "flat" },
-        cpus
+        cpus,
+        match (typer.virtual_lpis(), direct) {
+            (false, _) => "not available",
+            (true, true) => "on",
+            (true, false) => "off (vigil.gicv4=off)",
+        }
     );
     Ok(its)
 }
@@ -281,6 +316,17 @@ impl Its {
             super::processor_number(cpu),
             super::gicr_addr(cpu),
         )
+    }
+
+    /// Whether passthrough MSIs are mapped to vLPIs directly (GICv4).
+    pub fn direct(&self) -> bool {
+        self.direct
+    }
+
+    /// EventID bits the ITS takes (bounds a vPE's vINTIDs too: VMAPP's
+    /// VPT_size).
+    pub fn id_bits(&self) -> u32 {
+        self.typer.id_bits()
     }
 
     /// Commands completed so far.

@@ -7,6 +7,7 @@
 //! without EL3 has).
 
 pub mod its;
+pub mod vpe;
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -73,7 +73,11 @@ pub struct Vcpu {
     /// the exit total and by the state dump, where two dumps tell a vCPU
     /// that makes progress from one that does not.
     exits: AtomicU64,
+    /// Of those, the exits for a physical interrupt (same writer).
+    irq_exits: AtomicU64,
     last_pc: AtomicU64,
+    /// Its GICv4 vPE, if its VM's passthrough MSIs are injected directly.
+    pub vpe: Option<&'static crate::gic::vpe::Vpe>,
 }
 
 struct VcpuState {
@@ -241,6 +245,7 @@ impl Vm {
             log::error!("vm {}: stopped: {}", self.name, reason);
         }
         self.report_health();
+        self.report_exits();
         if let Some(dma) = &self.dma {
             // Its devices may not DMA into memory nobody owns any more.
             if let Err(e) = dma.unassign() {
@@ -293,6 +298,34 @@ impl Vm {
             log::info!(
                 "vm {}: 0 vGIC/vITS anomalies, {warnings} guest-caused warnings",
                 self.name
+            );
+        }
+    }
+
+    /// The line at a VM's stop that counts its exits, and for a VM with
+    /// passthrough how its devices' MSIs reached it: through host LPIs
+    /// (each one an exit, or a wakeup), or straight to the vCPU (GICv4,
+    /// no exit). A vCPU still in its guest adds what it counted so far.
+    fn report_exits(&self) {
+        let (exits, irqs) = self.vcpus().iter().fold((0, 0), |(e, i), v| {
+            (
+                e + v.exits.load(Ordering::Relaxed),
+                i + v.irq_exits.load(Ordering::Relaxed),
+            )
+        });
+        log::info!(
+            "vm {}: {exits} exits, {irqs} of them for physical interrupts",
+            self.name
+        );
+        if self.pcie.is_some() {
+            use passthrough::{DELIVERED, DIRECT_MAPS, DROPPED};
+            log::info!(
+                "vm {}: passthrough MSIs: {} through host LPIs ({} dropped), {} events mapped to vLPIs directly, {} doorbells",
+                self.name,
+                DELIVERED.load(Ordering::Relaxed),
+                DROPPED.load(Ordering::Relaxed),
+                DIRECT_MAPS.load(Ordering::Relaxed),
+                crate::gic::vpe::DOORBELLS_RUNG.load(Ordering::Relaxed)
             );
         }
     }
@@ -990,7 +1023,19 @@ fn create(
             waiting: AtomicBool::new(false),
             debug: debug::DebugState::new(),
             exits: AtomicU64::new(0),
+            irq_exits: AtomicU64::new(0),
             last_pc: AtomicU64::new(0),
+            vpe: if pcie.is_some() {
+                crate::gic::vpe::create(d.pcpus[i] as usize).unwrap_or_else(|e| {
+                    log::error!(
+                        "vm {}: vCPU {i}: no GICv4 vPE ({e}); its passthrough MSIs take the list-register path",
+                        d.name
+                    );
+                    None
+                })
+            } else {
+                None
+            },
             state: Mutex::new(VcpuState {
                 regs,
                 el1: El1Regs::reset(),
@@ -1355,6 +1400,12 @@ fn run(v: &'static Vcpu, shared: bool) {
     load(v, &mut st, shared);
     CURRENT_REGS[cpu].store(&mut st.regs as *mut GuestRegs as u64, Ordering::Relaxed);
     v.waiting.store(false, Ordering::Relaxed);
+    // Its vPE is resident whenever it is in its guest; the exceptions are
+    // a guest with LPIs off, tried again after each wait and IRQ exit (a
+    // vLPI rings the doorbell meanwhile: an IRQ exit).
+    if let Some(p) = v.vpe {
+        v.make_resident(p);
+    }
     loop {
         if !v.vm.is_running() || v.power.state() != PowerState::On {
             break;
@@ -1389,22 +1440,41 @@ fn run(v: &'static Vcpu, shared: bool) {
                 // vCPU has an interrupt to take (or is kicked).
                 // Queued ITS commands are work too: they run at the next
                 // entry, not while the vCPU sleeps.
-                if shared {
-                    if !v.vm.gic.has_deliverable(v.index) && !v.vm.its.has_unfinished_commands() {
+                // A direct vLPI pending (PendingLast) is one to take; from
+                // the deschedule on, a new one rings the doorbell.
+                let vlpi = v.vpe.is_some_and(|p| p.deschedule());
+                if vlpi {
+                    // Re-entered with its vPE resident again: it takes it.
+                } else if shared {
+                    if !v.vm.gic.has_deliverable(v.index)
+                        && !v.vm.its.has_unfinished_commands()
+                        && !v.vpe.is_some_and(|p| p.rang())
+                    {
                         v.waiting.store(true, Ordering::Relaxed);
                         break;
                     }
                 } else {
                     while !v.vm.gic.has_deliverable(v.index)
                         && !v.vm.its.has_unfinished_commands()
+                        && !v.vpe.is_some_and(|p| p.rang())
                         && v.vm.is_running()
                         && v.power.state() == PowerState::On
                     {
                         wait_for_interrupt();
                     }
                 }
+                if let Some(p) = v.vpe {
+                    v.make_resident(p);
+                }
             }
             trap::Exit::Off => break,
+        }
+    }
+    if let Some(p) = v.vpe {
+        // Not running: its vLPIs ring the doorbell, which makes it
+        // wakeable. One pending already is seen by `wakeable` too.
+        if p.deschedule() {
+            p.mark_pending();
         }
     }
     v.running.store(false, Ordering::SeqCst);
@@ -1415,6 +1485,57 @@ fn run(v: &'static Vcpu, shared: bool) {
 }
 
 impl Vcpu {
+    /// An exit for a physical interrupt (only its CPU counts). Its vPE
+    /// is made resident if it could not be before (see `run`).
+    #[inline(never)]
+    fn count_irq_exit(&self) {
+        self.irq_exits.store(
+            self.irq_exits.load(Ordering::Relaxed) + 1,
+            Ordering::Relaxed,
+        );
+        if let Some(p) = self.vpe {
+            self.make_resident(p);
+        }
+    }
+
+    /// Make its vPE resident on this CPU (if it is not), with the guest's own LPI
+    /// configuration table (GICR_PROPBASER, translated to host-physical).
+    /// Not while LPIs are off on its redistributor or the table is not
+    /// all in RAM: its vLPIs wait in the pending table then, as they
+    /// would on hardware with LPIs disabled, and take their turn once the
+    /// guest enables them.
+    #[cold]
+    #[inline(never)]
+    fn make_resident(&self, p: &crate::gic::vpe::Vpe) {
+        if p.is_resident() {
+            return;
+        }
+        let (propbaser, enabled) = {
+            let st = self.vm.gic.lock();
+            (st.propbaser(), st.lpis_enabled(self.index))
+        };
+        if !enabled {
+            // A doorbell rung while LPIs are off woke it for nothing.
+            p.mark_pending_taken();
+            return;
+        }
+        let id_bits = ((propbaser & 0x1f) as u8 + 1).min(p.id_bits);
+        let ipa = propbaser & vigil_gic::regs::PROPBASER_PA;
+        let len = (1u64 << id_bits).saturating_sub(u64::from(vigil_gic::LPI_BASE));
+        match self.vm.ram_pa(ipa, len) {
+            Some(pa) => p.schedule(pa, id_bits),
+            None => {
+                if self.vm.log_limit.allow() {
+                    log::warn!(
+                        "vm {}: vCPU {}: LPI configuration table at {ipa:#x} not in RAM; its direct vLPIs wait",
+                        self.vm.name,
+                        self.index
+                    );
+                }
+            }
+        }
+    }
+
     /// Whether the scheduler may run it: powered on (or starting) and, if
     /// it waits, with something to do: an interrupt to take, ITS commands
     /// to run, or an EL1 timer whose deadline passed. A vCPU waiting on a
@@ -1433,7 +1554,10 @@ impl Vcpu {
         if !self.waiting.load(Ordering::Relaxed) {
             return true;
         }
-        if self.vm.gic.has_deliverable(self.index) || self.vm.its.has_unfinished_commands() {
+        if self.vm.gic.has_deliverable(self.index)
+            || self.vm.its.has_unfinished_commands()
+            || self.vpe.is_some_and(|p| p.rang())
+        {
             return true;
         }
         // The vCPU loaded here has its timers live: their interrupts make

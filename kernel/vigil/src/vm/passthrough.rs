@@ -32,6 +32,7 @@ use vigil_vits::hostlpi::{HostRoutes, Route};
 use vigil_vits::Mirror;
 
 use crate::gic::its::{self, Its, ItsDevice};
+use crate::gic::vpe::{self, Vpe};
 use crate::{arch, gic};
 
 /// Host LPI -> guest event, with the mapping's generation and the epoch
@@ -41,6 +42,8 @@ static ROUTES: Once<HostRoutes> = Once::new();
 /// Counters for the log and the tests.
 pub static DELIVERED: AtomicU64 = AtomicU64::new(0);
 pub static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Events mapped to vLPIs directly (GICv4 VMAPTI).
+pub static DIRECT_MAPS: AtomicU64 = AtomicU64::new(0);
 
 /// Set up the host-LPI route table and handler. Once, on the primary CPU,
 /// before any VM runs; a no-op without an ITS.
@@ -82,6 +85,12 @@ fn install_ack_hooks() {
 /// A host LPI: find the guest event it stands for and raise it through
 /// that VM's vITS, into the mapping it was raised for.
 fn on_host_lpi(intid: u32) {
+    if let Some(v) = vpe::by_doorbell(intid) {
+        // A vLPI for a vPE that is not resident: its vCPU has an interrupt
+        // to take (the CPU is already awake: this is its redistributor).
+        v.ring();
+        return;
+    }
     let cpu = arch::cpu_index();
     let Some(r) = routes() else { return };
     let route = r.lookup(intid, r.ack_epoch(cpu));
@@ -134,8 +143,29 @@ struct PhysDevice {
     its_dev: ItsDevice,
     lpi_base: u32,
     nr_lpis: u32,
-    /// Events mapped on the physical ITS.
-    mapped: Vec<u32>,
+    /// Events mapped on the physical ITS: to a host LPI (None), or to a
+    /// vLPI of this vPE (GICv4 direct injection).
+    mapped: Vec<(u32, Option<&'static Vpe>)>,
+}
+
+impl PhysDevice {
+    fn mapping(&self, event: u32) -> Option<Option<&'static Vpe>> {
+        self.mapped
+            .iter()
+            .find(|&&(e, _)| e == event)
+            .map(|&(_, vpe)| vpe)
+    }
+}
+
+/// The commands that complete `cmds` on a direct mapping: VSYNC of the vPE
+/// (SYNC, which `Its::run` appends, covers physical collections only;
+/// IHI 0069H §5.3.28).
+fn with_vsync<const N: usize>(cmds: [ItsCommand; N], vpe: Option<&Vpe>) -> Vec<ItsCommand> {
+    let mut v: Vec<ItsCommand> = cmds.into();
+    if let Some(p) = vpe {
+        v.push(ItsCommand::vsync(p.id));
+    }
+    v
 }
 
 /// Mirrors one VM's vITS onto the physical ITS.
@@ -160,14 +190,17 @@ impl PhysMirror {
             .unwrap_or(0) as u16
     }
 
-    /// Whether `event` of `device` is mapped on the physical ITS: commands
-    /// on an event whose physical MAPD or MAPTI failed are not mirrored
-    /// (the physical ITS would reject them, or act on another's).
-    fn is_mapped(&self, device: u32, event: u32) -> bool {
-        self.devices
-            .lock()
-            .get(&device)
-            .is_some_and(|d| d.mapped.contains(&event))
+    /// Guest vCPU `target`'s vPE (GICv4 direct injection).
+    fn vpe(&self, target: usize) -> Option<&'static Vpe> {
+        super::vm_by_id(self.vm)?.vcpus().get(target)?.vpe
+    }
+
+    /// How `event` of `device` is mapped on the physical ITS (None: not at
+    /// all). Commands on an event whose physical MAPD or MAPTI failed are
+    /// not mirrored (the physical ITS would reject them, or act on
+    /// another's).
+    fn mapping(&self, device: u32, event: u32) -> Option<Option<&'static Vpe>> {
+        self.devices.lock().get(&device)?.mapping(event)
     }
 
     fn run(&self, its: &Its, what: &str, cmds: &[ItsCommand]) {
@@ -241,11 +274,15 @@ impl Mirror for PhysMirror {
         // redistributor; MAPD(V=0) alone leaves those), unmap the device
         // (no new host LPI), forget the routes, then quarantine the LPIs
         // for any handler still running.
-        let discards: Vec<ItsCommand> = d
+        let mut discards: Vec<ItsCommand> = d
             .mapped
             .iter()
-            .map(|&e| ItsCommand::discard(device, e))
+            .map(|&(e, _)| ItsCommand::discard(device, e))
             .collect();
+        let mut vpes: Vec<u16> = d.mapped.iter().filter_map(|&(_, v)| Some(v?.id)).collect();
+        vpes.sort_unstable();
+        vpes.dedup();
+        discards.extend(vpes.into_iter().map(ItsCommand::vsync));
         self.run(its, "DISCARD", &discards);
         if let Err(e) = its.unmap_device(d.its_dev) {
             log::error!(
@@ -261,20 +298,48 @@ impl Mirror for PhysMirror {
         r.free_later(d.lpi_base);
     }
 
-    fn map_event(&self, device: u32, event: u32, target: Option<usize>, generation: u64) {
-        let Some(its) = its::get() else { return };
+    fn map_event(
+        &self,
+        device: u32,
+        event: u32,
+        intid: u32,
+        target: Option<usize>,
+        generation: u64,
+    ) -> bool {
+        let Some(its) = its::get() else { return false };
+        // Direct when the target vCPU has a vPE whose table holds the
+        // vINTID; otherwise (no collection yet, a vINTID beyond the vPE's
+        // ID bits, or the v3 path) through a host LPI.
+        let vpe = target
+            .and_then(|t| self.vpe(t))
+            .filter(|p| u64::from(intid) < 1u64 << p.id_bits);
         let Some(lpi) = self
             .devices
             .lock()
             .get_mut(&device)
             .filter(|d| event < d.nr_lpis)
             .map(|d| {
-                d.mapped.push(event);
+                d.mapped.push((event, vpe));
                 d.lpi_base + event
             })
         else {
-            return;
+            return false;
         };
+        if let Some(p) = vpe {
+            // The physical ITS owns the pending state from here; INV for
+            // an implementation that caches the configuration.
+            self.run(
+                its,
+                "VMAPTI",
+                &[
+                    ItsCommand::vmapti(device, event, p.id, intid, p.doorbell),
+                    ItsCommand::inv(device, event),
+                    ItsCommand::vsync(p.id),
+                ],
+            );
+            DIRECT_MAPS.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
         // Armed before the physical MAPTI, which therefore raises only LPIs
         // acknowledged after the arming (H2).
         if let Some(r) = routes() {
@@ -297,43 +362,106 @@ impl Mirror for PhysMirror {
                 ItsCommand::inv(device, event),
             ],
         );
+        false
     }
 
     fn unmap_event(&self, device: u32, event: u32) {
         let Some(its) = its::get() else { return };
-        let lpi = self
+        let found = self
             .devices
             .lock()
             .get_mut(&device)
             .filter(|d| event < d.nr_lpis)
-            .map(|d| {
-                d.mapped.retain(|&e| e != event);
-                d.lpi_base + event
+            .and_then(|d| {
+                let at = d.mapped.iter().position(|&(e, _)| e == event)?;
+                Some((d.mapped.swap_remove(at).1, d.lpi_base + event))
             });
-        let Some(lpi) = lpi else {
-            // Never mapped on the physical ITS (its MAPD failed).
+        let Some((vpe, lpi)) = found else {
+            // Never mapped on the physical ITS (its MAPD or MAPTI failed).
             return;
         };
-        self.run(its, "DISCARD", &[ItsCommand::discard(device, event)]);
-        if let Some(r) = routes() {
-            r.disarm(lpi);
+        // On a direct mapping DISCARD also clears the vLPI's pending bit in
+        // the vPE's table; after the VSYNC no instance of it is left to
+        // reach the guest (vITS invariant 2).
+        self.run(
+            its,
+            "DISCARD",
+            &with_vsync([ItsCommand::discard(device, event)], vpe),
+        );
+        if vpe.is_none() {
+            if let Some(r) = routes() {
+                r.disarm(lpi);
+            }
         }
     }
 
     fn move_event(&self, device: u32, event: u32, target: usize) {
         let Some(its) = its::get() else { return };
-        if !self.is_mapped(device, event) {
-            return;
+        match self.mapping(device, event) {
+            None => {}
+            Some(None) => {
+                let icid = self.icid(Some(target));
+                self.run(its, "MOVI", &[ItsCommand::movi(device, event, icid)]);
+            }
+            Some(Some(from)) => {
+                let Some(to) = self.vpe(target) else { return };
+                // VMOVI carries the pending bit to the new vPE's table
+                // (ringing its doorbell if it is not resident): vITS
+                // invariant 9 on the direct path.
+                self.run(
+                    its,
+                    "VMOVI",
+                    &[
+                        ItsCommand::vmovi(device, event, to.id, to.doorbell),
+                        ItsCommand::vsync(from.id),
+                        ItsCommand::vsync(to.id),
+                    ],
+                );
+                if let Some(d) = self.devices.lock().get_mut(&device) {
+                    if let Some(m) = d.mapped.iter_mut().find(|(e, _)| *e == event) {
+                        m.1 = Some(to);
+                    }
+                }
+            }
         }
-        let icid = self.icid(Some(target));
-        self.run(its, "MOVI", &[ItsCommand::movi(device, event, icid)]);
     }
 
     fn clear_event(&self, device: u32, event: u32) {
         let Some(its) = its::get() else { return };
-        if !self.is_mapped(device, event) {
+        let Some(vpe) = self.mapping(device, event) else {
             return;
-        }
-        self.run(its, "CLEAR", &[ItsCommand::clear(device, event)]);
+        };
+        self.run(
+            its,
+            "CLEAR",
+            &with_vsync([ItsCommand::clear(device, event)], vpe),
+        );
+    }
+
+    fn raise(&self, device: u32, event: u32) -> bool {
+        let Some(its) = its::get() else { return false };
+        let Some(Some(vpe)) = self.mapping(device, event) else {
+            return false;
+        };
+        // INT on the virtual mapping: the one pending state of this vLPI
+        // is the vPE's pending table.
+        self.run(
+            its,
+            "INT",
+            &with_vsync([ItsCommand::int(device, event)], Some(vpe)),
+        );
+        true
+    }
+
+    fn inv_event(&self, device: u32, event: u32) {
+        let Some(its) = its::get() else { return };
+        let Some(Some(vpe)) = self.mapping(device, event) else {
+            return;
+        };
+        self.run(
+            its,
+            "INV",
+            &with_vsync([ItsCommand::inv(device, event)], Some(vpe)),
+        );
     }
 }
