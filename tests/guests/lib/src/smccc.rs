@@ -107,6 +107,33 @@ pub fn vigil_host_lpis_free() -> Result<u64, Exception> {
     hvc(VIGIL_HOST_LPIS_FREE, [0; 3])
 }
 
+/// Vigil: returns the calling vCPU's exits so far (this call's included)
+/// and, of them, those for a physical interrupt.
+pub const VIGIL_EXITS: u32 = hypercall::EXITS;
+
+/// VIGIL_EXITS: (exits, IRQ exits), or None where Vigil does not answer.
+pub fn vigil_exits() -> Option<(u64, u64)> {
+    if !vigil_present() {
+        return None;
+    }
+    let (x0, x1): (u64, u64);
+    // SAFETY: VIGIL_EXITS reads counters only; x0..x17 may be clobbered.
+    // Vigil is present, so the HVC returns.
+    unsafe {
+        asm!(
+            "hvc #0",
+            inout("x0") u64::from(VIGIL_EXITS) => x0,
+            inout("x1") 0u64 => x1,
+            out("x2") _, out("x3") _, out("x4") _, out("x5") _,
+            out("x6") _, out("x7") _, out("x8") _, out("x9") _,
+            out("x10") _, out("x11") _, out("x12") _, out("x13") _,
+            out("x14") _, out("x15") _, out("x16") _, out("x17") _,
+            options(nostack),
+        )
+    };
+    (x0 != u64::MAX).then_some((x0, x1))
+}
+
 /// Vigil: returns the calling VM's vGIC/vITS anomaly count (emulation
 /// states that must never occur; 0 unless Vigil has a bug).
 pub const VIGIL_ANOMALIES: u32 = hypercall::ANOMALIES;

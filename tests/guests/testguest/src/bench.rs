@@ -1030,3 +1030,91 @@ pub fn run_yield(boot: &'static BootInfo) -> ! {
     row("yield_round_trip", per_op(total, 2 * empty_loop, ITERS));
     report::pass(YIELD)
 }
+
+// ---------------------------------------------------------------------------
+// bench-msi: a passed-through device's MSI (issue 16). One VM with the
+// PCIe bridge and QEMU's `edu` on it; its MSI goes to the ITS's
+// GITS_TRANSLATER (the physical ITS's, behind the vITS) mapped to one vLPI
+// on vCPU 0. Row `msi`: from the write to edu's raise register until the
+// bench handler runs. Rows `msi_exits` and `msi_irq_exits`: the vCPU's
+// exits per MSI (VIGIL_EXITS, its own exit not counted), all and those for
+// a physical interrupt. scripts/bench runs it on the GICv4 board with and
+// without `vigil.gicv4=off`, and on bare QEMU (no exits to count).
+
+const MSI: &str = "bench-msi";
+/// The vLPI edu's MSI is mapped to.
+const LPI_MSI: u32 = 8192 + 32;
+/// MSIs measured, after as many to warm up.
+const MSI_ITERS: u64 = 200;
+
+pub fn run_msi(boot: &'static BootInfo) -> ! {
+    use crate::passthrough::{self, EDU_IRQ_ACK, EDU_IRQ_RAISE};
+    use vigil_guest::its::{self as lib_its, Bump, ItsCommand, PropTable};
+    let freq = cpu::counter_frequency();
+    println!(
+        "bench: CNTFRQ_EL0 {freq} Hz ({}), {MSI_ITERS} MSIs",
+        if boot.vigil { "Vigil" } else { "bare" }
+    );
+    gic::init_distributor();
+    gic::init_cpu();
+    install_vectors();
+    gic::irq_disable();
+    let empty = empty_pairs() * MSI_ITERS / ITERS;
+    let mut mem = Bump::above_image(boot);
+    let id_bits = gic::lpi_id_bits().min(16);
+    let prop = PropTable::new(&mut mem, id_bits).unwrap_or_else(|e| fail!(MSI, "{e:?}"));
+    prop.set(LPI_MSI, PRIORITY, true);
+    lib_its::enable_lpis_on_this_cpu(&mut mem, &prop).unwrap_or_else(|e| fail!(MSI, "{e:?}"));
+    let mut its =
+        lib_its::Its::init(&mut mem, 16, 13, 16).unwrap_or_else(|e| fail!(MSI, "ITS: {e:?}"));
+    let rd = its
+        .rdbase(boot.cpus()[0])
+        .unwrap_or_else(|| fail!(MSI, "no redistributor for vCPU 0"));
+    let (_bdf, dev, bar0) = passthrough::setup_edu_for(MSI, boot, true);
+    let itt = mem
+        .alloc(its.itt_bytes(2), 256)
+        .unwrap_or_else(|| fail!(MSI, "no memory for the ITT"));
+    if let Err(e) = its.send_all(&[
+        ItsCommand::mapc(0, rd, true),
+        ItsCommand::mapd(dev, itt, 2, true),
+        ItsCommand::mapti(dev, passthrough::EVENT, LPI_MSI, 0),
+        ItsCommand::sync(rd),
+    ]) {
+        fail!(MSI, "mapping edu's event: {e:?}");
+    }
+    let one = |total: &mut u64| {
+        let before = count();
+        let t0 = now();
+        mmio_write32(bar0 + EDU_IRQ_RAISE, 1);
+        let t1 = wait_handler_spin("msi", before);
+        *total += t1 - t0;
+        let iar = slot().iar.load(Ordering::Relaxed) & 0xff_ffff;
+        if iar != u64::from(LPI_MSI) {
+            fail!(MSI, "took {iar:#x}, not the MSI's vLPI {LPI_MSI}");
+        }
+        mmio_write32(bar0 + EDU_IRQ_ACK, 1);
+    };
+    let mut warm = 0;
+    for _ in 0..MSI_ITERS {
+        one(&mut warm);
+    }
+    let before = smccc::vigil_exits();
+    let mut total = 0;
+    for _ in 0..MSI_ITERS {
+        one(&mut total);
+    }
+    let after = smccc::vigil_exits();
+    row("msi", per_op(total, empty, MSI_ITERS));
+    match (before, after) {
+        (Some((e0, i0)), Some((e1, i1))) => {
+            // Less the VIGIL_EXITS call that read `after`.
+            row("msi_exits", per_op(e1 - e0 - 1, 0, MSI_ITERS));
+            row("msi_irq_exits", per_op(i1 - i0, 0, MSI_ITERS));
+        }
+        _ => {
+            na("msi_exits", "no Vigil");
+            na("msi_irq_exits", "no Vigil");
+        }
+    }
+    report::pass(MSI)
+}

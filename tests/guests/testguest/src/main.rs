@@ -85,6 +85,7 @@ fn main(boot: &'static BootInfo) -> ! {
         "bench" => bench::run(boot),
         "bench-yield" => bench::run_yield(boot),
         "bench-scale" => bench::run_scale(boot),
+        "bench-msi" => bench::run_msi(boot),
         "its" => vits::run(boot),
         "its-fuzz" => vits::fuzz(boot),
         "msi-stress" => passthrough::run(boot),
