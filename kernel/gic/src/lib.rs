@@ -15,6 +15,7 @@ pub mod queue;
 pub mod redist;
 pub mod regs;
 pub mod sgi;
+pub mod vpe;
 
 pub use intid::{IntId, IntKind, LPI_BASE, PPI_BASE, SPI_BASE};
 /// The special INTID meaning "no pending interrupt".

@@ -11,19 +11,19 @@
 //! the redistributor records the vLPI in the pending table and raises the
 //! doorbell (§9.5), which makes the vCPU runnable again.
 //!
-//! The protocol that loses no wakeup: a vCPU that waits (WFI) first makes
-//! its vPE non-resident and reads PendingLast (once Dirty is clear). Set:
-//! a vLPI is already pending, so it does not sleep. Clear: any vLPI from
-//! then on rings the doorbell, which both wakes the CPU (a physical LPI
-//! at its own redistributor) and marks the vPE as rung ([`Vpe::rang`]).
-//! The mark is cleared just before the vPE becomes resident again, when
-//! the redistributor rescans the pending table itself.
+//! The protocol that loses no wakeup is `vigil_gic::vpe::Residency`
+//! (host-tested, and under shuttle against a model of the GICv4 in
+//! `vigil-vits`): a vCPU that waits first makes its vPE non-resident and
+//! reads PendingLast; clear, any vLPI from then on rings the doorbell,
+//! which both wakes the CPU (a physical LPI at its own redistributor) and
+//! marks the vPE as rung. This module is its registers.
 
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use spin::Once;
 use tock_registers::interfaces::{Readable, Writeable};
 use vigil_gic::its_cmd::ItsCommand;
 use vigil_gic::regs::{self, vlpi, GicrVlpiRegs, Shareability, GICR_VLPI_FRAME};
+use vigil_gic::vpe::{Residency, VpeRegs};
 use vigil_platform::MAX_VCPUS;
 
 use super::its::{self, ItsError};
@@ -47,13 +47,57 @@ pub struct Vpe {
     vpt: u64,
     /// vINTIDs below 2^id_bits can be mapped directly (VMAPP's VPT_size).
     pub id_bits: u8,
-    /// GICR_VPENDBASER.Valid as last written; only `pcpu` changes it.
-    resident: AtomicBool,
-    /// Never resident yet: the first residency says IDAI (the table's
-    /// IMPDEF area holds no summary).
-    fresh: AtomicBool,
-    /// The doorbell rang since the vPE was last made resident.
-    rang: AtomicBool,
+    /// Only `pcpu` changes it.
+    residency: Residency,
+}
+
+/// The registers a residency change writes: this vPE's, on its CPU's
+/// redistributor, with the configuration table to give it.
+struct Regs<'a> {
+    vpe: &'a Vpe,
+    prop: u64,
+    id_bits: u8,
+}
+
+impl VpeRegs for Regs<'_> {
+    fn make_valid(&self, idai: bool) {
+        let r = self.vpe.regs();
+        r.vpropbaser.set(vlpi::vpropbaser(
+            self.prop,
+            self.id_bits,
+            Shareability::InnerShareable,
+            regs::CACHE_RAWAWB,
+        ));
+        r.vpendbaser.set(vlpi::vpendbaser(
+            self.vpe.vpt,
+            true,
+            idai,
+            Shareability::InnerShareable,
+            regs::CACHE_RAWAWB,
+        ));
+        RESIDENCIES.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn make_invalid(&self) -> Option<bool> {
+        let r = self.vpe.regs();
+        r.vpendbaser.set(vlpi::vpendbaser(
+            self.vpe.vpt,
+            false,
+            false,
+            Shareability::InnerShareable,
+            regs::CACHE_RAWAWB,
+        ));
+        RESIDENCIES.fetch_add(1, Ordering::Relaxed);
+        // PendingLast means something once Dirty is clear (§12.11.38).
+        if !arch::wait_until(DIRTY_TIMEOUT_MS, || r.vpendbaser.get() & vlpi::DIRTY == 0) {
+            log::error!(
+                "vPE {}: GICR_VPENDBASER.Dirty still set after {DIRTY_TIMEOUT_MS} ms",
+                self.vpe.id
+            );
+            return None;
+        }
+        Some(r.vpendbaser.get() & vlpi::PENDING_LAST != 0)
+    }
 }
 
 static VPES: [Once<&'static Vpe>; MAX_VPES] = [const { Once::new() }; MAX_VPES];
@@ -96,9 +140,7 @@ pub fn create(pcpu: usize) -> Result<Option<&'static Vpe>, ItsError> {
         pcpu,
         vpt,
         id_bits,
-        resident: AtomicBool::new(false),
-        fresh: AtomicBool::new(true),
-        rang: AtomicBool::new(false),
+        residency: Residency::new(),
     }));
     VPES[id].call_once(|| vpe);
     log::debug!("vPE {id} on CPU {pcpu}: pending table {vpt:#x}, doorbell {doorbell}");
@@ -121,7 +163,7 @@ impl Vpe {
     }
 
     pub fn is_resident(&self) -> bool {
-        self.resident.load(Ordering::Relaxed)
+        self.residency.is_resident()
     }
 
     /// Make the vPE resident on this CPU (its own), with the guest's LPI
@@ -129,29 +171,12 @@ impl Vpe {
     /// bits.
     pub fn schedule(&self, prop: u64, id_bits: u8) {
         debug_assert_eq!(arch::cpu_index(), self.pcpu);
-        if self.resident.load(Ordering::Relaxed) {
-            return;
-        }
-        // Before Valid = 1: the redistributor rescans the pending table
-        // then, so a doorbell from before it says nothing new.
-        self.rang.store(false, Ordering::SeqCst);
-        let r = self.regs();
-        r.vpropbaser.set(vlpi::vpropbaser(
+        let regs = Regs {
+            vpe: self,
             prop,
-            id_bits.min(self.id_bits),
-            Shareability::InnerShareable,
-            regs::CACHE_RAWAWB,
-        ));
-        let idai = self.fresh.swap(false, Ordering::Relaxed);
-        r.vpendbaser.set(vlpi::vpendbaser(
-            self.vpt,
-            true,
-            idai,
-            Shareability::InnerShareable,
-            regs::CACHE_RAWAWB,
-        ));
-        self.resident.store(true, Ordering::Relaxed);
-        RESIDENCIES.fetch_add(1, Ordering::Relaxed);
+            id_bits: id_bits.min(self.id_bits),
+        };
+        self.residency.schedule(&regs);
     }
 
     /// Make it non-resident. Returns whether a vLPI is pending for it
@@ -159,51 +184,34 @@ impl Vpe {
     /// sleep. From here on, a vLPI rings the doorbell.
     pub fn deschedule(&self) -> bool {
         debug_assert_eq!(arch::cpu_index(), self.pcpu);
-        if !self.resident.swap(false, Ordering::Relaxed) {
-            return false;
-        }
-        let r = self.regs();
-        r.vpendbaser.set(vlpi::vpendbaser(
-            self.vpt,
-            false,
-            false,
-            Shareability::InnerShareable,
-            regs::CACHE_RAWAWB,
-        ));
-        RESIDENCIES.fetch_add(1, Ordering::Relaxed);
-        // PendingLast means something once Dirty is clear (§12.11.38).
-        if !arch::wait_until(DIRTY_TIMEOUT_MS, || r.vpendbaser.get() & vlpi::DIRTY == 0) {
-            log::error!(
-                "vPE {}: GICR_VPENDBASER.Dirty still set after {DIRTY_TIMEOUT_MS} ms",
-                self.id
-            );
-            // Assume something is pending: a spurious wake, not a lost one.
-            return true;
-        }
-        r.vpendbaser.get() & vlpi::PENDING_LAST != 0
+        let regs = Regs {
+            vpe: self,
+            prop: 0,
+            id_bits: 0,
+        };
+        self.residency.deschedule(&regs)
     }
 
     /// The doorbell rang (its handler, on this vPE's CPU).
     pub fn ring(&self) {
-        self.rang.store(true, Ordering::SeqCst);
+        self.residency.ring();
         DOORBELLS_RUNG.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Its vCPU stopped running with a vLPI pending (PendingLast): as if
-    /// the doorbell had rung.
+    /// Its vCPU stopped running with a vLPI pending: as if the doorbell
+    /// had rung.
     pub fn mark_pending(&self) {
-        self.rang.store(true, Ordering::SeqCst);
+        self.residency.mark_pending();
     }
 
     /// Its vCPU runs, but the vPE cannot be made resident (LPIs are off
-    /// in the guest): what rang is no reason to wake it again. The
-    /// pending table keeps the vLPIs for when it is.
-    pub fn mark_pending_taken(&self) {
-        self.rang.store(false, Ordering::SeqCst);
+    /// in the guest): what rang is no reason to wake it again.
+    pub fn forget_rang(&self) {
+        self.residency.forget_rang();
     }
 
     /// Whether a vLPI arrived while the vPE was not resident.
     pub fn rang(&self) -> bool {
-        self.rang.load(Ordering::SeqCst)
+        self.residency.rang()
     }
 }

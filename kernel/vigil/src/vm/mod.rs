@@ -1516,7 +1516,7 @@ impl Vcpu {
         };
         if !enabled {
             // A doorbell rung while LPIs are off woke it for nothing.
-            p.mark_pending_taken();
+            p.forget_rang();
             return;
         }
         let id_bits = ((propbaser & 0x1f) as u8 + 1).min(p.id_bits);
