@@ -26,6 +26,8 @@ pub struct Redist {
     pub addr: u64,
     /// GICR_TYPER.Processor_Number (how a GITS_TYPER.PTA == 0 ITS names it).
     pub processor: u64,
+    /// GICR_TYPER.VLPIS: it can host GICv4 vPEs.
+    pub vlpis: bool,
 }
 
 /// The distance from the redistributor whose GICR_TYPER is `typer` to the
@@ -61,6 +63,7 @@ pub fn scan(
                 affinity: gicr::typer_affinity(typer),
                 addr,
                 processor: gicr::typer_processor_number(typer),
+                vlpis: typer & TYPER_VLPIS != 0,
             };
             if !found(r) {
                 return;
@@ -179,6 +182,7 @@ mod tests {
                 let mpidr = 0x8000_0000 | ((i / 16) << 8) | (i % 16);
                 let r = find(&found, mpidr).unwrap_or_else(|| panic!("cpu {i} of {n}"));
                 assert_eq!(r.processor, i);
+                assert_eq!(r.vlpis, v4, "GICR_TYPER.VLPIS of cpu {i}");
                 assert_eq!(
                     mem.get(&r.addr).map(|&t| gicr::typer_affinity(t)),
                     Some(mpidr & AFFINITY_MASK)
@@ -256,12 +260,14 @@ mod tests {
             Redist {
                 affinity: 0x01_0000_0203,
                 addr: 1,
-                processor: 0
+                processor: 0,
+                vlpis: false,
             },
             Redist {
                 affinity: 0x0,
                 addr: 2,
-                processor: 1
+                processor: 1,
+                vlpis: true,
             },
         ];
         sort(&mut r);

@@ -163,8 +163,6 @@ pub mod gicr {
     pub const WAKER_PROCESSOR_SLEEP: u32 = 1 << 1;
     pub const WAKER_CHILDREN_ASLEEP: u32 = 1 << 2;
     pub const TYPER_PLPIS: u64 = 1 << 0;
-    /// GICv4 virtual LPIs at this redistributor.
-    pub const TYPER_VLPIS: u64 = 1 << 1;
     pub const TYPER_LAST: u64 = 1 << 4;
 
     /// Affinity Aff3.Aff2.Aff1.Aff0 from GICR_TYPER[63:32], in MPIDR bit

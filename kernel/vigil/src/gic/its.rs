@@ -199,7 +199,9 @@ pub fn init(
         log::warn!("ITS did not report quiescent after disable");
     }
 
-    let direct = gicv4 && typer.virtual_lpis();
+    // GICv4 needs both ends: the ITS's V-commands and, at every CPU's
+    // redistributor, the VLPI frame (GICR_TYPER.VLPIS).
+    let direct = gicv4 && typer.virtual_lpis() && super::vlpis();
     let mut devices = None;
     let mut vpes = false;
     for n in 0..8 {
@@ -285,10 +287,11 @@ pub fn init(
         typer.pta() as u8,
         if its.devices.indirect { "two-level" } else { "flat" },
         cpus,
-        match (typer.virtual_lpis(), direct) {
+        match (typer.virtual_lpis() && super::vlpis(), direct) {
             (false, _) => "not available",
             (true, true) => "on",
-            (true, false) => "off (vigil.gicv4=off)",
+            (true, false) if !gicv4 => "off (vigil.gicv4=off)",
+            (true, false) => "off (no vPE table)",
         }
     );
     Ok(its)

@@ -51,6 +51,8 @@ static GIC: Once<Gic> = Once::new();
 /// Per CPU: its redistributor's address, processor number and LPI pending
 /// table. Small atomics in arrays sized by the compile-time cap (4 KiB
 /// each at 512 CPUs), read on interrupt paths without a lock.
+/// Every CPU's redistributor can host GICv4 vPEs (GICR_TYPER.VLPIS).
+static VLPIS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 static GICR_OF_CPU: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static PROC_NUM_OF_CPU: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static PEND_OF_CPU: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
@@ -143,11 +145,14 @@ pub fn init(info: GicInfo, cpus: &CpuList) -> Result<(), GicError> {
     // name CPUs that are not up yet: one walk over every region, then a
     // binary search per CPU (not a walk per CPU: n^2 register reads).
     let redists = redistributors(&info);
+    let mut vlpis = true;
     for (cpu, &mpidr) in cpus.as_slice().iter().enumerate() {
         let r = redist::find(&redists, mpidr).ok_or(GicError::NoRedistributor(mpidr))?;
         GICR_OF_CPU[cpu].store(r.addr, Ordering::Relaxed);
         PROC_NUM_OF_CPU[cpu].store(r.processor, Ordering::Relaxed);
+        vlpis &= r.vlpis;
     }
+    VLPIS.store(vlpis, Ordering::Relaxed);
 
     // LPIs: one configuration table for all redistributors.
     if typer & (1 << 17) == 0 {
@@ -228,6 +233,11 @@ fn alloc_pending_tables(cpus: usize, lpi_id_bits: u32) -> Result<(), GicError> {
         pend.store(table, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// Whether every CPU's redistributor has GICv4's virtual-LPI frames.
+pub fn vlpis() -> bool {
+    VLPIS.load(Ordering::Relaxed)
 }
 
 /// Number of host LPIs (INTIDs from 8192).
