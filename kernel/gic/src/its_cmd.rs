@@ -8,9 +8,10 @@
 //!   DW2[51:8] ITT_addr (MAPD), DW2[63] Valid (MAPC, MAPD);
 //! - DW3[51:16] RDbase2 (MOVALL).
 //!
-//! GICv4.0's virtual commands (§5.3.20-§5.3.28) put the vPEID at
+//! GICv4.0's virtual commands (§5.3.20-§5.3.29) put the vPEID at
 //! DW1[47:32]; VMAPTI's vINTID is DW2[31:0] and its doorbell DW2[63:32]
-//! (1023: none); VMAPP's VPT_addr is DW3[51:16], VPT_size DW3[4:0].
+//! (1023: none); VMAPP's VPT_addr is DW3[51:16], VPT_size DW3[4:0];
+//! VMOVP's SequenceNumber is DW0[47:32], its ITSList DW1[15:0].
 
 /// Command numbers (IHI 0069 table 5-8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,9 +30,11 @@ pub enum Opcode {
     Movall = 0x0e,
     Discard = 0x0f,
     Vmovi = 0x21,
+    Vmovp = 0x22,
     Vsync = 0x25,
     Vmapp = 0x29,
     Vmapti = 0x2a,
+    Vmapi = 0x2b,
     Vinvall = 0x2d,
 }
 
@@ -51,9 +54,11 @@ impl Opcode {
             0x0e => Self::Movall,
             0x0f => Self::Discard,
             0x21 => Self::Vmovi,
+            0x22 => Self::Vmovp,
             0x25 => Self::Vsync,
             0x29 => Self::Vmapp,
             0x2a => Self::Vmapti,
+            0x2b => Self::Vmapi,
             0x2d => Self::Vinvall,
             _ => return None,
         })
@@ -222,6 +227,27 @@ impl ItsCommand {
         c
     }
 
+    /// VMAPI: VMAPTI with vINTID == EventID (§5.3.25).
+    pub fn vmapi(device_id: u32, event_id: u32, vpe_id: u16, doorbell: u32) -> Self {
+        let mut c = Self::new(Opcode::Vmapi)
+            .device(device_id)
+            .event(event_id)
+            .vpe(vpe_id);
+        c.0[2] = u64::from(doorbell) << 32;
+        c
+    }
+
+    /// VMOVP: vPE `vpe_id` now lives at redistributor `rd`; `seq` and
+    /// `its_list` synchronise several ITSs where GITS_TYPER.VMOVP is 0
+    /// (§5.3.29). Vigil's vCPUs are pinned, so it never moves a vPE; this
+    /// is here for the day they are not.
+    pub fn vmovp(vpe_id: u16, rd: RdBase, seq: u16, its_list: u16) -> Self {
+        let mut c = Self::new(Opcode::Vmovp).vpe(vpe_id).rdbase(rd);
+        c.0[0] |= u64::from(seq) << 32;
+        c.0[1] |= u64::from(its_list);
+        c
+    }
+
     /// VMOVI: move (device, event)'s vLPI to vPE `vpe_id`, with its new
     /// doorbell (§5.3.27). Its pending state moves with it.
     pub fn vmovi(device_id: u32, event_id: u32, vpe_id: u16, doorbell: u32) -> Self {
@@ -347,7 +373,7 @@ mod tests {
             }
         }
         assert_eq!(Opcode::from_u8(0x02), None);
-        assert_eq!(Opcode::from_u8(0x2b), None, "GICv4 VMAPI is not built");
+        assert_eq!(Opcode::from_u8(0x2c), None);
     }
 
     #[test]
@@ -375,7 +401,11 @@ mod tests {
         assert_eq!(c.0, [0x11_0000_0021, (4 << 32) | 0x22, (9001 << 32) | 1, 0]);
         assert_eq!(ItsCommand::vsync(7).0, [0x25, 7 << 32, 0, 0]);
         assert_eq!(ItsCommand::vinvall(7).0, [0x2d, 7 << 32, 0, 0]);
-        for op in [0x21u8, 0x25, 0x29, 0x2a, 0x2d] {
+        let c = ItsCommand::vmapi(0x11, 0x22, 3, 9000);
+        assert_eq!(c.0, [0x11_0000_002b, (3 << 32) | 0x22, 9000 << 32, 0]);
+        let c = ItsCommand::vmovp(0x1234, RdBase(7), 0xabcd, 0x0005);
+        assert_eq!(c.0, [(0xabcd << 32) | 0x22, (0x1234 << 32) | 5, 7 << 16, 0]);
+        for op in [0x21u8, 0x22, 0x25, 0x29, 0x2a, 0x2b, 0x2d] {
             assert_eq!(Opcode::from_u8(op).map(|o| o as u8), Some(op));
         }
     }
