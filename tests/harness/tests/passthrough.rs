@@ -7,6 +7,14 @@ use vigil_harness::{Guest, Qemu, Run};
 /// The ITS-MSI rows of /proc/interrupts between two markers:
 /// (description, total count).
 fn msi_rows(run: &Run, label: &str) -> Vec<(String, u64)> {
+    msi_rows_per_cpu(run, label)
+        .into_iter()
+        .map(|(d, c)| (d, c.iter().sum()))
+        .collect()
+}
+
+/// The same with the count of each CPU.
+fn msi_rows_per_cpu(run: &Run, label: &str) -> Vec<(String, Vec<u64>)> {
     let begin = format!("VIGIL-INIT: interrupts begin {label}");
     let end = format!("VIGIL-INIT: interrupts end {label}");
     let mut inside = false;
@@ -18,11 +26,11 @@ fn msi_rows(run: &Run, label: &str) -> Vec<(String, u64)> {
             break;
         } else if inside && l.contains("ITS-MSI") {
             let words: Vec<&str> = l.split_whitespace().collect();
-            let counts: u64 = words
+            let counts = words
                 .iter()
                 .skip(2)
                 .map_while(|w| w.parse::<u64>().ok())
-                .sum();
+                .collect();
             rows.push((words.last().unwrap_or(&"").to_string(), counts));
         }
     }
@@ -167,6 +175,39 @@ fn hwrng_through_passthrough(path: MsiPath) {
     assert_eq!(run.lines_with("arm-smmu-v3").count(), 0, "{}", run.log);
     let (b, a) = (input(&before), input(&after));
     assert!(a > b, "ITS-MSI count did not rise: {b} -> {a}\n{}", run.log);
+    // Moved to the other vCPU (MOVI; VMOVI on the direct path), its MSIs
+    // arrive there.
+    let per_cpu = |label: &str| {
+        msi_rows_per_cpu(&run, label)
+            .into_iter()
+            .find(|(d, _)| d.ends_with("-input"))
+            .map(|(_, c)| c)
+            .unwrap_or_else(|| panic!("no virtio input MSI row at {label}:\n{}", run.log))
+    };
+    let moved = run
+        .lines_with("VIGIL-INIT: hwrng moved irq ")
+        .next()
+        .unwrap_or_else(|| panic!("the MSI was not moved:\n{}", run.log))
+        .to_string();
+    let to: usize = match moved.rsplit(' ').next() {
+        Some("1") => 0,
+        Some("2") => 1,
+        _ => panic!("moved to an unexpected CPU: {moved}"),
+    };
+    let (was, now) = (per_cpu("hwrng-after"), per_cpu("hwrng-moved"));
+    assert!(
+        now[to] > was[to],
+        "{moved}, but CPU {to}'s count stayed {}:\n{}",
+        was[to],
+        run.log
+    );
+    assert!(
+        run.lines_with("VIGIL-INIT: hwrng read 65536 bytes after the move")
+            .next()
+            .is_some(),
+        "{}",
+        run.log
+    );
     assert_eq!(run.lines_with(" WARN ]").count(), 0, "{}", run.log);
     assert_eq!(run.lines_with(" ERROR]").count(), 0, "{}", run.log);
 }
