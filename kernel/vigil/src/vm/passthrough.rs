@@ -157,15 +157,23 @@ impl PhysDevice {
     }
 }
 
-/// The commands that complete `cmds` on a direct mapping: VSYNC of the vPE
+/// `cmd` and, on a direct mapping, the VSYNC of its vPE that completes it
 /// (SYNC, which `Its::run` appends, covers physical collections only;
-/// IHI 0069H §5.3.28).
-fn with_vsync<const N: usize>(cmds: [ItsCommand; N], vpe: Option<&Vpe>) -> Vec<ItsCommand> {
-    let mut v: Vec<ItsCommand> = cmds.into();
-    if let Some(p) = vpe {
-        v.push(ItsCommand::vsync(p.id));
+/// IHI 0069H §5.3.28). No allocation: an INT of a direct event is a guest's
+/// software trigger.
+struct Completed([ItsCommand; 2], usize);
+
+impl Completed {
+    fn new(cmd: ItsCommand, vpe: Option<&Vpe>) -> Self {
+        match vpe {
+            Some(p) => Self([cmd, ItsCommand::vsync(p.id)], 2),
+            None => Self([cmd, cmd], 1),
+        }
     }
-    v
+
+    fn cmds(&self) -> &[ItsCommand] {
+        &self.0[..self.1]
+    }
 }
 
 /// Mirrors one VM's vITS onto the physical ITS.
@@ -386,7 +394,7 @@ impl Mirror for PhysMirror {
         self.run(
             its,
             "DISCARD",
-            &with_vsync([ItsCommand::discard(device, event)], vpe),
+            Completed::new(ItsCommand::discard(device, event), vpe).cmds(),
         );
         if vpe.is_none() {
             if let Some(r) = routes() {
@@ -434,7 +442,7 @@ impl Mirror for PhysMirror {
         self.run(
             its,
             "CLEAR",
-            &with_vsync([ItsCommand::clear(device, event)], vpe),
+            Completed::new(ItsCommand::clear(device, event), vpe).cmds(),
         );
     }
 
@@ -448,7 +456,7 @@ impl Mirror for PhysMirror {
         self.run(
             its,
             "INT",
-            &with_vsync([ItsCommand::int(device, event)], Some(vpe)),
+            Completed::new(ItsCommand::int(device, event), Some(vpe)).cmds(),
         );
         true
     }
@@ -461,7 +469,7 @@ impl Mirror for PhysMirror {
         self.run(
             its,
             "INV",
-            &with_vsync([ItsCommand::inv(device, event)], Some(vpe)),
+            Completed::new(ItsCommand::inv(device, event), Some(vpe)).cmds(),
         );
     }
 }
