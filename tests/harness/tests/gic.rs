@@ -125,3 +125,16 @@ fn bad_its_option_is_one_clear_error() {
         run.log
     );
 }
+
+#[test]
+fn bad_gicv4_option_is_one_clear_error() {
+    let run = Qemu::new("vigil.gicv4=maybe").run();
+    assert_eq!(run.ending, vigil_harness::Ending::Exited(1), "{}", run.log);
+    assert_eq!(
+        run.lines_with("boot: vigil.gicv4=maybe: expected vigil.gicv4=on or off")
+            .count(),
+        1,
+        "{}",
+        run.log
+    );
+}
