@@ -12,6 +12,8 @@
 //! * forward trapped accesses to the two ITS frames to [`Vits::mmio_read`] /
 //!   [`Vits::mmio_write`] (offset relative to the ITS base); a `CWRITER`
 //!   write runs the queued commands before it returns;
+//! * mirror a passed-through device's mappings onto the physical ITS with
+//!   [`mirror::PassMirror`] over its [`mirror::PhysIts`];
 //! * raise an LPI for a passthrough device or a paravirtual service with
 //!   [`Vits::translate`] (DeviceID, EventID), from any CPU;
 //! * kick the vCPUs named in the returned [`vigil_vgic::Kick`];
@@ -29,6 +31,7 @@ extern crate alloc;
 pub mod cmd;
 pub mod hostlpi;
 pub mod its;
+pub mod mirror;
 
 pub use cmd::Command;
 pub use its::{

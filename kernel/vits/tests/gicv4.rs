@@ -1,7 +1,9 @@
 //! Concurrency tests (shuttle) of GICv4 direct injection: the guest's
-//! MAPTI/MOVI/DISCARD through the real vITS, mirrored as VMAPTI/VMOVI/
-//! DISCARD, against a device's MSIs and against the vCPUs' vPE residency
-//! changes, which run the real protocol (`vigil_gic::vpe::Residency`).
+//! MAPTI/MOVI/DISCARD/INT/MAPD(V=0) through the real vITS and the real
+//! passthrough mirror (`vigil_vits::mirror::PassMirror`), whose encoded
+//! ITS commands a model ITS executes, against a device's MSIs and against
+//! the vCPUs' vPE residency changes, which run the real protocol
+//! (`vigil_gic::vpe::Residency`).
 //!
 //! The hardware is a model of QEMU's GICv4.0 (hw/intc/arm_gicv3_its.c,
 //! arm_gicv3_redist.c): an ITS whose virtual ITEs name a vPE and a vINTID;
@@ -10,14 +12,16 @@
 //! its vPE is not resident, rings the doorbell; DISCARD clears the bit;
 //! VMOVI moves it (ringing the new vPE's doorbell if that is not
 //! resident); Valid 1 -> 0 reports PendingLast. A resident vPE's pending
-//! vLPIs are the guest's to take. Every hardware operation is atomic, as
-//! QEMU's are (the model's lock is the scheduling point).
+//! vLPIs are the guest's to take. Every hardware operation (a command
+//! batch, a register write) is atomic, as QEMU's are; the model's lock is
+//! the scheduling point.
 //!
 //! Checked: no vLPI reaches the guest after its DISCARD returned (vITS
 //! invariant 2, a new life of the vINTID starting pristine); none is lost
 //! (when everything is quiet no pending table holds a bit and the vCPUs
 //! are asleep: a lost wakeup leaves one behind); none goes through the
-//! vGIC's list-register path.
+//! vGIC's list-register path; every command on a virtual mapping is
+//! followed by a VSYNC of its vPE in the same batch.
 
 mod common;
 
@@ -27,8 +31,11 @@ use std::sync::Arc;
 use common::*;
 use shuttle::sync::{Condvar, Mutex};
 use shuttle::thread;
+use vigil_gic::its_cmd::{ItsCommand, Opcode};
 use vigil_gic::vpe::{Residency, VpeRegs};
-use vigil_vits::{Command, Mirror};
+use vigil_vits::hostlpi::HostRoutes;
+use vigil_vits::mirror::{PassMirror, PhysIts, VpeRef};
+use vigil_vits::Command;
 
 const ITERS: usize = 400;
 const DEV: u32 = 3;
@@ -107,69 +114,129 @@ impl VpeRegs for Regs<'_> {
     }
 }
 
-/// The mirror as Vigil's does it on a GICv4, onto the model: every event
-/// with a target maps directly.
-struct DirectMirror(Arc<Gic4>);
+/// The physical ITS under the real mirror: executes its encoded commands
+/// on the model. Every vCPU has a vPE (id = vCPU index, pinned to the CPU
+/// of the same index).
+struct ModelIts(Arc<Gic4>);
 
-impl Mirror for DirectMirror {
-    fn owns(&self, device: u32) -> bool {
-        device == DEV
-    }
-    fn map_device(&self, _device: u32, _event_bits: u8) {}
-    fn unmap_device(&self, device: u32) {
-        let mut hw = self.0.hw.lock().unwrap();
-        let gone: Vec<_> = hw.ites.keys().filter(|k| k.0 == device).copied().collect();
-        for k in gone {
-            let (vpe, vintid) = hw.ites.remove(&k).unwrap();
-            hw.vpt[vpe].remove(&vintid);
-        }
-    }
-    fn map_event(
-        &self,
-        device: u32,
-        event: u32,
-        intid: u32,
-        target: Option<usize>,
-        _generation: u64,
-    ) -> bool {
-        let Some(t) = target else { return false };
-        self.0
-            .hw
-            .lock()
-            .unwrap()
-            .ites
-            .insert((device, event), (t, intid));
-        true
-    }
-    fn unmap_event(&self, device: u32, event: u32) {
-        let mut hw = self.0.hw.lock().unwrap();
-        if let Some((vpe, vintid)) = hw.ites.remove(&(device, event)) {
-            hw.vpt[vpe].remove(&vintid);
-        }
-    }
-    fn move_event(&self, device: u32, event: u32, target: usize) {
-        let mut hw = self.0.hw.lock().unwrap();
-        let Some((from, vintid)) = hw.ites.get(&(device, event)).copied() else {
-            return;
-        };
-        hw.ites.insert((device, event), (target, vintid));
-        if from != target && hw.vpt[from].remove(&vintid) {
-            hw.vpt[target].insert(vintid);
-            if !hw.resident[target] {
-                hw.doorbell[target] = true;
-                self.0.irq.notify_all();
+/// vPE n's doorbell LPI.
+const DOORBELL: u32 = LPI0 + 1000;
+
+impl ModelIts {
+    fn execute(hw: &mut Hw, irq: &Condvar, c: &ItsCommand) {
+        let dw = c.0;
+        let (device, event) = ((dw[0] >> 32) as u32, dw[1] as u32);
+        let vpe = (dw[1] >> 32) as u16 as usize;
+        match c.opcode().expect("the mirror issues known commands") {
+            Opcode::Vmapti => {
+                assert_eq!((dw[2] >> 32) as u32, DOORBELL + vpe as u32, "doorbell");
+                hw.ites.insert((device, event), (vpe, dw[2] as u32));
             }
+            Opcode::Discard => {
+                if let Some((p, vintid)) = hw.ites.remove(&(device, event)) {
+                    hw.vpt[p].remove(&vintid);
+                }
+            }
+            Opcode::Clear => {
+                if let Some(&(p, vintid)) = hw.ites.get(&(device, event)) {
+                    hw.vpt[p].remove(&vintid);
+                }
+            }
+            Opcode::Int => {
+                if let Some(&(p, vintid)) = hw.ites.get(&(device, event)) {
+                    hw.vpt[p].insert(vintid);
+                    if !hw.resident[p] {
+                        hw.doorbell[p] = true;
+                        irq.notify_all();
+                    }
+                }
+            }
+            Opcode::Vmovi => {
+                let Some((from, vintid)) = hw.ites.get(&(device, event)).copied() else {
+                    return;
+                };
+                hw.ites.insert((device, event), (vpe, vintid));
+                if from != vpe && hw.vpt[from].remove(&vintid) {
+                    hw.vpt[vpe].insert(vintid);
+                    if !hw.resident[vpe] {
+                        hw.doorbell[vpe] = true;
+                        irq.notify_all();
+                    }
+                }
+            }
+            // Effects are immediate in the model (as in QEMU's ITS).
+            Opcode::Inv | Opcode::Vsync => {}
+            op => panic!("unexpected {op:?} on the direct path"),
         }
     }
-    fn clear_event(&self, device: u32, event: u32) {
-        let mut hw = self.0.hw.lock().unwrap();
-        if let Some(&(vpe, vintid)) = hw.ites.get(&(device, event)) {
-            hw.vpt[vpe].remove(&vintid);
+}
+
+impl PhysIts for ModelIts {
+    type Device = u32;
+    type Error = &'static str;
+
+    fn run(&self, cmds: &[ItsCommand]) -> Result<(), &'static str> {
+        // Every command on a virtual mapping has its vPE's VSYNC after it
+        // in the batch (IHI 0069H §5.3.28).
+        let hw = &mut *self.0.hw.lock().unwrap();
+        for (i, c) in cmds.iter().enumerate() {
+            let dw = c.0;
+            let vpes: Vec<usize> = match c.opcode() {
+                Some(Opcode::Vmapti) => vec![(dw[1] >> 32) as u16 as usize],
+                Some(Opcode::Vmovi) => {
+                    let from = hw.ites.get(&((dw[0] >> 32) as u32, dw[1] as u32));
+                    let mut v = vec![(dw[1] >> 32) as u16 as usize];
+                    v.extend(from.map(|&(p, _)| p));
+                    v
+                }
+                Some(Opcode::Discard | Opcode::Clear | Opcode::Int | Opcode::Inv) => hw
+                    .ites
+                    .get(&((dw[0] >> 32) as u32, dw[1] as u32))
+                    .map(|&(p, _)| vec![p])
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            for p in vpes {
+                assert!(
+                    cmds[i + 1..]
+                        .iter()
+                        .any(|v| v.opcode() == Some(Opcode::Vsync) && (v.0[1] >> 32) as usize == p),
+                    "{:?} with no VSYNC of vPE {p} after it",
+                    c.opcode()
+                );
+            }
+            Self::execute(hw, &self.0.irq, c);
         }
+        Ok(())
     }
-    fn raise(&self, device: u32, event: u32) -> bool {
-        self.0.trigger(device, event);
-        true
+    fn map_device(&self, device: u32, _event_bits: u8) -> Result<u32, &'static str> {
+        Ok(device)
+    }
+    fn unmap_device(&self, device: u32) -> Result<(), &'static str> {
+        let hw = &mut *self.0.hw.lock().unwrap();
+        assert!(
+            !hw.ites.keys().any(|k| k.0 == device),
+            "MAPD(V=0) with events still mapped: their pending bits would stay"
+        );
+        Ok(())
+    }
+    fn alloc_lpis(&self, _count: u32) -> Option<u32> {
+        Some(LPI0 + 2000)
+    }
+    fn free_lpis(&self, _first: u32) {}
+    fn set_lpi_enabled(&self, _lpi: u32, _enabled: bool) {}
+    fn icid(&self, vcpu: Option<usize>) -> u16 {
+        vcpu.unwrap_or(0) as u16
+    }
+    fn vpe(&self, vcpu: usize) -> Option<VpeRef> {
+        (vcpu < VCPUS).then_some(VpeRef {
+            id: vcpu as u16,
+            doorbell: DOORBELL + vcpu as u32,
+            id_bits: 16,
+        })
+    }
+    fn routes(&self) -> Option<&HostRoutes> {
+        None
     }
 }
 
@@ -209,7 +276,8 @@ fn rig() -> (Arc<Rig>, Arc<Gic4>) {
         hw: Mutex::new(Hw::default()),
         irq: Condvar::new(),
     });
-    r.its.set_mirror(Arc::new(DirectMirror(gic.clone())));
+    r.its
+        .set_mirror(Arc::new(PassMirror::new(0, ModelIts(gic.clone()))));
     r.mapd(DEV, 2);
     (r, gic)
 }

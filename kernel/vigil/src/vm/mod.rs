@@ -924,7 +924,11 @@ fn create(
     let gic = vgic_glue::new_vm_gic(d.cpus, true);
     let its = crate::vits::new_vm_its(&gic);
     if pcie.is_some() {
-        its.set_mirror(alloc::sync::Arc::new(passthrough::PhysMirror::new(id)));
+        if let Some(phys) = passthrough::KernelIts::new(id) {
+            its.set_mirror(alloc::sync::Arc::new(vigil_vits::mirror::PassMirror::new(
+                id, phys,
+            )));
+        }
     }
     let mut bus = MmioBus::default();
     bus.add(layout::UART_BASE, layout::UART_SIZE, uart);
