@@ -105,10 +105,6 @@ pub struct Its {
     direct: bool,
 }
 
-/// vPEs the vPE table holds (vPEID < this): one per vCPU of a VM with
-/// passthrough.
-pub const MAX_VPES: usize = 1024;
-
 static ITS: Once<Its> = Once::new();
 
 pub fn get() -> Option<&'static Its> {
@@ -201,7 +197,8 @@ pub fn init(
 
     // GICv4 needs both ends: the ITS's V-commands and, at every CPU's
     // redistributor, the VLPI frame (GICR_TYPER.VLPIS).
-    let direct = gicv4 && typer.virtual_lpis() && super::vlpis();
+    let available = typer.virtual_lpis() && super::vlpis();
+    let direct = gicv4 && available;
     let mut devices = None;
     let mut vpes = false;
     for n in 0..8 {
@@ -233,7 +230,7 @@ pub fn init(
             }
             // Left invalid on the v3 path: no V-command is ever issued.
             baser::TableType::Vpes if direct => {
-                let bytes = MAX_VPES as u64 * baser::entry_size(cur);
+                let bytes = super::vpe::MAX_VPES as u64 * baser::entry_size(cur);
                 setup_baser(r, n, bytes, false)?;
                 vpes = true;
             }
@@ -287,7 +284,7 @@ pub fn init(
         typer.pta() as u8,
         if its.devices.indirect { "two-level" } else { "flat" },
         cpus,
-        match (typer.virtual_lpis() && super::vlpis(), direct) {
+        match (available, direct) {
             (false, _) => "not available",
             (true, true) => "on",
             (true, false) if !gicv4 => "off (vigil.gicv4=off)",

@@ -48,11 +48,11 @@ struct Gic {
 
 static GIC: Once<Gic> = Once::new();
 
+/// Every CPU's redistributor can host GICv4 vPEs (GICR_TYPER.VLPIS).
+static VLPIS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 /// Per CPU: its redistributor's address, processor number and LPI pending
 /// table. Small atomics in arrays sized by the compile-time cap (4 KiB
 /// each at 512 CPUs), read on interrupt paths without a lock.
-/// Every CPU's redistributor can host GICv4 vPEs (GICR_TYPER.VLPIS).
-static VLPIS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 static GICR_OF_CPU: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static PROC_NUM_OF_CPU: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static PEND_OF_CPU: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];

@@ -32,7 +32,6 @@ use crate::arch;
 /// vPEs there can be: one per vCPU of the passthrough VM (only one VM
 /// gets the bridge).
 pub const MAX_VPES: usize = MAX_VCPUS;
-const _: () = assert!(MAX_VPES <= its::MAX_VPES);
 
 /// Bounded wait for GICR_VPENDBASER.Dirty to clear.
 const DIRTY_TIMEOUT_MS: u64 = 10;
@@ -75,7 +74,6 @@ impl VpeRegs for Regs<'_> {
             Shareability::InnerShareable,
             regs::CACHE_RAWAWB,
         ));
-        RESIDENCIES.fetch_add(1, Ordering::Relaxed);
     }
 
     fn make_invalid(&self) -> Option<bool> {
@@ -87,7 +85,6 @@ impl VpeRegs for Regs<'_> {
             Shareability::InnerShareable,
             regs::CACHE_RAWAWB,
         ));
-        RESIDENCIES.fetch_add(1, Ordering::Relaxed);
         // PendingLast means something once Dirty is clear (§12.11.38).
         if !arch::wait_until(DIRTY_TIMEOUT_MS, || r.vpendbaser.get() & vlpi::DIRTY == 0) {
             log::error!(
@@ -105,8 +102,7 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 /// First of the MAX_VPES doorbells (vPE n rings DOORBELLS + n).
 static DOORBELLS: Once<Option<u32>> = Once::new();
 
-/// Residency changes (GICR_VPENDBASER writes) and doorbells, for the log.
-pub static RESIDENCIES: AtomicU64 = AtomicU64::new(0);
+/// Doorbells rung, for the log.
 pub static DOORBELLS_RUNG: AtomicU64 = AtomicU64::new(0);
 
 /// A vPE for a vCPU pinned to `pcpu`, mapped on the ITS; None on the v3
