@@ -1450,20 +1450,12 @@ fn run(v: &'static Vcpu, shared: bool) {
                 if vlpi {
                     // Re-entered with its vPE resident again: it takes it.
                 } else if shared {
-                    if !v.vm.gic.has_deliverable(v.index)
-                        && !v.vm.its.has_unfinished_commands()
-                        && !v.vpe.is_some_and(|p| p.rang())
-                    {
+                    if !v.has_work() {
                         v.waiting.store(true, Ordering::Relaxed);
                         break;
                     }
                 } else {
-                    while !v.vm.gic.has_deliverable(v.index)
-                        && !v.vm.its.has_unfinished_commands()
-                        && !v.vpe.is_some_and(|p| p.rang())
-                        && v.vm.is_running()
-                        && v.power.state() == PowerState::On
-                    {
+                    while !v.has_work() && v.vm.is_running() && v.power.state() == PowerState::On {
                         wait_for_interrupt();
                     }
                 }
@@ -1489,6 +1481,15 @@ fn run(v: &'static Vcpu, shared: bool) {
 }
 
 impl Vcpu {
+    /// Whether a waiting vCPU has something to do: an interrupt to take
+    /// (in the vGIC, or a direct vLPI whose doorbell rang) or ITS
+    /// commands to run.
+    fn has_work(&self) -> bool {
+        self.vm.gic.has_deliverable(self.index)
+            || self.vm.its.has_unfinished_commands()
+            || self.vpe.is_some_and(|p| p.rang())
+    }
+
     /// An exit for a physical interrupt (only its CPU counts). Its vPE
     /// is made resident if it could not be before (see `run`).
     #[inline(never)]
@@ -1558,10 +1559,7 @@ impl Vcpu {
         if !self.waiting.load(Ordering::Relaxed) {
             return true;
         }
-        if self.vm.gic.has_deliverable(self.index)
-            || self.vm.its.has_unfinished_commands()
-            || self.vpe.is_some_and(|p| p.rang())
-        {
+        if self.has_work() {
             return true;
         }
         // The vCPU loaded here has its timers live: their interrupts make
