@@ -482,6 +482,16 @@ impl Vits {
             .is_some_and(|m| m.raise(device, event))
     }
 
+    /// INV/INVALL of `ite`, if the mirror mapped it directly
+    /// ([`Mirror::inv_event`]). With the route lock held, not the vGIC's.
+    fn inv_direct(&self, device: u32, event: u32, ite: &Ite) {
+        if ite.direct {
+            if let Some(m) = self.mirror_for(device) {
+                m.inv_event(device, event);
+            }
+        }
+    }
+
     /// Back to power-on state (a VM reset): disabled, no queue, no devices
     /// or collections. Takes the queue lock, then the routes lock (the
     /// documented order). The vGIC is reset separately.
@@ -1189,11 +1199,7 @@ impl Vits {
         // vITS invariant 3: apply only to the mapping we looked up.
         st.lpi_set_config(ite.intid, ite.gen, cfg, kick);
         drop(st);
-        if ite.direct {
-            if let Some(m) = self.mirror_for(device) {
-                m.inv_event(device, event);
-            }
-        }
+        self.inv_direct(device, event, &ite);
         Ok(())
     }
 
@@ -1231,10 +1237,8 @@ impl Vits {
             st.lpi_set_config(ite.intid, ite.gen, cfg, kick);
         }
         drop(st);
-        for &(device, event, _) in hits.iter().filter(|h| h.2.direct) {
-            if let Some(m) = self.mirror_for(device) {
-                m.inv_event(device, event);
-            }
+        for (device, event, ite) in &hits {
+            self.inv_direct(*device, *event, ite);
         }
         Ok((next.map(Some), scanned))
     }
