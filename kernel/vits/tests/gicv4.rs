@@ -61,6 +61,25 @@ struct Hw {
     quiet: bool,
 }
 
+impl Hw {
+    /// vLPI `vintid` pending for `vpe`: its bit, and its doorbell if it is
+    /// not resident (QEMU's `gicv3_redist_process_vlpi`).
+    fn pend(&mut self, irq: &Condvar, vpe: usize, vintid: u32) {
+        self.vpt[vpe].insert(vintid);
+        if !self.resident[vpe] {
+            self.doorbell[vpe] = true;
+            irq.notify_all();
+        }
+    }
+
+    /// `(device, event)`'s vLPI made pending, if it is mapped.
+    fn trigger(&mut self, irq: &Condvar, device: u32, event: u32) {
+        if let Some(&(vpe, vintid)) = self.ites.get(&(device, event)) {
+            self.pend(irq, vpe, vintid);
+        }
+    }
+}
+
 struct Gic4 {
     hw: Mutex<Hw>,
     /// A physical CPU's interrupt line changed (a doorbell).
@@ -70,14 +89,7 @@ struct Gic4 {
 impl Gic4 {
     /// Make `(device, event)`'s vLPI pending: an MSI, or INT.
     fn trigger(&self, device: u32, event: u32) {
-        let mut hw = self.hw.lock().unwrap();
-        if let Some(&(vpe, vintid)) = hw.ites.get(&(device, event)) {
-            hw.vpt[vpe].insert(vintid);
-            if !hw.resident[vpe] {
-                hw.doorbell[vpe] = true;
-                self.irq.notify_all();
-            }
-        }
+        self.hw.lock().unwrap().trigger(&self.irq, device, event);
     }
 
     /// The guest on vCPU `v` acknowledges a vLPI, if its vPE is resident
@@ -142,26 +154,14 @@ impl ModelIts {
                     hw.vpt[p].remove(&vintid);
                 }
             }
-            Opcode::Int => {
-                if let Some(&(p, vintid)) = hw.ites.get(&(device, event)) {
-                    hw.vpt[p].insert(vintid);
-                    if !hw.resident[p] {
-                        hw.doorbell[p] = true;
-                        irq.notify_all();
-                    }
-                }
-            }
+            Opcode::Int => hw.trigger(irq, device, event),
             Opcode::Vmovi => {
                 let Some((from, vintid)) = hw.ites.get(&(device, event)).copied() else {
                     return;
                 };
                 hw.ites.insert((device, event), (vpe, vintid));
                 if from != vpe && hw.vpt[from].remove(&vintid) {
-                    hw.vpt[vpe].insert(vintid);
-                    if !hw.resident[vpe] {
-                        hw.doorbell[vpe] = true;
-                        irq.notify_all();
-                    }
+                    hw.pend(irq, vpe, vintid);
                 }
             }
             // Effects are immediate in the model (as in QEMU's ITS).

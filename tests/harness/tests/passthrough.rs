@@ -5,15 +5,7 @@ use std::time::Duration;
 use vigil_harness::{Guest, Qemu, Run};
 
 /// The ITS-MSI rows of /proc/interrupts between two markers:
-/// (description, total count).
-fn msi_rows(run: &Run, label: &str) -> Vec<(String, u64)> {
-    msi_rows_per_cpu(run, label)
-        .into_iter()
-        .map(|(d, c)| (d, c.iter().sum()))
-        .collect()
-}
-
-/// The same with the count of each CPU.
+/// (description, the count of each CPU).
 fn msi_rows_per_cpu(run: &Run, label: &str) -> Vec<(String, Vec<u64>)> {
     let begin = format!("VIGIL-INIT: interrupts begin {label}");
     let end = format!("VIGIL-INIT: interrupts end {label}");
@@ -100,12 +92,11 @@ impl MsiPath {
         if self == Self::V4 {
             assert_eq!(host, 0, "passthrough MSIs took host LPIs: {line}");
             assert!(direct > 0, "no event mapped directly: {line}");
-            (irq_exits, doorbells)
         } else {
             assert!(host > 0, "no MSI through a host LPI: {line}");
             assert_eq!(direct, 0, "{line}");
-            (irq_exits, doorbells)
         }
+        (irq_exits, doorbells)
     }
 }
 
@@ -163,20 +154,7 @@ fn hwrng_through_passthrough(path: MsiPath) {
         "the VM saw Vigil's pvpanic device:\n{}",
         run.log
     );
-    let before = msi_rows(&run, "hwrng-before");
-    let after = msi_rows(&run, "hwrng-after");
-    let input = |rows: &[(String, u64)]| {
-        rows.iter()
-            .find(|(d, _)| d.ends_with("-input"))
-            .map(|(_, c)| *c)
-            .unwrap_or_else(|| panic!("no virtio input MSI row:\n{}", run.log))
-    };
-    // The SMMU is the host's, not the guest's: Linux has no driver bound.
-    assert_eq!(run.lines_with("arm-smmu-v3").count(), 0, "{}", run.log);
-    let (b, a) = (input(&before), input(&after));
-    assert!(a > b, "ITS-MSI count did not rise: {b} -> {a}\n{}", run.log);
-    // Moved to the other vCPU (MOVI; VMOVI on the direct path), its MSIs
-    // arrive there.
+    // The virtio input queue's MSI count on each CPU at `label`.
     let per_cpu = |label: &str| {
         msi_rows_per_cpu(&run, label)
             .into_iter()
@@ -184,6 +162,13 @@ fn hwrng_through_passthrough(path: MsiPath) {
             .map(|(_, c)| c)
             .unwrap_or_else(|| panic!("no virtio input MSI row at {label}:\n{}", run.log))
     };
+    // The SMMU is the host's, not the guest's: Linux has no driver bound.
+    assert_eq!(run.lines_with("arm-smmu-v3").count(), 0, "{}", run.log);
+    let total = |label: &str| per_cpu(label).iter().sum::<u64>();
+    let (b, a) = (total("hwrng-before"), total("hwrng-after"));
+    assert!(a > b, "ITS-MSI count did not rise: {b} -> {a}\n{}", run.log);
+    // Moved to the other vCPU (MOVI; VMOVI on the direct path), its MSIs
+    // arrive there.
     let moved = run
         .lines_with("VIGIL-INIT: hwrng moved irq ")
         .next()
