@@ -138,3 +138,27 @@ fn bad_gicv4_option_is_one_clear_error() {
         run.log
     );
 }
+
+/// `--gic` of scripts/qemu and scripts/run takes 3 or 4; anything else is
+/// one error line and exit 2 before QEMU starts.
+#[test]
+fn gic_flag_is_checked() {
+    for script in ["scripts/qemu", "scripts/run"] {
+        for bad in ["2", "5", "v4", ""] {
+            let mut cmd = std::process::Command::new(vigil_harness::workspace_root().join(script));
+            cmd.args(["--gic", bad]).arg(vigil_harness::image());
+            let run = vigil_harness::run_with_timeout(cmd, std::time::Duration::from_secs(30));
+            assert_eq!(
+                run.ending,
+                vigil_harness::Ending::Exited(2),
+                "{script} --gic {bad:?}: {}",
+                run.log
+            );
+            assert!(
+                run.log.contains(&format!("--gic {bad}: expected 3 or 4")),
+                "{script}: {}",
+                run.log
+            );
+        }
+    }
+}
