@@ -304,16 +304,24 @@ fn wait_handler_spin(name: &str, before: u64) -> u64 {
     slot().time.load(Ordering::Relaxed)
 }
 
+/// The virtual counter's value [`TIMEOUT_US`] from now.
+fn deadline() -> u64 {
+    cpu::counter() + TIMEOUT_US.saturating_mul(cpu::counter_frequency()) / 1_000_000
+}
+
 /// Waits in WFI (IRQs masked around the check) until this vCPU's handler
-/// count passes `before`.
-fn wait_handler_wfi(name: &str, before: u64) {
-    let t0 = cpu::now_us();
+/// count passes `before`, failing past `deadline` (a counter value the
+/// caller takes before it starts the clock: the wait itself then costs a
+/// compare, not the arithmetic of a time in microseconds, which the
+/// sending vCPU would otherwise run inside the timed window while its
+/// target is woken).
+fn wait_handler_wfi(name: &str, before: u64, deadline: u64) {
     loop {
         gic::irq_disable();
         if count() != before {
             break;
         }
-        if cpu::now_us() - t0 > TIMEOUT_US {
+        if cpu::counter() > deadline {
             fail!(BENCH, "{name}: timed out waiting for an interrupt");
         }
         gic::wait_for_interrupt();
@@ -671,8 +679,9 @@ fn unicast_total(sgi1r: u64, peer: &Slot) -> u64 {
     let mut total = 0;
     for i in 0..ITERS + 16 {
         let mine = count();
+        let until = deadline();
         let t0 = send_timed(sgi1r);
-        wait_handler_wfi("ipi", mine);
+        wait_handler_wfi("ipi", mine, until);
         let t1 = peer.time.load(Ordering::Acquire);
         if i >= 16 {
             total += t1.wrapping_sub(t0);
@@ -907,9 +916,10 @@ fn scale_broadcast(n: usize, empty: u64) {
             core::array::from_fn(|c| SLOTS[c].count.load(Ordering::Acquire));
         BROADCAST_LEFT.store(n as u64 - 1, Ordering::Release);
         let mine = count();
+        let until = deadline();
         // SGI_BROADCAST to every other vCPU (IRM = 1).
         let t0 = send_timed((1u64 << 40) | u64::from(SGI_BROADCAST) << 24);
-        wait_handler_wfi("ipi_broadcast", mine);
+        wait_handler_wfi("ipi_broadcast", mine, until);
         let mut last = t0;
         for c in 1..n {
             if SLOTS[c].count.load(Ordering::Acquire) == before[c] {
