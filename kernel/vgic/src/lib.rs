@@ -259,6 +259,16 @@ impl Vgic {
         self.locked().fold(v, lrs, misr, eisr)
     }
 
+    /// [`Vgic::fold`] when every list register the flush wrote came back
+    /// inert: `ICH_ELRSR_EL2` has their bits set, so each is Invalid and
+    /// none asks for an EOI maintenance interrupt (IHI 0069 §12.5.5), and
+    /// `ICH_EISR_EL2` is zero. Their values need not be read: each folds
+    /// as what was written, in state Invalid (the usual end of an
+    /// interrupt, taken and deactivated).
+    pub fn fold_spent(&self, v: usize, misr: IchMisr) -> FoldReport {
+        self.locked().fold_spent(v, misr)
+    }
+
     /// Drive the input of interrupt `intid` (SGI/PPI of vCPU `v`, or SPI):
     /// for a level-sensitive interrupt this is its line level; for an
     /// edge-triggered one, `true` is an edge.

@@ -27,6 +27,10 @@ pub struct SimCpu {
     /// vCPUs the flushes asked to kick (none while every deliverability
     /// change requeues), for a caller driving several vCPUs.
     pub kicked: crate::Kick,
+    /// Fold list registers that all came back inert with
+    /// [`Vgic::fold_spent`], as the kernel does (the default), or always
+    /// with [`Vgic::fold`] (to check that the two agree).
+    pub spent_fold: bool,
     running: bool,
 }
 
@@ -42,6 +46,7 @@ impl SimCpu {
             active: Vec::new(),
             hw_deactivated: Vec::new(),
             kicked: crate::Kick::default(),
+            spent_fold: true,
             running: false,
         }
     }
@@ -149,7 +154,14 @@ impl SimCpu {
     pub fn exit(&mut self, g: &Vgic) -> FoldReport {
         assert!(self.running, "exit while not running");
         let misr = self.misr();
-        let rep = g.fold(self.v, &self.lrs, misr, self.eisr);
+        // As the kernel does: all of ICH_ELRSR_EL2 set (every LR Invalid,
+        // none with EOI maintenance to raise) folds without the values.
+        let inert = |l: &LrValue| l.state() == LrState::Invalid && (l.hw() || !l.eoi());
+        let rep = if self.spent_fold && self.lrs.iter().all(inert) {
+            g.fold_spent(self.v, misr)
+        } else {
+            g.fold(self.v, &self.lrs, misr, self.eisr)
+        };
         self.running = false;
         rep
     }

@@ -782,6 +782,98 @@ impl VgicState {
         misr: IchMisr,
         eisr: u32,
     ) -> FoldReport {
+        self.fold_with(
+            v,
+            |i, m| lrs.get(i).copied().unwrap_or(m.written),
+            misr,
+            eisr,
+        )
+    }
+
+    /// The fold of list registers that all came back inert; see
+    /// [`crate::Vgic::fold_spent`].
+    pub(crate) fn fold_spent(&mut self, v: usize, misr: IchMisr) -> FoldReport {
+        if misr.bits() == 0 {
+            match self.retire_alone(v) {
+                Some(false) => return FoldReport::default(),
+                Some(true) => {
+                    let mut rep = FoldReport::default();
+                    self.prune(v, &mut rep.kick);
+                    return rep;
+                }
+                None => {}
+            }
+        }
+        // Inert: Invalid, and no EOI maintenance to raise, so EISR is 0.
+        self.fold_with(v, |_, m| m.written.with_state(LrState::Invalid), misr, 0)
+    }
+
+    /// The spent fold of the usual case: the flush loaded one interrupt,
+    /// the only one on the list, and it came back Invalid (taken and
+    /// deactivated). Exactly what [`FoldParts::fold_one`] does with an
+    /// Invalid LR and the fold's relist after it, without the search of
+    /// the list: Some(whether the prune must run, the interrupt now
+    /// belonging to another vCPU), or None, having changed nothing, for
+    /// the general fold.
+    #[inline(always)]
+    fn retire_alone(&mut self, v: usize) -> Option<bool> {
+        let (g0, g1) = (self.grp0_en, self.grp1_en);
+        let Self {
+            vcpus,
+            spis,
+            lpis,
+            listed,
+            ..
+        } = self;
+        let vc = vcpus.get_mut(v)?;
+        let ([meta], [e]) = (&vc.lr_meta[..], &vc.ap[..]) else {
+            return None;
+        };
+        if meta.zombie || e.zombie.is_some() || e.intid != meta.intid || e.gen != meta.gen {
+            return None;
+        }
+        let acked = meta.loaded_pending;
+        let v_lpis = vc.lpis_enabled;
+        let irq = irq_in(&mut vc.private, spis, lpis, meta.intid)?;
+        if irq.gen != meta.gen || irq.owner != Some(v) || !irq.loaded {
+            return None;
+        }
+        // The LR is neither pending nor active: nothing folds into the
+        // latch, and the active state is the LR's unless software wrote it.
+        if !irq.sw_active_written {
+            irq.active = false;
+        }
+        irq.loaded = false;
+        irq.sw_active_written = false;
+        irq.sw_pending_cleared = false;
+        let unsettled = match oracle_with(irq, g0, g1, |t| t != v || v_lpis) {
+            Some(t) => t != v,
+            None => {
+                irq.owner = None;
+                vc.ap.clear();
+                if let Some(flag) = listed.get(v) {
+                    flag.store(false, Ordering::Release);
+                }
+                false
+            }
+        };
+        vc.lr_meta.clear();
+        if acked {
+            vc.stats.acked += 1;
+        }
+        Some(unsettled)
+    }
+
+    /// The fold, LR `i` (written as record `m`) reading back as
+    /// `lr_at(i, m)`.
+    #[inline(always)]
+    fn fold_with(
+        &mut self,
+        v: usize,
+        lr_at: impl Fn(usize, &LrMeta) -> LrValue,
+        misr: IchMisr,
+        eisr: u32,
+    ) -> FoldReport {
         let mut rep = FoldReport::default();
         let unsettled = {
             // Field by field, as in the flush: the records are read while
@@ -810,7 +902,7 @@ impl VgicState {
                 anomalies,
             };
             for (i, meta) in vc.lr_meta.iter().enumerate() {
-                let mut lr = lrs.get(i).copied().unwrap_or(meta.written);
+                let mut lr = lr_at(i, meta);
                 if lr.vintid() != meta.intid {
                     *parts.anomalies += 1;
                     log::error!(

@@ -376,29 +376,29 @@ pub fn exit(g: &Vgic, v: usize) -> Kick {
 /// [`flush_into`]).
 #[inline(always)]
 fn fold_from<const N: usize>(g: &Vgic, v: usize, n: usize) -> Kick {
+    // ICH_ELRSR_EL2 bit n: LR n is Invalid with no EOI maintenance request
+    // (IHI 0069 §12.5.5): inert as it stands.
+    let all = (1u64 << n) - 1;
+    if ich_elrsr() & all == all {
+        // The guest consumed everything it was given (the usual end of an
+        // interrupt: taken and deactivated): the LRs need neither reading
+        // (each is what was written, Invalid) nor a rewrite. ICH_HCR_EL2 =
+        // En alone drops any maintenance condition (no enable bit but En,
+        // nothing in an LR to raise EOI), so an entry with nothing new
+        // listed touches no ICH register.
+        let misr = IchMisr::from_bits(ich_misr());
+        set_ich_hcr(IchHcr::EN);
+        WROTE_LRS[crate::arch::cpu_index()].store(0, Ordering::Relaxed);
+        return g.fold_spent(v, misr).kick;
+    }
     let mut lrs = [LrValue::default(); N];
     for (i, lr) in lrs[..n].iter_mut().enumerate() {
         *lr = LrValue::from_bits(read_lr(i));
     }
-    // ICH_ELRSR_EL2 bit n: LR n is Invalid with no EOI maintenance request
-    // (IHI 0069 §12.5.5): inert as it stands.
-    let all = (1u64 << n) - 1;
-    let spent = ich_elrsr() & all == all;
     let misr = IchMisr::from_bits(ich_misr());
     let eisr = ich_eisr() as u32;
-    if spent {
-        // The guest consumed everything it was given (the usual end of an
-        // interrupt: taken and deactivated): the LRs are inert as they
-        // are and need no rewrite. ICH_HCR_EL2 = En alone drops any
-        // maintenance condition (no enable bit but En, nothing in an LR
-        // to raise EOI), so an entry with nothing new listed touches no
-        // ICH register.
-        set_ich_hcr(IchHcr::EN);
-        WROTE_LRS[crate::arch::cpu_index()].store(0, Ordering::Relaxed);
-    } else {
-        // Clearing ICH_HCR_EL2 drops the maintenance interrupt's condition.
-        set_ich_hcr(0);
-    }
+    // Clearing ICH_HCR_EL2 drops the maintenance interrupt's condition.
+    set_ich_hcr(0);
     g.fold(v, &lrs[..n], misr, eisr).kick
 }
 
