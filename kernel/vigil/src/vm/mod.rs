@@ -1368,7 +1368,7 @@ fn load(v: &'static Vcpu, st: &mut VcpuState, shared: bool) {
     // and IRQs at EL2. The ISB follows.
     unsafe {
         sysreg::set_vttbr_el2(v.vm.vttbr);
-        sysreg::set_hcr_el2(trap::hcr_guest(shared));
+        sysreg::set_hcr_el2(trap::hcr_guest(shared, false));
     }
     sysreg::isb();
     LOADED[cpu].store(me, Ordering::Relaxed);
@@ -1410,6 +1410,8 @@ fn run(v: &'static Vcpu, shared: bool) {
     if let Some(p) = v.vpe {
         v.make_resident(p);
     }
+    // Alone on its CPU, whether WFI traps now (`trap::hcr_guest`).
+    let mut trap_wfi = false;
     loop {
         if !v.vm.is_running() || v.power.state() != PowerState::On {
             break;
@@ -1418,6 +1420,11 @@ fn run(v: &'static Vcpu, shared: bool) {
             // The next slice of its ITS command queue (bounded work per
             // entry: a long queue cannot hold this CPU past a time slice).
             v.vm.kick(v.vm.its.resume(v.vm));
+            if !shared {
+                set_wfi_trap(&mut trap_wfi, v.vm.its.has_unfinished_commands());
+            }
+        } else if trap_wfi {
+            set_wfi_trap(&mut trap_wfi, false);
         }
         v.vm.kick(vgic_glue::enter(&v.vm.gic, v.index));
         // SAFETY: the registers are this CPU's CURRENT_REGS entry, held
@@ -1466,6 +1473,8 @@ fn run(v: &'static Vcpu, shared: bool) {
             trap::Exit::Off => break,
         }
     }
+    // As `load` leaves it for the next run.
+    set_wfi_trap(&mut trap_wfi, false);
     if let Some(p) = v.vpe {
         // Not running: its vLPIs ring the doorbell, which makes it
         // wakeable. One pending already is seen by `wakeable` too.
@@ -1477,6 +1486,19 @@ fn run(v: &'static Vcpu, shared: bool) {
     drop(st);
     if v.vm.reset_by.load(Ordering::SeqCst) == v.index {
         v.vm.finish_reset();
+    }
+}
+
+/// On a CPU of one vCPU, trap WFI (`on`) or not: while its ITS commands
+/// wait for their next slice, a WFI must come here to run them rather than
+/// sleep in the guest. Written only when it changes; the ERET that enters
+/// the guest synchronizes it.
+#[cold]
+fn set_wfi_trap(now: &mut bool, on: bool) {
+    if *now != on {
+        *now = on;
+        // SAFETY: the same guest configuration, WFI trapped or not.
+        unsafe { sysreg::set_hcr_el2(trap::hcr_guest(false, on)) };
     }
 }
 

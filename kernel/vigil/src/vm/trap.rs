@@ -22,9 +22,9 @@ use aarch64_cpu::registers::HCR_EL2;
 /// HCR_EL2 while a guest runs (Arm ARM D24.2.48): stage 2 on (VM), set/way
 /// invalidation as clean+invalidate (SWIO), physical IRQ/FIQ/SError to EL2
 /// (IMO/FMO/AMO), broadcast TLB/cache maintenance (FB, BSU inner
-/// shareable), trap WFI (TWI), SMC (TSC), implementation-defined registers
-/// (TIDCP) and ID registers (TID3), EL1 is AArch64 (RW), pointer
-/// authentication not trapped (API/APK).
+/// shareable), trap SMC (TSC), implementation-defined registers (TIDCP)
+/// and ID registers (TID3), EL1 is AArch64 (RW), pointer authentication
+/// not trapped (API/APK). WFI and WFE: see [`hcr_guest`].
 const HCR_GUEST: u64 = HCR_EL2::VM::Enable.value
     | HCR_EL2::SWIO::SET.value
     | HCR_EL2::FMO::EnableVirtualFIQ.value
@@ -32,7 +32,6 @@ const HCR_GUEST: u64 = HCR_EL2::VM::Enable.value
     | HCR_EL2::AMO::SET.value
     | HCR_EL2::FB::SET.value
     | HCR_EL2::BSU::InnerShareable.value
-    | HCR_EL2::TWI::SET.value
     | HCR_EL2::TID3::SET.value
     | HCR_EL2::TSC::SET.value
     | HCR_EL2::TIDCP::SET.value
@@ -53,18 +52,32 @@ pub enum Exit {
     Off,
 }
 
-/// HCR_EL2 for a vCPU on a physical CPU it shares with others (or not):
-/// there WFE traps too (TWE), and yields the CPU. A guest waits with WFE
-/// for another vCPU to do something (Linux's spinlocks, csd_lock_wait,
-/// smp_cond_load), which may be a vCPU queued behind it on the same CPU:
-/// without the trap it would spin out its slice. Alone on its CPU, WFE
-/// stays the guest's (as KVM clears TWE for a vCPU alone on its CPU).
-pub fn hcr_guest(shared: bool) -> u64 {
-    if shared {
-        HCR_GUEST | HCR_EL2::TWE::SET.value
-    } else {
-        HCR_GUEST
+/// HCR_EL2 for a vCPU that shares its physical CPU with others (`shared`)
+/// or not, and whose WFI must trap (`trap_wfi`).
+///
+/// Shared, WFI and WFE trap (TWI, TWE): a WFI gives the CPU to the other
+/// vCPUs, and a guest waits with WFE for another vCPU to do something
+/// (Linux's spinlocks, csd_lock_wait, smp_cond_load), which may be one
+/// queued behind it on the same CPU: without the trap it would spin out
+/// its slice.
+///
+/// Alone on its CPU, neither traps unless `trap_wfi` (ITS commands wait
+/// for their next slice, which a WFI must not sleep on), as KVM clears
+/// TWI and TWE for a vCPU alone on its CPU: the CPU waits in the guest
+/// itself, and what would end a wait in Vigil ends it there (Arm ARM
+/// D1.6.2, "Wait for Interrupt"): a virtual interrupt in a list register
+/// or a direct vLPI wakes it in place; a physical one (a kick, its timer,
+/// a doorbell) is an IRQ exit. An IPI to a waiting vCPU then costs one
+/// exit, not two.
+pub fn hcr_guest(shared: bool, trap_wfi: bool) -> u64 {
+    let mut hcr = HCR_GUEST;
+    if shared || trap_wfi {
+        hcr |= HCR_EL2::TWI::SET.value;
     }
+    if shared {
+        hcr |= HCR_EL2::TWE::SET.value;
+    }
+    hcr
 }
 
 type Handler = fn(&'static Vcpu, &mut GuestRegs, Esr) -> Exit;
@@ -127,6 +140,7 @@ fn wfx(_v: &'static Vcpu, regs: &mut GuestRegs, esr: Esr) -> Exit {
     regs.pc += 4;
     if esr.is_wfe() {
         // Only trapped on a shared CPU (`hcr_guest`): let the others run.
+        // (WFI traps there, or while ITS commands wait for their slice.)
         Exit::Yield
     } else {
         Exit::Wait
