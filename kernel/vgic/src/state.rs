@@ -168,6 +168,7 @@ fn oracle_with(
 /// The state of `intid` among one vCPU's banked interrupts (`private`),
 /// the SPIs and the LPIs: [`VgicState::irq_mut`] on the fields
 /// themselves, so a caller can hold other parts of the vCPU's state.
+#[inline(always)]
 fn irq_in<'a>(
     private: &'a mut [Irq],
     spis: &'a mut [Irq],
@@ -644,7 +645,14 @@ impl VgicState {
         }
         let meta = load_into_lr(irq, e.intid)?;
         vc.lr_meta.push(meta);
-        write_lrs(&vc.lr_meta, lrs);
+        if let [first, rest @ ..] = lrs {
+            *first = meta.written;
+            for lr in rest {
+                if lr.bits() != LrValue::INVALID.bits() {
+                    *lr = LrValue::INVALID;
+                }
+            }
+        }
         Some(IchHcr::from_bits(IchHcr::EN))
     }
 
@@ -687,6 +695,18 @@ impl VgicState {
     /// Fill the list registers of vCPU `v` before entry; see
     /// [`crate::Vgic::flush`].
     pub(crate) fn flush(&mut self, v: usize, lrs: &mut [LrValue], kick: &mut Kick) -> IchHcr {
+        if self.vcpus.get(v).is_some_and(|vc| vc.lr_meta.is_empty()) {
+            if let Some(hcr) = self.flush_one(v, lrs) {
+                return hcr;
+            }
+        }
+        self.flush_general(v, lrs, kick)
+    }
+
+    /// The rest of [`VgicState::flush`], out of line: the one-interrupt
+    /// case before it then keeps to a few registers.
+    #[inline(never)]
+    fn flush_general(&mut self, v: usize, lrs: &mut [LrValue], kick: &mut Kick) -> IchHcr {
         if !self.vcpus[v].lr_meta.is_empty() {
             // The kernel entered twice without folding: fold what we wrote,
             // as if the guest had not touched it, so nothing is lost.
@@ -694,9 +714,9 @@ impl VgicState {
             log::error!("vgic: vcpu {v}: flush without fold-back");
             let written: Vec<LrValue> = self.vcpus[v].lr_meta.iter().map(|m| m.written).collect();
             self.fold(v, &written, IchMisr::default(), 0);
-        }
-        if let Some(hcr) = self.flush_one(v, lrs) {
-            return hcr;
+            if let Some(hcr) = self.flush_one(v, lrs) {
+                return hcr;
+            }
         }
         // The list is normally settled here: every change of an
         // interrupt's deliverability requeues it, and the fold pruned what
@@ -804,6 +824,13 @@ impl VgicState {
                 None => {}
             }
         }
+        self.fold_spent_general(v, misr)
+    }
+
+    /// The rest of [`VgicState::fold_spent`], out of line: the shortcut
+    /// before it then keeps to a few registers.
+    #[inline(never)]
+    fn fold_spent_general(&mut self, v: usize, misr: IchMisr) -> FoldReport {
         // Inert: Invalid, and no EOI maintenance to raise, so EISR is 0.
         self.fold_with(v, |_, m| m.written.with_state(LrState::Invalid), misr, 0)
     }
