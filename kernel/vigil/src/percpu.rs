@@ -7,8 +7,7 @@
 //! boot for the CPUs present.
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use spin::Once;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use vigil_platform::CpuList;
 
 pub struct PerCpu {
@@ -21,27 +20,42 @@ pub struct PerCpu {
     pub el2_mmu_on: AtomicBool,
 }
 
-static CPUS: Once<&'static [PerCpu]> = Once::new();
+/// The records, leaked at [`init`]: a pointer and a length rather than a
+/// `Once`, so that reaching one (every kick of another CPU does) is two
+/// loads and a bounds check, not the `Once`'s state machine.
+static CPUS: AtomicPtr<PerCpu> = AtomicPtr::new(core::ptr::null_mut());
+static NR_CPUS: AtomicUsize = AtomicUsize::new(0);
 
 /// One record for each CPU of `cpus`. Primary CPU, once, before any other
 /// CPU starts.
 pub fn init(cpus: &CpuList) {
-    CPUS.call_once(|| {
-        let v: Vec<PerCpu> = cpus
-            .as_slice()
-            .iter()
-            .map(|&m| PerCpu {
-                online: AtomicBool::new(false),
-                mpidr: AtomicU64::new(m),
-                el2_mmu_on: AtomicBool::new(false),
-            })
-            .collect();
-        v.leak()
-    });
+    if !CPUS.load(Ordering::Acquire).is_null() {
+        return;
+    }
+    let v: Vec<PerCpu> = cpus
+        .as_slice()
+        .iter()
+        .map(|&m| PerCpu {
+            online: AtomicBool::new(false),
+            mpidr: AtomicU64::new(m),
+            el2_mmu_on: AtomicBool::new(false),
+        })
+        .collect();
+    let all = v.leak();
+    NR_CPUS.store(all.len(), Ordering::Relaxed);
+    // Release: the records and their count are written before the
+    // pointer that makes them reachable.
+    CPUS.store(all.as_mut_ptr(), Ordering::Release);
 }
 
 fn all() -> &'static [PerCpu] {
-    CPUS.get().copied().unwrap_or(&[])
+    let p = CPUS.load(Ordering::Acquire);
+    if p.is_null() {
+        return &[];
+    }
+    // SAFETY: set once by `init` to a leaked (never freed) slice of
+    // NR_CPUS records, stored before the pointer.
+    unsafe { core::slice::from_raw_parts(p, NR_CPUS.load(Ordering::Relaxed)) }
 }
 
 /// CPUs in the device tree (0 before [`init`]).
