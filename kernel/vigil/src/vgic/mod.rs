@@ -218,6 +218,9 @@ static WROTE_LRS: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(1) }; MAX_
 /// loaded here, two bits per timer at `2 * GuestTimer as usize` (bit 0:
 /// known, bit 1: high; 0 unknown), so unchanged lines cost one compare.
 static LINES: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
+/// [`LINES`] with both timers' lines known and low.
+const BOTH_KNOWN_LOW: usize =
+    (1 << (2 * GuestTimer::Physical as usize)) | (1 << (2 * GuestTimer::Virtual as usize));
 
 /// Virtual priority bits and list registers, from ICH_VTR_EL2. Every CPU.
 pub fn init_cpu() {
@@ -310,7 +313,17 @@ fn timer_lines_changed(g: &Vgic, v: usize, cpu: usize, now: usize) {
 /// elsewhere; normally none).
 pub fn enter(g: &Vgic, v: usize) -> Kick {
     let cpu = crate::arch::cpu_index();
-    sample_timers(g, v, cpu);
+    // Both lines known low and no physical timer interrupt held: there is
+    // nothing to retract, and a line that rose since makes its physical
+    // PPI pending, an IRQ exit as soon as the guest runs (the GIC signals
+    // a level interrupt while it is asserted and not active), which
+    // raises it. So the entry reads no timer register (the MMIO path
+    // before a GICD/GICR read still samples).
+    if LINES[cpu].load(Ordering::Relaxed) != BOTH_KNOWN_LOW
+        || HELD[cpu].load(Ordering::Relaxed) != 0
+    {
+        sample_timers(g, v, cpu);
+    }
     if WROTE_LRS[cpu].load(Ordering::Relaxed) == 0 && g.is_idle(v) {
         // The LRs are all invalid and ICH_HCR_EL2 is just En since the
         // last entry, and nothing new is to be loaded: leave them.
