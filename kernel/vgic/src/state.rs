@@ -816,15 +816,20 @@ impl VgicState {
         if misr.bits() == 0 {
             match self.retire_alone(v) {
                 Some(false) => return FoldReport::default(),
-                Some(true) => {
-                    let mut rep = FoldReport::default();
-                    self.prune(v, &mut rep.kick);
-                    return rep;
-                }
+                Some(true) => return self.prune_after_fold(v),
                 None => {}
             }
         }
         self.fold_spent_general(v, misr)
+    }
+
+    /// The prune after a fold that found an interrupt belonging elsewhere
+    /// now (out of line, as it is rare).
+    #[inline(never)]
+    fn prune_after_fold(&mut self, v: usize) -> FoldReport {
+        let mut rep = FoldReport::default();
+        self.prune(v, &mut rep.kick);
+        rep
     }
 
     /// The rest of [`VgicState::fold_spent`], out of line: the shortcut

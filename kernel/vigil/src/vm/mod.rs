@@ -195,17 +195,24 @@ impl Vm {
 
     #[inline(never)]
     fn kick_some(&self, vcpus: Kick) {
-        let all = self.vcpus();
+        // Each vCPU's CPU from the VM's own description (a plain array,
+        // fixed at creation), not through its vCPU records.
+        let pcpus = &self.cfg.pcpus[..self.cfg.cpus.min(self.cfg.pcpus.len())];
         let mut two = vcpus.iter();
         match (two.next(), two.next()) {
             (None, _) => {}
             // The usual case (a unicast IPI, an LPI): no grouping to do.
             (Some(i), None) => {
-                if let Some(v) = all.get(i) {
-                    kick(v.pcpu);
+                if let Some(&p) = pcpus.get(i) {
+                    kick(usize::from(p));
                 }
             }
-            _ => kick_cpus(vcpus.iter().filter_map(|i| all.get(i)).map(|v| v.pcpu)),
+            _ => kick_cpus(
+                vcpus
+                    .iter()
+                    .filter_map(|i| pcpus.get(i))
+                    .map(|&p| usize::from(p)),
+            ),
         }
     }
 
