@@ -1106,7 +1106,13 @@ impl VgicState {
 
     fn sgi_to(&mut self, t: usize, intid: u8, group1: bool, kick: &mut Kick) {
         let intid = u32::from(intid & 0xf);
-        let irq = &mut self.vcpus[t].private[intid as usize];
+        let (g0, g1) = (self.grp0_en, self.grp1_en);
+        let Some(vc) = self.vcpus.get_mut(t) else {
+            return;
+        };
+        let Some(irq) = vc.private.get_mut(intid as usize) else {
+            return;
+        };
         // With a single security state, an ICC_SGI0R write only reaches
         // SGIs configured as Group 0, while ICC_SGI1R reaches either
         // group (as KVM's vgic_v3_dispatch_sgi).
@@ -1114,7 +1120,28 @@ impl VgicState {
             return;
         }
         irq.latch = true;
-        self.queue(t, intid, kick);
+        if irq.owner.is_some() {
+            self.queue(t, intid, kick);
+            return;
+        }
+        // The usual IPI, on no list: `queue`'s first case, with the one
+        // lookup above (an SGI is no LPI: the oracle asks no
+        // redistributor).
+        match oracle_with(irq, g0, g1, |_| false) {
+            None => {}
+            Some(o) if o == t => {
+                irq.owner = Some(t);
+                let gen = irq.gen;
+                vc.ap.push(ApEntry {
+                    intid,
+                    gen,
+                    zombie: None,
+                });
+                self.listed_now(t);
+                kick.add(t);
+            }
+            Some(_) => self.queue(t, intid, kick),
+        }
     }
 
     // ---- LPI interface (driven by the vITS under its route lock) ----
