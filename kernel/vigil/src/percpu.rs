@@ -14,8 +14,12 @@ pub struct PerCpu {
     /// Set by the CPU itself once it runs Rust code with the MMU on.
     pub online: AtomicBool,
     /// Its MPIDR_EL1: the device tree's value until it reads its own (so
-    /// that an SGI can name a CPU that is not up yet).
+    /// that an SGI can name a CPU that is not up yet). Set with
+    /// [`PerCpu::set_mpidr`].
     pub mpidr: AtomicU64,
+    /// ICC_SGI1R_EL1 naming it, INTID 0 (its affinity fields and target
+    /// bit, from `mpidr`): a kick ORs in its SGI number and writes.
+    sgi_target: AtomicU64,
     /// It found itself at EL2 with stage-1 translation on.
     pub el2_mmu_on: AtomicBool,
 }
@@ -38,6 +42,7 @@ pub fn init(cpus: &CpuList) {
         .map(|&m| PerCpu {
             online: AtomicBool::new(false),
             mpidr: AtomicU64::new(m),
+            sgi_target: AtomicU64::new(vigil_gic::sgi::to_cpu(0, m)),
             el2_mmu_on: AtomicBool::new(false),
         })
         .collect();
@@ -46,6 +51,20 @@ pub fn init(cpus: &CpuList) {
     // Release: the records and their count are written before the
     // pointer that makes them reachable.
     CPUS.store(all.as_mut_ptr(), Ordering::Release);
+}
+
+impl PerCpu {
+    /// Record its MPIDR_EL1 (and the SGI target it implies).
+    pub fn set_mpidr(&self, mpidr: u64) {
+        self.sgi_target
+            .store(vigil_gic::sgi::to_cpu(0, mpidr), Ordering::Relaxed);
+        self.mpidr.store(mpidr, Ordering::Relaxed);
+    }
+
+    /// ICC_SGI1R_EL1 for SGI `intid` to this CPU.
+    pub fn sgi1r(&self, intid: u8) -> u64 {
+        self.sgi_target.load(Ordering::Relaxed) | (u64::from(intid & 0xf) << 24)
+    }
 }
 
 fn all() -> &'static [PerCpu] {

@@ -12,7 +12,7 @@ const ONLINE_TIMEOUT_MS: u64 = 10_000;
 pub fn announce() {
     let me = percpu::this();
     let mpidr = arch::mpidr();
-    me.mpidr.store(mpidr, Ordering::Relaxed);
+    me.set_mpidr(mpidr);
     log::info!(
         "cpu{} online: MPIDR {:#x}, EL{}, MMU {}",
         arch::cpu_index(),

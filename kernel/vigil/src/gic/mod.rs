@@ -432,11 +432,11 @@ pub fn set_lpi_config(intid: u32, priority: u8, enabled: bool) {
 
 /// Send SGI `intid` to the CPU with index `cpu`.
 pub fn send_sgi(intid: u8, cpu: usize) {
-    let mpidr = crate::percpu::get(cpu).mpidr.load(Ordering::Relaxed);
+    let sgi1r = crate::percpu::get(cpu).sgi1r(intid);
     // SAFETY: a barrier only orders memory accesses: make prior writes
     // visible to the target before the SGI.
     unsafe { core::arch::asm!("dsb ishst", options(nostack)) };
-    sysreg::set_icc_sgi1r_el1(vigil_gic::sgi::to_cpu(intid, mpidr));
+    sysreg::set_icc_sgi1r_el1(sgi1r);
     sysreg::isb();
 }
 
