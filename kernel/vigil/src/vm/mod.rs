@@ -207,12 +207,7 @@ impl Vm {
                     kick(usize::from(p));
                 }
             }
-            _ => kick_cpus(
-                vcpus
-                    .iter()
-                    .filter_map(|i| pcpus.get(i))
-                    .map(|&p| usize::from(p)),
-            ),
+            _ => kick_cpus_of(pcpus, vcpus),
         }
     }
 
@@ -577,6 +572,18 @@ fn kick(pcpu: usize) {
         return;
     }
     gic::send_sgi(SGI_KICK, pcpu);
+}
+
+/// The CPUs (by `pcpus`, each vCPU's) of several vCPUs kicked at once:
+/// out of line, so the unicast kick keeps to a few registers.
+#[inline(never)]
+fn kick_cpus_of(pcpus: &[u16], vcpus: Kick) {
+    kick_cpus(
+        vcpus
+            .iter()
+            .filter_map(|i| pcpus.get(i))
+            .map(|&p| usize::from(p)),
+    );
 }
 
 /// [`kick`] for several CPUs at once (this one left out).
