@@ -1487,8 +1487,10 @@ fn run(v: &'static Vcpu, shared: bool) {
             trap::Exit::Off => break,
         }
     }
-    // As `load` leaves it for the next run.
-    set_wfi_trap(&mut trap_wfi, false);
+    if trap_wfi {
+        // As `load` leaves it for the next run.
+        set_wfi_trap(&mut trap_wfi, false);
+    }
     if let Some(p) = v.vpe {
         // Not running: its vLPIs ring the doorbell, which makes it
         // wakeable. One pending already is seen by `wakeable` too.
