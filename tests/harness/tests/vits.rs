@@ -105,6 +105,29 @@ fn its_flood_cannot_exhaust_the_hypervisor() {
     assert!(run.lines_with(" WARN ]").count() < 200, "{}", run.log);
 }
 
+/// A vCPU alone on its CPU waits in its guest (WFI not trapped), but not
+/// on its own unfinished ITS queue: queues of 256 INVALLs over 16,384
+/// mappings run in slices, one per entry, and the vCPU waits in WFI for
+/// the INT that closes each; it must arrive (WFI traps while commands
+/// wait for their slice). Without the trap the vCPU slept on its queue
+/// until its 30 s timeout.
+#[test]
+fn a_vcpu_waiting_in_wfi_on_its_own_its_queue_gets_it_run() {
+    let run = Qemu::with_guests(&[Guest::test("its-hog")
+        .named("hog")
+        .bootargs("vigil.guest=its-hog vigil.hog.ms=300 vigil.hog.wait=wfi")])
+    .timeout(Duration::from_secs(240))
+    .run();
+    run.check(&[
+        "[hog] guest: its-hog: 16384 mappings; ",
+        "[hog] guest: its-hog: PASS",
+    ])
+    .unwrap();
+    assert_eq!(run.lines_with(" ERROR]").count(), 0, "{}", run.log);
+    assert_eq!(run.lines_with(" WARN ]").count(), 0, "{}", run.log);
+    assert_eq!(run.lines_with("FAIL").count(), 0, "{}", run.log);
+}
+
 /// Bounded work at EL2 (issue 14, item 3): a VM whose CWRITER write queues
 /// 256 INVALLs over 16,384 mappings (4.2 million mappings to walk, about
 /// 3 s in one trap before the queue ran in slices) shares a physical CPU

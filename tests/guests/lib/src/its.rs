@@ -397,6 +397,12 @@ impl Its {
         self.wait()
     }
 
+    /// Publishes the pushed commands (`GITS_CWRITER`) without waiting.
+    pub fn publish(&mut self) {
+        barrier();
+        write64(GITS_CWRITER, self.cwriter);
+    }
+
     /// Waits (bounded) until `GITS_CREADR` reaches our CWRITER.
     pub fn wait(&self) -> Result<(), ItsError> {
         self.wait_for(CMD_TIMEOUT_US)

@@ -1091,13 +1091,27 @@ pub fn flood(boot: &'static BootInfo) -> ! {
 /// mapping) in one CWRITER write. Run it on the
 /// physical CPU of a VM that measures its timer's lateness: EL2 must not
 /// run so much of it in one trap that the other VM waits past its slice.
+///
+/// With `vigil.hog.wait=wfi` each queue ends with an INT of LPI 8192 and
+/// the vCPU waits for it in WFI instead of polling CREADR: the queue runs
+/// in slices, one per entry, so a vCPU alone on its CPU whose WFI did not
+/// come back to the hypervisor would sleep on its own unfinished queue
+/// (its virtual timer, armed [`HOG_WFI_TIMEOUT_US`] ahead, ends such a
+/// wait as a failure).
 pub fn hog(boot: &'static BootInfo) -> ! {
     const NAME: &str = "its-hog";
     let ms: u64 = boot
         .bootarg("vigil.hog.ms")
         .and_then(|s| s.parse().ok())
         .unwrap_or(3000);
+    let wfi = boot.bootarg("vigil.hog.wait") == Some("wfi");
     let mut s = Setup::new(NAME, boot, 1, 1);
+    if wfi {
+        s.prop.set(gic::LPI_BASE, 0xa0, true);
+        gic::set_priority(gic::VTIMER_PPI, 0x80);
+        gic::set_handler(gic::VTIMER_PPI, hog_timer_handler);
+        gic::enable(gic::VTIMER_PPI);
+    }
     let Some(itt) = s.mem.alloc(0x2_0000, 0x1_0000) else {
         fail!(NAME, "no guest memory for the ITTs");
     };
@@ -1126,6 +1140,18 @@ pub fn hog(boot: &'static BootInfo) -> ! {
     let start = cpu::now_us();
     let (mut rounds, mut commands, mut worst_us) = (0u64, 0u64, 0u64);
     while rounds == 0 || cpu::now_us() - start < ms * 1000 {
+        if wfi {
+            for _ in 1..slots {
+                s.its.push(ItsCommand::invall(0));
+            }
+            s.its.push(ItsCommand::int(2, 0));
+            let t = cpu::now_us();
+            hog_wait_in_wfi(&mut s, slots);
+            worst_us = worst_us.max(cpu::now_us() - t);
+            rounds += 1;
+            commands += slots;
+            continue;
+        }
         for _ in 0..slots {
             s.its.push(ItsCommand::invall(0));
         }
@@ -1140,6 +1166,63 @@ pub fn hog(boot: &'static BootInfo) -> ! {
         "its-hog: {mapped} mappings; {rounds} queues of {slots} INVALLs ({commands} commands) in {ms} ms, slowest queue {worst_us} us"
     );
     report::pass(NAME)
+}
+
+/// How long `its-hog`'s WFI mode waits for a queue's closing INT.
+const HOG_WFI_TIMEOUT_US: u64 = 30_000_000;
+/// The virtual timer went off: the WFI wait timed out.
+static HOG_TIMED_OUT: AtomicBool = AtomicBool::new(false);
+
+fn hog_timer_handler(_: u32) {
+    set_vtimer(0, 0);
+    HOG_TIMED_OUT.store(true, Ordering::Release);
+}
+
+/// This vCPU's virtual timer: CNTV_CVAL_EL0 = `cval`, CNTV_CTL_EL0 = `ctl`.
+fn set_vtimer(cval: u64, ctl: u64) {
+    // SAFETY: programming this vCPU's virtual timer only changes when its
+    // PPI 27 fires.
+    unsafe {
+        core::arch::asm!(
+            "msr cntv_cval_el0, {cval}", "msr cntv_ctl_el0, {ctl}", "isb",
+            cval = in(reg) cval, ctl = in(reg) ctl,
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
+/// Publish the queued commands and wait in WFI (IRQs masked around the
+/// check) for the INT that ends them, then check CREADR reached CWRITER.
+fn hog_wait_in_wfi(s: &mut Setup, slots: u64) {
+    const NAME: &str = "its-hog";
+    let before = count(0, gic::LPI_BASE);
+    let freq = cpu::counter_frequency();
+    HOG_TIMED_OUT.store(false, Ordering::Relaxed);
+    set_vtimer(
+        cpu::counter() + HOG_WFI_TIMEOUT_US.saturating_mul(freq) / 1_000_000,
+        1,
+    );
+    s.its.publish();
+    loop {
+        gic::irq_disable();
+        if count(0, gic::LPI_BASE) != before {
+            break;
+        }
+        if HOG_TIMED_OUT.load(Ordering::Acquire) {
+            fail!(
+                NAME,
+                "the INT closing {slots} commands never arrived while vCPU 0 waited in WFI ({} s): its queue was left unfinished, GITS_CREADR {:#x}",
+                HOG_WFI_TIMEOUT_US / 1_000_000,
+                its::read64(its::GITS_CREADR)
+            );
+        }
+        gic::wait_for_interrupt();
+        gic::irq_enable();
+    }
+    gic::irq_enable();
+    set_vtimer(0, 0);
+    let r = s.its.wait();
+    s.check("invall", r);
 }
 
 /// `its-orphan` (a VM with the PCIe bridge): MAPD of a device with 2^16
