@@ -1384,6 +1384,7 @@ fn load(v: &'static Vcpu, st: &mut VcpuState, shared: bool) {
         sysreg::set_vttbr_el2(v.vm.vttbr);
         sysreg::set_hcr_el2(trap::hcr_guest(shared, false));
     }
+    WFI_TRAPPED[cpu].store(false, Ordering::Relaxed);
     sysreg::isb();
     LOADED[cpu].store(me, Ordering::Relaxed);
     SWITCHES.fetch_add(1, Ordering::Relaxed);
@@ -1424,8 +1425,6 @@ fn run(v: &'static Vcpu, shared: bool) {
     if let Some(p) = v.vpe {
         v.make_resident(p);
     }
-    // Alone on its CPU, whether WFI traps now (`trap::hcr_guest`).
-    let mut trap_wfi = false;
     loop {
         if !v.vm.is_running() || v.power.state() != PowerState::On {
             break;
@@ -1434,11 +1433,11 @@ fn run(v: &'static Vcpu, shared: bool) {
             // The next slice of its ITS command queue (bounded work per
             // entry: a long queue cannot hold this CPU past a time slice).
             v.vm.kick(v.vm.its.resume(v.vm));
-            if !shared {
-                set_wfi_trap(&mut trap_wfi, v.vm.its.has_unfinished_commands());
+            if !shared && v.vm.its.has_unfinished_commands() {
+                // Alone on its CPU: a WFI comes here to run the rest
+                // rather than sleep on it (cleared at that WFI).
+                set_wfi_trap(cpu, true);
             }
-        } else if trap_wfi {
-            set_wfi_trap(&mut trap_wfi, false);
         }
         v.vm.kick(vgic_glue::enter(&v.vm.gic, v.index));
         // SAFETY: the registers are this CPU's CURRENT_REGS entry, held
@@ -1476,6 +1475,11 @@ fn run(v: &'static Vcpu, shared: bool) {
                         break;
                     }
                 } else {
+                    if !v.vm.its.has_unfinished_commands() {
+                        // Trapped for the ITS commands, which are done:
+                        // wait in the guest again from the next entry.
+                        set_wfi_trap(cpu, false);
+                    }
                     while !v.has_work() && v.vm.is_running() && v.power.state() == PowerState::On {
                         wait_for_interrupt();
                     }
@@ -1486,10 +1490,6 @@ fn run(v: &'static Vcpu, shared: bool) {
             }
             trap::Exit::Off => break,
         }
-    }
-    if trap_wfi {
-        // As `load` leaves it for the next run.
-        set_wfi_trap(&mut trap_wfi, false);
     }
     if let Some(p) = v.vpe {
         // Not running: its vLPIs ring the doorbell, which makes it
@@ -1505,14 +1505,17 @@ fn run(v: &'static Vcpu, shared: bool) {
     }
 }
 
-/// On a CPU of one vCPU, trap WFI (`on`) or not: while its ITS commands
-/// wait for their next slice, a WFI must come here to run them rather than
-/// sleep in the guest. Written only when it changes; the ERET that enters
-/// the guest synchronizes it.
+/// Per CPU: HCR_EL2 of the vCPU alone on it traps WFI now
+/// ([`set_wfi_trap`]); `load` clears it with the HCR_EL2 it writes.
+static WFI_TRAPPED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// On CPU `cpu`, whose one vCPU is loaded, trap WFI (`on`) or not: while
+/// its ITS commands wait for their next slice, a WFI must come here to
+/// run them rather than sleep in the guest. Written only when it changes;
+/// the ERET that enters the guest synchronizes it.
 #[cold]
-fn set_wfi_trap(now: &mut bool, on: bool) {
-    if *now != on {
-        *now = on;
+fn set_wfi_trap(cpu: usize, on: bool) {
+    if WFI_TRAPPED[cpu].swap(on, Ordering::Relaxed) != on {
         // SAFETY: the same guest configuration, WFI trapped or not.
         unsafe { sysreg::set_hcr_el2(trap::hcr_guest(false, on)) };
     }
