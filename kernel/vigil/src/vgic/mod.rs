@@ -273,16 +273,27 @@ pub fn link_timers(g: &Vgic) {
 }
 
 /// Give the vGIC the live timers' lines for vCPU `v` (loaded here) where
-/// they changed. At every entry, and before the guest reads the emulated
-/// distributor or redistributor: a guest that masks its timer and then
-/// reads GICR_ISPENDR0 must see the level line low.
+/// they changed. At every entry (`at_entry`), and before the guest reads
+/// the emulated distributor or redistributor: a guest that masks its
+/// timer and then reads GICR_ISPENDR0 must see the level line low.
+///
+/// At an entry, both lines known low and no physical timer interrupt held
+/// leave nothing to retract, and a line that rose since makes its
+/// physical PPI pending, an IRQ exit as soon as the guest runs (the GIC
+/// signals a level interrupt while it is asserted and not active), which
+/// raises it: then no timer register is read.
 #[inline(always)]
-fn sample_timers(g: &Vgic, v: usize, cpu: usize) {
+fn sample_timers(g: &Vgic, v: usize, cpu: usize, at_entry: bool) {
+    let known = LINES[cpu].load(Ordering::Relaxed);
+    let held = HELD[cpu].load(Ordering::Relaxed);
+    if at_entry && known == BOTH_KNOWN_LOW && held == 0 {
+        return;
+    }
     // Both lines in one word: the common case (nothing changed, nothing
     // held) is two MRS, two loads and two compares, inline.
     let line = |t: GuestTimer| (1 | (t.asserted() as usize) << 1) << (2 * t as usize);
     let now = line(GuestTimer::Physical) | line(GuestTimer::Virtual);
-    if LINES[cpu].load(Ordering::Relaxed) != now || HELD[cpu].load(Ordering::Relaxed) != 0 {
+    if known != now || held != 0 {
         timer_lines_changed(g, v, cpu, now);
     }
 }
@@ -313,17 +324,7 @@ fn timer_lines_changed(g: &Vgic, v: usize, cpu: usize, now: usize) {
 /// elsewhere; normally none).
 pub fn enter(g: &Vgic, v: usize) -> Kick {
     let cpu = crate::arch::cpu_index();
-    // Both lines known low and no physical timer interrupt held: there is
-    // nothing to retract, and a line that rose since makes its physical
-    // PPI pending, an IRQ exit as soon as the guest runs (the GIC signals
-    // a level interrupt while it is asserted and not active), which
-    // raises it. So the entry reads no timer register (the MMIO path
-    // before a GICD/GICR read still samples).
-    if LINES[cpu].load(Ordering::Relaxed) != BOTH_KNOWN_LOW
-        || HELD[cpu].load(Ordering::Relaxed) != 0
-    {
-        sample_timers(g, v, cpu);
-    }
+    sample_timers(g, v, cpu, true);
     if WROTE_LRS[cpu].load(Ordering::Relaxed) == 0 && g.is_idle(v) {
         // The LRs are all invalid and ICH_HCR_EL2 is just En since the
         // last entry, and nothing new is to be loaded: leave them.
@@ -490,7 +491,7 @@ impl MmioDevice for GicrFrames {
         // first (they are loaded here; other vCPUs' are as of their last
         // entry).
         if matches!(offset % vigil_vgic::GICR_STRIDE, 0x1_0200..=0x1_03ff) {
-            sample_timers(&self.0, ctx.vcpu, crate::arch::cpu_index());
+            sample_timers(&self.0, ctx.vcpu, crate::arch::cpu_index(), false);
         }
         self.0.gicr_read(offset, width)
     }
