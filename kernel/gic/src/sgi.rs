@@ -6,17 +6,28 @@
 
 /// SGI to the CPU with affinity `mpidr` (MPIDR_EL1 layout).
 pub fn to_cpu(intid: u8, mpidr: u64) -> u64 {
+    with_intid(target(mpidr), intid)
+}
+
+/// The fields of an ICC_SGI1R_EL1 value that name the CPU with affinity
+/// `mpidr` (TargetList bit, Aff1-3, RS), INTID 0: a value to keep per
+/// CPU, made an SGI by [`with_intid`].
+pub fn target(mpidr: u64) -> u64 {
     let aff0 = mpidr & 0xff;
     let aff1 = (mpidr >> 8) & 0xff;
     let aff2 = (mpidr >> 16) & 0xff;
     let aff3 = (mpidr >> 32) & 0xff;
     let rs = aff0 / 16;
-    (1u64 << (aff0 % 16))
-        | (aff1 << 16)
-        | (((intid & 0xf) as u64) << 24)
-        | (aff2 << 32)
-        | (rs << 44)
-        | (aff3 << 48)
+    (1u64 << (aff0 % 16)) | (aff1 << 16) | (aff2 << 32) | (rs << 44) | (aff3 << 48)
+}
+
+/// `target` (INTID 0, as [`target`] gives) with SGI `intid`.
+pub fn with_intid(target: u64, intid: u8) -> u64 {
+    target | intid_field(intid)
+}
+
+fn intid_field(intid: u8) -> u64 {
+    u64::from(intid & 0xf) << 24
 }
 
 /// Most groups [`to_cpus`] holds before it writes.
@@ -62,7 +73,7 @@ pub fn to_cpus(
 
 /// SGI to every CPU but the sender (IRM = 1).
 pub fn to_all_but_self(intid: u8) -> u64 {
-    (((intid & 0xf) as u64) << 24) | (1 << 40)
+    intid_field(intid) | (1 << 40)
 }
 
 /// Decoded fields of an ICC_SGI1R_EL1 value.

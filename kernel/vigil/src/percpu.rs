@@ -17,8 +17,8 @@ pub struct PerCpu {
     /// that an SGI can name a CPU that is not up yet). Set with
     /// [`PerCpu::set_mpidr`].
     pub mpidr: AtomicU64,
-    /// ICC_SGI1R_EL1 naming it, INTID 0 (its affinity fields and target
-    /// bit, from `mpidr`): a kick ORs in its SGI number and writes.
+    /// The ICC_SGI1R_EL1 fields naming it ([`vigil_gic::sgi::target`] of
+    /// `mpidr`): a kick adds its SGI number and writes.
     sgi_target: AtomicU64,
     /// It found itself at EL2 with stage-1 translation on.
     pub el2_mmu_on: AtomicBool,
@@ -42,7 +42,7 @@ pub fn init(cpus: &CpuList) {
         .map(|&m| PerCpu {
             online: AtomicBool::new(false),
             mpidr: AtomicU64::new(m),
-            sgi_target: AtomicU64::new(vigil_gic::sgi::to_cpu(0, m)),
+            sgi_target: AtomicU64::new(vigil_gic::sgi::target(m)),
             el2_mmu_on: AtomicBool::new(false),
         })
         .collect();
@@ -57,13 +57,13 @@ impl PerCpu {
     /// Record its MPIDR_EL1 (and the SGI target it implies).
     pub fn set_mpidr(&self, mpidr: u64) {
         self.sgi_target
-            .store(vigil_gic::sgi::to_cpu(0, mpidr), Ordering::Relaxed);
+            .store(vigil_gic::sgi::target(mpidr), Ordering::Relaxed);
         self.mpidr.store(mpidr, Ordering::Relaxed);
     }
 
     /// ICC_SGI1R_EL1 for SGI `intid` to this CPU.
     pub fn sgi1r(&self, intid: u8) -> u64 {
-        self.sgi_target.load(Ordering::Relaxed) | (u64::from(intid & 0xf) << 24)
+        vigil_gic::sgi::with_intid(self.sgi_target.load(Ordering::Relaxed), intid)
     }
 }
 
