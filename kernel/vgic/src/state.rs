@@ -243,6 +243,43 @@ fn write_lrs(metas: &[LrMeta], lrs: &mut [LrValue]) {
     }
 }
 
+/// Fold the pending and active bits an LR came back with (`lp`, `la`)
+/// into `irq`, the interrupt it loaded from record `meta`, which is no
+/// longer loaded; then where it belongs now (the oracle, from `at`). A software
+/// write made while it was loaded wins over the LR (ISACTIVER/ICACTIVER,
+/// ICPENDR).
+#[inline(always)]
+fn fold_lr_into(
+    irq: &mut Irq,
+    meta: &LrMeta,
+    (lp, la): (bool, bool),
+    at: &Settle,
+) -> Option<usize> {
+    if !irq.sw_active_written {
+        irq.active = la;
+    }
+    if lp && !irq.sw_pending_cleared {
+        if irq.level {
+            irq.latch |= meta.loaded_latch;
+        } else {
+            irq.latch = true;
+        }
+    }
+    irq.loaded = false;
+    irq.sw_active_written = false;
+    irq.sw_pending_cleared = false;
+    oracle_with(irq, at.g0, at.g1, |t| t != at.v || at.v_lpis)
+}
+
+/// What the oracle needs to settle a folded interrupt of vCPU `v`: the
+/// distributor's group enables and `v`'s EnableLPIs.
+struct Settle {
+    v: usize,
+    g0: bool,
+    g1: bool,
+    v_lpis: bool,
+}
+
 /// The parts of the state one vCPU's fold changes, borrowed apart from its
 /// LR records (which it reads meanwhile).
 struct FoldParts<'a> {
@@ -301,25 +338,13 @@ impl FoldParts<'_> {
         let (g0, g1, v_lpis) = (self.grp0_en, self.grp1_en, self.lpis_enabled);
         match irq_in(self.private, self.spis, self.lpis, meta.intid) {
             Some(irq) if irq.gen == meta.gen && irq.owner == Some(v) && irq.loaded => {
-                if !irq.sw_active_written {
-                    irq.active = la;
-                }
-                if lp && !irq.sw_pending_cleared {
-                    if irq.level {
-                        irq.latch |= meta.loaded_latch;
-                    } else {
-                        irq.latch = true;
-                    }
-                }
                 acked = meta.loaded_pending && !lp;
-                irq.loaded = false;
-                irq.sw_active_written = false;
-                irq.sw_pending_cleared = false;
                 // Settle it here, as the prune would: it stays listed if
                 // it is still for this vCPU, leaves the list if it is for
                 // nobody (taken and deactivated, the usual end), and a
                 // move to another vCPU is left to the prune.
-                match oracle_with(irq, g0, g1, |t| t != v || v_lpis) {
+                let at = Settle { v, g0, g1, v_lpis };
+                match fold_lr_into(irq, meta, (lp, la), &at) {
                     Some(t) if t == v => {}
                     Some(_) => self.unsettled = true,
                     None => {
@@ -842,8 +867,8 @@ impl VgicState {
 
     /// The spent fold of the usual case: the flush loaded one interrupt,
     /// the only one on the list, and it came back Invalid (taken and
-    /// deactivated). Exactly what [`FoldParts::fold_one`] does with an
-    /// Invalid LR and the fold's relist after it, without the search of
+    /// deactivated). What [`FoldParts::fold_one`] does with an Invalid LR
+    /// (the same [`fold_lr_into`]) and the fold's relist after it, without the search of
     /// the list: Some(whether the prune must run, the interrupt now
     /// belonging to another vCPU), or None, having changed nothing, for
     /// the general fold.
@@ -870,15 +895,9 @@ impl VgicState {
         if irq.gen != meta.gen || irq.owner != Some(v) || !irq.loaded {
             return None;
         }
-        // The LR is neither pending nor active: nothing folds into the
-        // latch, and the active state is the LR's unless software wrote it.
-        if !irq.sw_active_written {
-            irq.active = false;
-        }
-        irq.loaded = false;
-        irq.sw_active_written = false;
-        irq.sw_pending_cleared = false;
-        let unsettled = match oracle_with(irq, g0, g1, |t| t != v || v_lpis) {
+        // The LR came back Invalid: neither pending nor active.
+        let at = Settle { v, g0, g1, v_lpis };
+        let unsettled = match fold_lr_into(irq, meta, (false, false), &at) {
             Some(t) => t != v,
             None => {
                 irq.owner = None;
