@@ -1384,7 +1384,6 @@ fn load(v: &'static Vcpu, st: &mut VcpuState, shared: bool) {
         sysreg::set_vttbr_el2(v.vm.vttbr);
         sysreg::set_hcr_el2(trap::hcr_guest(shared, false));
     }
-    WFI_TRAPPED[cpu].store(false, Ordering::Relaxed);
     sysreg::isb();
     LOADED[cpu].store(me, Ordering::Relaxed);
     SWITCHES.fetch_add(1, Ordering::Relaxed);
@@ -1436,7 +1435,7 @@ fn run(v: &'static Vcpu, shared: bool) {
             if !shared && v.vm.its.has_unfinished_commands() {
                 // Alone on its CPU: a WFI comes here to run the rest
                 // rather than sleep on it (cleared at that WFI).
-                set_wfi_trap(cpu, true);
+                set_wfi_trap(true);
             }
         }
         v.vm.kick(vgic_glue::enter(&v.vm.gic, v.index));
@@ -1478,7 +1477,7 @@ fn run(v: &'static Vcpu, shared: bool) {
                     if !v.vm.its.has_unfinished_commands() {
                         // Trapped for the ITS commands, which are done:
                         // wait in the guest again from the next entry.
-                        set_wfi_trap(cpu, false);
+                        set_wfi_trap(false);
                     }
                     while !v.has_work() && v.vm.is_running() && v.power.state() == PowerState::On {
                         wait_for_interrupt();
@@ -1505,19 +1504,17 @@ fn run(v: &'static Vcpu, shared: bool) {
     }
 }
 
-/// Per CPU: HCR_EL2 of the vCPU alone on it traps WFI now
-/// ([`set_wfi_trap`]); `load` clears it with the HCR_EL2 it writes.
-static WFI_TRAPPED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
-
-/// On CPU `cpu`, whose one vCPU is loaded, trap WFI (`on`) or not: while
-/// its ITS commands wait for their next slice, a WFI must come here to
-/// run them rather than sleep in the guest. Written only when it changes;
-/// the ERET that enters the guest synchronizes it.
+/// On a CPU whose one vCPU is loaded, trap WFI (`on`) or not: while its
+/// ITS commands wait for their next slice, a WFI must come here to run
+/// them rather than sleep in the guest. HCR_EL2 itself says whether it
+/// traps now; it is written only when that changes, and the ERET that
+/// enters the guest synchronizes it.
 #[cold]
-fn set_wfi_trap(cpu: usize, on: bool) {
-    if WFI_TRAPPED[cpu].swap(on, Ordering::Relaxed) != on {
+fn set_wfi_trap(on: bool) {
+    let hcr = trap::hcr_guest(false, on);
+    if sysreg::hcr_el2() != hcr {
         // SAFETY: the same guest configuration, WFI trapped or not.
-        unsafe { sysreg::set_hcr_el2(trap::hcr_guest(false, on)) };
+        unsafe { sysreg::set_hcr_el2(hcr) };
     }
 }
 
