@@ -93,6 +93,55 @@ pub unsafe fn read_u8(src: *const u8) -> u8 {
     unsafe { AtomicU8::from_ptr(src as *mut u8) }.load(Ordering::Relaxed)
 }
 
+/// A range of shared memory whose address the caller translated once and
+/// reads many times (a guest's ITS command queue, its LPI property table):
+/// each read is a bounds check and the loads of [`read_le_u64s`] or
+/// [`read_u8`].
+#[derive(Clone, Copy)]
+pub struct Window<'m> {
+    base: *const u8,
+    len: usize,
+    _mem: core::marker::PhantomData<&'m ()>,
+}
+
+impl Window<'_> {
+    /// The `len` bytes at `base`.
+    ///
+    /// # Safety
+    /// As [`read`], for `[base, base + len)` and as long as the window
+    /// lives.
+    pub unsafe fn new(base: *const u8, len: usize) -> Self {
+        Self {
+            base,
+            len,
+            _mem: core::marker::PhantomData,
+        }
+    }
+
+    /// `N` little-endian 64-bit words at offset `off`; None if they are not
+    /// all inside the window.
+    #[inline(always)]
+    pub fn read_u64s<const N: usize>(&self, off: u64) -> Option<[u64; N]> {
+        let off = usize::try_from(off).ok()?;
+        if off > self.len || self.len - off < 8 * N {
+            return None;
+        }
+        let mut out = [0; N];
+        // SAFETY: inside the window (checked above), which `new`'s contract
+        // makes valid for these reads.
+        unsafe { read_le_u64s(self.base.add(off), &mut out) };
+        Some(out)
+    }
+
+    /// The byte at offset `off`; None beyond the window.
+    #[inline(always)]
+    pub fn read_u8(&self, off: u64) -> Option<u8> {
+        let off = usize::try_from(off).ok().filter(|&o| o < self.len)?;
+        // SAFETY: inside the window, as above.
+        Some(unsafe { read_u8(self.base.add(off)) })
+    }
+}
+
 /// Copy `src` into shared memory at `dst`.
 ///
 /// # Safety
@@ -124,7 +173,39 @@ pub unsafe fn write(dst: *mut u8, src: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::split;
+    use super::{split, Window};
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    /// A window reads whole words inside it and nothing that crosses its
+    /// end, whatever the offset.
+    #[test]
+    fn a_window_reads_inside_and_refuses_beyond() {
+        let mem: [AtomicU64; 4] = core::array::from_fn(|i| AtomicU64::new(i as u64 + 1));
+        // SAFETY: `mem` outlives the window and is only accessed atomically.
+        let w = unsafe { Window::new(mem.as_ptr().cast(), 32) };
+        assert_eq!(w.read_u64s::<4>(0), Some([1, 2, 3, 4]));
+        assert_eq!(w.read_u64s::<2>(16), Some([3, 4]));
+        assert_eq!(w.read_u64s::<1>(24), Some([4]));
+        assert_eq!(w.read_u64s::<2>(24), None);
+        assert_eq!(w.read_u64s::<1>(32), None);
+        assert_eq!(w.read_u64s::<1>(u64::MAX), None);
+        mem[1].store(9, Ordering::Relaxed);
+        assert_eq!(w.read_u64s::<2>(8), Some([9, 3]));
+    }
+
+    /// Bytes too: every one inside, none at or past the end.
+    #[test]
+    fn a_window_reads_each_byte_inside_and_none_beyond() {
+        let mem: [AtomicU64; 2] = [AtomicU64::new(0x0807_0605_0403_0201), AtomicU64::new(0)];
+        // SAFETY: as above.
+        let w = unsafe { Window::new(mem.as_ptr().cast(), 9) };
+        for i in 0..8 {
+            assert_eq!(w.read_u8(i), Some(i as u8 + 1));
+        }
+        assert_eq!(w.read_u8(8), Some(0));
+        assert_eq!(w.read_u8(9), None);
+        assert_eq!(w.read_u8(u64::MAX), None);
+    }
 
     #[test]
     fn splits_into_head_words_and_tail() {

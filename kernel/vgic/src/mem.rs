@@ -1,6 +1,8 @@
 //! Access to a VM's memory, implemented by the kernel (real stage-2 backed
 //! RAM) and by tests (a fake).
 
+pub use vigil_guestmem::Window as RamWindow;
+
 /// Why a guest-memory access failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemError {
@@ -43,6 +45,14 @@ pub trait GuestMemory {
         let mut b = [0u8; 1];
         self.read(gpa, &mut b)?;
         Ok(b[0])
+    }
+
+    /// `[gpa, gpa + len)` as a [`RamWindow`] (one translation for many
+    /// reads: the vITS's command queue), if all of it is RAM that stays
+    /// mapped while `self` is borrowed. None (also the default): the caller
+    /// reads it through the methods above, which fail where it is not RAM.
+    fn window(&self, _gpa: u64, _len: u64) -> Option<RamWindow<'_>> {
+        None
     }
 }
 

@@ -36,7 +36,7 @@ use stage2::Stage2Tables;
 use switch::{GuestRegs, CURRENT_REGS};
 use sysregs::{El1Regs, PauthKeys};
 use vigil_vgic::log_limit::{self, LogLimit};
-use vigil_vgic::{CpuIfContext, GuestMemory, Kick, MemError};
+use vigil_vgic::{CpuIfContext, GuestMemory, Kick, MemError, RamWindow};
 
 /// SGI that makes a physical CPU leave its guest and look at its queue.
 pub const SGI_KICK: u8 = 15;
@@ -519,6 +519,13 @@ impl GuestMemory for Vm {
         let pa = self.ram_pa(gpa, 1).ok_or(MemError::OutOfRam)?;
         // SAFETY: as in `read`.
         Ok(unsafe { vigil_guestmem::read_u8(pa as *const u8) })
+    }
+
+    fn window(&self, gpa: u64, len: u64) -> Option<RamWindow<'_>> {
+        let pa = self.ram_pa(gpa, len)?;
+        // SAFETY: as in `read`; the VM's RAM stays mapped as long as the VM
+        // (and so this borrow) lives.
+        Some(unsafe { RamWindow::new(pa as *const u8, usize::try_from(len).ok()?) })
     }
 }
 

@@ -2,12 +2,12 @@
 //! vGIC and a vITS set up the way a guest driver does it.
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use vigil_vgic::sim::SimCpu;
 use vigil_vgic::sync::Mutex;
-use vigil_vgic::{GuestMemory, MemError, Vgic, VgicConfig, GICR_STRIDE};
+use vigil_vgic::{GuestMemory, MemError, RamWindow, Vgic, VgicConfig, GICR_STRIDE};
 use vigil_vits::{Command, Vits, VitsConfig};
 
 pub const RAM: u64 = 0x4000_0000;
@@ -23,30 +23,50 @@ pub const L2_PAGE: u64 = RAM + 0xc_0000;
 pub const VALID: u64 = 1 << 63;
 pub const LPI0: u32 = 8192;
 
-/// Fake guest RAM with a read counter and an optional unreadable hole.
+/// Fake guest RAM with a read counter, an optional unreadable hole, and
+/// windows (`GuestMemory::window`, as Vigil's VMs give) unless turned off.
+/// Its bytes are only ever accessed atomically (`vigil_guestmem`), as a
+/// guest's RAM is by Vigil, so a window may read them while a test writes.
 pub struct FakeMem {
-    data: Mutex<Vec<u8>>,
+    data: Box<[AtomicU64]>,
     pub reads: AtomicU64,
     hole: Mutex<Option<(u64, u64)>>,
+    windows: AtomicBool,
 }
 
 impl FakeMem {
     pub fn new() -> Self {
         Self {
-            data: Mutex::new(vec![0; RAM_SIZE as usize]),
+            data: (0..RAM_SIZE / 8).map(|_| AtomicU64::new(0)).collect(),
             reads: AtomicU64::new(0),
             hole: Mutex::new(None),
+            windows: AtomicBool::new(true),
         }
     }
+    fn at(&self, gpa: u64) -> *mut u8 {
+        let base: *const u8 = self.data.as_ptr().cast();
+        base.wrapping_add((gpa - RAM) as usize) as *mut u8
+    }
     pub fn write(&self, gpa: u64, bytes: &[u8]) {
-        let off = (gpa - RAM) as usize;
-        self.data.lock()[off..off + bytes.len()].copy_from_slice(bytes);
+        assert!(self.is_ram(gpa, bytes.len() as u64), "write outside RAM");
+        // SAFETY: inside `data` (checked), only accessed atomically.
+        unsafe { vigil_guestmem::write(self.at(gpa), bytes) };
     }
     pub fn write_u64(&self, gpa: u64, v: u64) {
         self.write(gpa, &v.to_le_bytes());
     }
     pub fn set_hole(&self, h: Option<(u64, u64)>) {
         *self.hole.lock() = h;
+    }
+    /// Whether `window` gives windows (the readers then fall back to
+    /// `read`).
+    pub fn set_windows(&self, on: bool) {
+        self.windows.store(on, Ordering::Relaxed);
+    }
+    fn in_hole(&self, gpa: u64, len: u64) -> bool {
+        self.hole
+            .lock()
+            .is_some_and(|(s, l)| gpa < s + l && gpa + len > s)
     }
 }
 
@@ -56,17 +76,22 @@ impl GuestMemory for FakeMem {
     }
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
         self.reads.fetch_add(1, Ordering::Relaxed);
-        if !self.is_ram(gpa, buf.len() as u64) {
+        if !self.is_ram(gpa, buf.len() as u64) || self.in_hole(gpa, buf.len() as u64) {
             return Err(MemError::OutOfRam);
         }
-        if let Some((s, l)) = *self.hole.lock() {
-            if gpa < s + l && gpa + buf.len() as u64 > s {
-                return Err(MemError::OutOfRam);
-            }
-        }
-        let off = (gpa - RAM) as usize;
-        buf.copy_from_slice(&self.data.lock()[off..off + buf.len()]);
+        // SAFETY: inside `data` (checked), only accessed atomically.
+        unsafe { vigil_guestmem::read(self.at(gpa), buf) };
         Ok(())
+    }
+    fn window(&self, gpa: u64, len: u64) -> Option<RamWindow<'_>> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        if !self.windows.load(Ordering::Relaxed) || !self.is_ram(gpa, len) || self.in_hole(gpa, len)
+        {
+            return None;
+        }
+        // SAFETY: inside `data` (checked), only accessed atomically, for as
+        // long as `self` is borrowed.
+        Some(unsafe { RamWindow::new(self.at(gpa), len as usize) })
     }
 }
 
