@@ -71,7 +71,8 @@ use core::sync::atomic::{AtomicBool, Ordering};
 pub use irq::{IntId, IntKind, LPI_BASE, MAINTENANCE_PPI, SPI_BASE, VTIMER_PPI};
 pub use mem::{GuestMemory, MemError, NoMemory, RamWindow};
 pub use mmio::{
-    merge_part, read_lpi_config, read_part, GICD_SIZE, GICR_SGI_BASE, GICR_STRIDE, VGIC_IIDR,
+    merge_part, read_lpi_config, read_part, PropTable, GICD_SIZE, GICR_SGI_BASE, GICR_STRIDE,
+    VGIC_IIDR,
 };
 pub use regs::{
     mpidr_aff, CpuIfContext, IchHcr, IchMisr, IchVtr, LrState, LrValue, SgiRequest, VtimerContext,

@@ -46,6 +46,7 @@ impl LpiTable {
         }
     }
 
+    #[inline(always)]
     fn index(intid: u32) -> Option<(usize, usize)> {
         let off = IntId::new(intid).lpi_index()? as usize;
         Some((off / LPI_BLOCK, off % LPI_BLOCK))
@@ -59,10 +60,19 @@ impl LpiTable {
     }
 
     /// The state of `intid` if it is mapped.
+    #[inline(always)]
     pub fn get_mut(&mut self, intid: u32) -> Option<&mut Irq> {
         let (b, i) = Self::index(intid)?;
         let irq = &mut self.blocks.get_mut(b)?.as_mut()?[i];
         (irq.map_refs > 0).then_some(irq)
+    }
+
+    /// The slot of `intid`, mapped or not, if its block is allocated: a
+    /// division, two loads and no call (the MAPTI fast path).
+    #[inline(always)]
+    pub fn allocated_slot(&mut self, intid: u32) -> Option<&mut Irq> {
+        let (b, i) = Self::index(intid)?;
+        self.blocks.get_mut(b)?.as_mut()?.get_mut(i)
     }
 
     /// The slot of `intid`, mapped or not, allocating its block if this is
@@ -70,21 +80,30 @@ impl LpiTable {
     /// table, or its block would exceed [`MAX_LPI_BLOCKS`] or the heap.
     pub fn slot(&mut self, intid: u32) -> Option<&mut Irq> {
         let (b, i) = Self::index(intid)?;
-        let slot = self.blocks.get_mut(b)?;
-        if slot.is_none() {
-            if self.allocated == MAX_LPI_BLOCKS {
-                return None;
-            }
-            // Fallible, so that no guest command can panic the hypervisor
-            // on an exhausted heap.
-            let mut block = Vec::new();
-            block.try_reserve_exact(LPI_BLOCK).ok()?;
-            let first = LPI_BASE + (b * LPI_BLOCK) as u32;
-            block.extend((0..LPI_BLOCK as u32).map(|k| Irq::new(first + k, None)));
-            *slot = Some(block.into_boxed_slice());
-            self.allocated += 1;
+        if self.blocks.get(b)?.is_none() {
+            self.allocate(b)?;
         }
-        slot.as_mut().map(|block| &mut block[i])
+        self.blocks[b].as_mut().map(|block| &mut block[i])
+    }
+
+    /// Allocate block `b` (empty, inside the table). Out of line: once
+    /// per block in a vGIC's life, and it keeps the heap's registers out
+    /// of `slot`'s callers (MAPTI).
+    #[cold]
+    #[inline(never)]
+    fn allocate(&mut self, b: usize) -> Option<()> {
+        if self.allocated == MAX_LPI_BLOCKS {
+            return None;
+        }
+        // Fallible, so that no guest command can panic the hypervisor on
+        // an exhausted heap.
+        let mut block = Vec::new();
+        block.try_reserve_exact(LPI_BLOCK).ok()?;
+        let first = LPI_BASE + (b * LPI_BLOCK) as u32;
+        block.extend((0..LPI_BLOCK as u32).map(|k| Irq::new(first + k, None)));
+        self.blocks[b] = Some(block.into_boxed_slice());
+        self.allocated += 1;
+        Some(())
     }
 
     /// A slot became live (its first ITE).
@@ -92,16 +111,10 @@ impl LpiTable {
         self.live += 1;
     }
 
-    /// `intid`'s last ITE is gone (`map_refs` is 0): its slot goes back to
-    /// pristine.
-    pub fn free(&mut self, intid: u32) {
-        let Some((b, i)) = Self::index(intid) else {
-            return;
-        };
-        if let Some(Some(block)) = self.blocks.get_mut(b) {
-            block[i].reset_lpi();
-            self.live -= 1;
-        }
+    /// A slot's last ITE is gone and the caller reset it
+    /// ([`Irq::reset_lpi`]): one live LPI fewer.
+    pub fn note_freed(&mut self) {
+        self.live -= 1;
     }
 
     /// Number of mapped LPIs.
@@ -151,7 +164,8 @@ mod tests {
             intid,
         };
         t.note_mapped();
-        t.free(intid);
+        t.slot(intid).unwrap().reset_lpi();
+        t.note_freed();
         let fresh = Irq::new(intid, None);
         assert_eq!(
             format!("{:?}", t.slot(intid).unwrap()),

@@ -9,8 +9,8 @@
 //! routing is enabled") and SGIs/PPIs are programmed through each redistributor's
 //! SGI_base frame.
 
-use crate::irq::{IntId, Irq, SPI_BASE};
-use crate::mem::GuestMemory;
+use crate::irq::{IntId, Irq, LPI_BASE, SPI_BASE};
+use crate::mem::{GuestMemory, RamWindow};
 use crate::regs::mpidr_aff;
 use crate::state::{LpiConfig, VgicState};
 use crate::Kick;
@@ -722,4 +722,48 @@ pub fn read_lpi_config(propbaser: u64, intid: u32, mem: &dyn GuestMemory) -> Opt
     let addr = (propbaser & PROPBASER_PA) + u64::from(index);
     // Outside RAM the read fails (the GuestMemory contract): None.
     mem.read_u8(addr).ok().map(LpiConfig::from_byte)
+}
+
+/// The LPI property table of one PROPBASER value, translated once for the
+/// many reads of a run of ITS commands (MAPTI after MAPTI). Reads as
+/// [`read_lpi_config`] does, byte for byte.
+#[derive(Clone, Copy)]
+pub struct PropTable<'m> {
+    propbaser: u64,
+    /// The whole table (INTIDs 8192 to 2^IDbits - 1), if all of it is RAM;
+    /// otherwise each read goes through [`read_lpi_config`].
+    window: Option<RamWindow<'m>>,
+}
+
+impl<'m> PropTable<'m> {
+    pub fn new(propbaser: u64, mem: &'m dyn GuestMemory) -> Self {
+        let idbits = GICR_PROPBASER::IDbits.read(propbaser) as u32 + 1;
+        let window = (idbits >= 14)
+            .then(|| {
+                mem.window(
+                    propbaser & PROPBASER_PA,
+                    (1u64 << idbits) - u64::from(LPI_BASE),
+                )
+            })
+            .flatten();
+        Self { propbaser, window }
+    }
+
+    /// The PROPBASER value this table is of.
+    pub fn propbaser(&self) -> u64 {
+        self.propbaser
+    }
+
+    /// As [`read_lpi_config`]`(self.propbaser(), intid, mem)`. The window
+    /// holds exactly the entries PROPBASER covers: an INTID below 8192
+    /// wraps to an offset far beyond it.
+    #[inline(always)]
+    pub fn config(&self, intid: u32, mem: &dyn GuestMemory) -> Option<LpiConfig> {
+        match &self.window {
+            Some(w) => w
+                .read_u8(u64::from(intid.wrapping_sub(LPI_BASE)))
+                .map(LpiConfig::from_byte),
+            None => read_lpi_config(self.propbaser, intid, mem),
+        }
+    }
 }

@@ -1189,7 +1189,39 @@ impl VgicState {
     /// the generation; None, changing nothing, when the LPI table has no
     /// room for `intid` (its block would exceed the table's bound or the
     /// heap).
+    #[inline(always)]
     pub fn lpi_map(
+        &mut self,
+        intid: u32,
+        target: Option<usize>,
+        cfg: LpiConfig,
+        kick: &mut Kick,
+    ) -> Option<u64> {
+        let priority = cfg.priority & self.pri_mask;
+        let next_gen = self.next_gen;
+        // The common case, with no call (so no registers to save): the
+        // first ITE of an LPI whose block exists. A free slot is pristine
+        // (`Irq::reset_lpi`): not pending, nothing to queue.
+        if let Some(irq) = self.lpis.allocated_slot(intid) {
+            if irq.map_refs == 0 {
+                irq.priority = priority;
+                irq.enabled = cfg.enabled;
+                irq.map_refs = 1;
+                irq.gen = next_gen;
+                irq.target = target;
+                self.next_gen += 1;
+                self.lpis.note_mapped();
+                return Some(next_gen);
+            }
+        }
+        self.lpi_map_slow(intid, target, cfg, kick)
+    }
+
+    /// [`Self::lpi_map`] of an LPI whose block is still to be allocated,
+    /// or that another ITE maps already (its generation then stays).
+    #[cold]
+    #[inline(never)]
+    fn lpi_map_slow(
         &mut self,
         intid: u32,
         target: Option<usize>,
@@ -1201,8 +1233,8 @@ impl VgicState {
         let irq = self.lpis.slot(intid)?;
         irq.priority = priority;
         irq.enabled = cfg.enabled;
-        irq.map_refs += 1;
-        if irq.map_refs > 1 {
+        if irq.map_refs > 0 {
+            irq.map_refs += 1;
             if target.is_some() {
                 irq.target = target;
             }
@@ -1210,8 +1242,7 @@ impl VgicState {
             self.queue(0, intid, kick);
             return Some(gen);
         }
-        // A free slot is pristine (`LpiTable::free`): not pending, nothing
-        // to queue.
+        irq.map_refs = 1;
         irq.gen = next_gen;
         irq.target = target;
         self.next_gen += 1;
@@ -1222,6 +1253,7 @@ impl VgicState {
     /// One ITE fewer maps to `intid` (DISCARD, MAPD V=0). When it was the
     /// last, the pending state is cleared, any instance in an LR is retired
     /// and the per-LPI state is freed (vITS invariants 2, 6, 8).
+    #[inline(always)]
     pub fn lpi_unmap(&mut self, intid: u32, kick: &mut Kick) {
         let Some(irq) = self.lpis.get_mut(intid) else {
             return;
@@ -1232,28 +1264,48 @@ impl VgicState {
         }
         let (owner, gen, loaded, active, priority) =
             (irq.owner, irq.gen, irq.loaded, irq.active, irq.priority);
-        self.lpis.free(intid);
+        // vITS invariant 6: nothing else refers to the LPI's state once
+        // its instance (if any) is off the lists below; its slot is
+        // pristine again.
+        irq.reset_lpi();
+        self.lpis.note_freed();
         if let Some(o) = owner {
-            let ap = &mut self.vcpus[o].ap;
-            // At most one live entry per (INTID, generation).
-            if let Some(pos) = ap
-                .iter()
-                .position(|e| e.intid == intid && e.gen == gen && e.zombie.is_none())
-            {
-                if loaded || active {
-                    // vITS invariant 8: an instance the guest may already
-                    // have taken can still be acknowledged and deactivated;
-                    // it keeps its own state, the per-LPI state goes.
-                    ap[pos].zombie = Some(Zombie { active, priority });
-                    kick.add(o);
-                } else {
-                    ap.remove(pos);
-                    self.relist(o);
-                }
-            }
+            self.unlist_unmapped(o, intid, gen, Zombie { active, priority }, loaded, kick);
         }
-        // vITS invariant 6: nothing refers to the LPI's state any more; its
-        // slot is pristine again.
+    }
+
+    /// The instance of a just unmapped LPI on vCPU `o`'s lists: one the
+    /// guest may already have taken (in an LR, or active) becomes a zombie
+    /// (vITS invariant 8), one still only queued goes.
+    #[cold]
+    #[inline(never)]
+    fn unlist_unmapped(
+        &mut self,
+        o: usize,
+        intid: u32,
+        gen: u64,
+        zombie: Zombie,
+        loaded: bool,
+        kick: &mut Kick,
+    ) {
+        let ap = &mut self.vcpus[o].ap;
+        // At most one live entry per (INTID, generation).
+        let Some(pos) = ap
+            .iter()
+            .position(|e| e.intid == intid && e.gen == gen && e.zombie.is_none())
+        else {
+            return;
+        };
+        if loaded || zombie.active {
+            // vITS invariant 8: an instance the guest may already have
+            // taken can still be acknowledged and deactivated; it keeps
+            // its own state, the per-LPI state goes.
+            ap[pos].zombie = Some(zombie);
+            kick.add(o);
+        } else {
+            ap.remove(pos);
+            self.relist(o);
+        }
     }
 
     /// Generation of the live mapping of `intid`, if mapped.
