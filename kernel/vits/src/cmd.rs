@@ -150,30 +150,92 @@ fn rdbase(dw: u64) -> u64 {
     (dw >> 16) & RDBASE_MASK
 }
 
+/// A command as it sits in the queue, its fields read where the table
+/// above puts them: the vITS runs the commonest commands straight from it,
+/// without building a [`Command`] first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawCommand(pub [u64; 4]);
+
+impl RawCommand {
+    /// Command number.
+    #[inline(always)]
+    pub fn opcode(self) -> u8 {
+        self.0[0] as u8
+    }
+    /// DeviceID.
+    #[inline(always)]
+    pub fn device(self) -> u32 {
+        (self.0[0] >> 32) as u32
+    }
+    /// EventID.
+    #[inline(always)]
+    pub fn event(self) -> u32 {
+        self.0[1] as u32
+    }
+    /// pINTID (MAPTI).
+    #[inline(always)]
+    pub fn intid(self) -> u32 {
+        (self.0[1] >> 32) as u32
+    }
+    /// ICID.
+    #[inline(always)]
+    pub fn icid(self) -> u16 {
+        self.0[2] as u16
+    }
+    /// Size (MAPD): EventID bits - 1.
+    pub fn size(self) -> u8 {
+        (self.0[1] & 0x1f) as u8
+    }
+    /// ITT_addr (MAPD).
+    pub fn itt_addr(self) -> u64 {
+        self.0[2] & ITT_ADDR_MASK
+    }
+    /// V (MAPD, MAPC).
+    pub fn valid(self) -> bool {
+        self.0[2] >> 63 != 0
+    }
+    /// RDbase (MAPC, SYNC, MOVALL).
+    #[inline(always)]
+    pub fn rdbase(self) -> u64 {
+        rdbase(self.0[2])
+    }
+    /// RDbase2 (MOVALL).
+    pub fn rdbase2(self) -> u64 {
+        rdbase(self.0[3])
+    }
+    /// Whether it is a command that walks mappings (MAPD, MAPC, INVALL,
+    /// MOVALL), which a slice may split.
+    #[inline(always)]
+    pub fn walks(self) -> bool {
+        matches!(
+            self.opcode(),
+            opcode::MAPD | opcode::MAPC | opcode::INVALL | opcode::MOVALL
+        )
+    }
+}
+
 impl Command {
     /// Decode 4 doublewords; `Err(opcode)` for a command number this ITS
     /// does not implement (GICv4 commands included).
     pub fn decode(dw: [u64; 4]) -> Result<Command, u8> {
-        let op = dw[0] as u8;
-        let device = (dw[0] >> 32) as u32;
-        let event = dw[1] as u32;
-        let icid = dw[2] as u16;
-        Ok(match op {
+        let raw = RawCommand(dw);
+        let (device, event, icid) = (raw.device(), raw.event(), raw.icid());
+        Ok(match raw.opcode() {
             opcode::MAPD => Command::Mapd {
                 device,
-                size: (dw[1] & 0x1f) as u8,
-                itt_addr: dw[2] & ITT_ADDR_MASK,
-                valid: dw[2] >> 63 != 0,
+                size: raw.size(),
+                itt_addr: raw.itt_addr(),
+                valid: raw.valid(),
             },
             opcode::MAPC => Command::Mapc {
                 icid,
-                rdbase: rdbase(dw[2]),
-                valid: dw[2] >> 63 != 0,
+                rdbase: raw.rdbase(),
+                valid: raw.valid(),
             },
             opcode::MAPTI => Command::Mapti {
                 device,
                 event,
-                intid: (dw[1] >> 32) as u32,
+                intid: raw.intid(),
                 icid,
             },
             opcode::MAPI => Command::Mapi {
@@ -192,11 +254,11 @@ impl Command {
             opcode::INT => Command::Int { device, event },
             opcode::CLEAR => Command::Clear { device, event },
             opcode::SYNC => Command::Sync {
-                rdbase: rdbase(dw[2]),
+                rdbase: raw.rdbase(),
             },
             opcode::MOVALL => Command::Movall {
-                rdbase1: rdbase(dw[2]),
-                rdbase2: rdbase(dw[3]),
+                rdbase1: raw.rdbase(),
+                rdbase2: raw.rdbase2(),
             },
             other => return Err(other),
         })

@@ -15,7 +15,11 @@
 //!
 //! A lock is only ever taken while holding locks *above* it. The injection
 //! path ([`Vits::translate`], and so `GITS_TRANSLATER`) takes 2 then 3 and
-//! never 1. Guest memory is read with no route or vGIC lock held.
+//! never 1. Commands that change one route each (MAPTI, DISCARD, INT...)
+//! run in runs that hold 2 and 3 over up to [`RUN`] commands (`Held`).
+//! Reading guest memory takes no lock and cannot block (the VM's RAM stays
+//! mapped while its vCPUs run), so a command's property byte is read with
+//! 2 and 3 held.
 //!
 //! # Error policy
 //!
@@ -43,14 +47,13 @@
 //! loaded it (vITS invariant 5). The ITE records the generation it mapped.
 
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use vigil_vgic::sync::Mutex;
-use vigil_vgic::{read_lpi_config, GuestMemory, Kick, LpiConfig, Vgic};
+use vigil_vgic::sync::{Mutex, MutexGuard};
+use vigil_vgic::{GuestMemory, Kick, LpiConfig, PropTable, Vgic, VgicState};
 
-use crate::cmd::Command;
+use crate::cmd::{opcode, Command, RawCommand};
 
 /// Second 64 KiB frame: `GITS_TRANSLATER` (IHI 0069 ch. 12, GITS_TRANSLATER).
 pub const GITS_TRANSLATER: u64 = 0x1_0040;
@@ -268,10 +271,76 @@ impl Collections {
     }
 }
 
+/// The mapped devices, sorted by DeviceID: a lookup (on every MSI and most
+/// commands) is a binary search over a few contiguous entries, and walks go
+/// in DeviceID order. At most `VitsConfig::max_devices` of them.
+#[derive(Default)]
+struct Devices(Vec<(u32, Device)>);
+
+impl Devices {
+    /// `slice::binary_search`, by hand: the library's is a call on every
+    /// MSI and command.
+    #[inline(always)]
+    fn find(&self, device: u32) -> Result<usize, usize> {
+        let (mut lo, mut hi) = (0, self.0.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.0[mid].0.cmp(&device) {
+                core::cmp::Ordering::Less => lo = mid + 1,
+                core::cmp::Ordering::Equal => return Ok(mid),
+                core::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        Err(lo)
+    }
+
+    #[inline]
+    fn get(&self, device: u32) -> Option<&Device> {
+        self.find(device).ok().map(|i| &self.0[i].1)
+    }
+
+    #[inline(always)]
+    fn get_mut(&mut self, device: u32) -> Option<&mut Device> {
+        self.find(device).ok().map(|i| &mut self.0[i].1)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Every mapped DeviceID, in order.
+    fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0.iter().map(|&(d, _)| d)
+    }
+
+    /// The devices from DeviceID `first` on, in order.
+    fn from(&self, first: u32) -> impl Iterator<Item = (u32, &Device)> {
+        let at = self.find(first).unwrap_or_else(|i| i);
+        self.0[at..].iter().map(|(d, dev)| (*d, dev))
+    }
+
+    /// Room for one more device, made before any change (vITS invariant
+    /// 7): Err if the heap has none.
+    fn reserve(&mut self) -> Result<(), ()> {
+        self.0.try_reserve(1).map_err(|_| ())
+    }
+
+    /// Map `device` (not mapped: `remove` went first), into room
+    /// [`Self::reserve`] made.
+    fn insert(&mut self, device: u32, dev: Device) {
+        let at = self.find(device).unwrap_or_else(|i| i);
+        self.0.insert(at, (device, dev));
+    }
+
+    fn remove(&mut self, device: u32) -> Option<Device> {
+        self.find(device).ok().map(|i| self.0.remove(i).1)
+    }
+}
+
 /// The event -> vLPI route (lock 2).
 struct Routes {
     enabled: bool,
-    devices: BTreeMap<u32, Device>,
+    devices: Devices,
     collections: Collections,
     /// Events mapped over all devices (the quota's count).
     mappings: u32,
@@ -323,7 +392,7 @@ impl Routes {
     fn at_reset() -> Self {
         Self {
             enabled: false,
-            devices: BTreeMap::new(),
+            devices: Devices::default(),
             collections: Collections::default(),
             mappings: 0,
             itt_entries: 0,
@@ -351,6 +420,56 @@ impl CmdQueue {
     }
 }
 
+/// Commands a run holds locks 2 and 3 over ([`Held`]): it bounds how long
+/// an injection on another CPU, or another vCPU's exit, waits for them.
+const RUN: u32 = 16;
+
+/// Locks 2 and 3 as a run of commands holds them: taken by the first
+/// command that needs them, kept for the next ones (up to [`RUN`]) so that
+/// a command costs no lock round trip of its own. They are released before
+/// the mirror is called (the vGIC lock; lock order, item 4), before a
+/// command that walks mappings, before an error is logged, and when the
+/// run ends.
+struct Held<'a> {
+    its: &'a Vits,
+    routes: Option<MutexGuard<'a, Routes>>,
+    vgic: Option<MutexGuard<'a, VgicState>>,
+}
+
+impl<'a> Held<'a> {
+    fn new(its: &'a Vits) -> Self {
+        Self {
+            its,
+            routes: None,
+            vgic: None,
+        }
+    }
+
+    /// Release both.
+    fn release(&mut self) {
+        self.vgic = None;
+        self.routes = None;
+    }
+}
+
+/// The route lock of `held`, taken if the run does not hold it yet.
+fn routes_of<'a, 'b>(
+    routes: &'b mut Option<MutexGuard<'a, Routes>>,
+    its: &'a Vits,
+) -> &'b mut Routes {
+    routes.get_or_insert_with(|| its.routes.lock())
+}
+
+/// The vGIC lock of `held`, taken if the run does not hold it yet. `_order`
+/// is the held route lock: the vGIC lock is only ever taken below it.
+fn vgic_under<'a, 'b>(
+    vgic: &'b mut Option<MutexGuard<'a, VgicState>>,
+    its: &'a Vits,
+    _order: &Routes,
+) -> &'b mut VgicState {
+    vgic.get_or_insert_with(|| its.vgic.lock())
+}
+
 // GITS_CBASER / GITS_BASER<n> fields.
 const VALID: u64 = 1 << 63;
 const INDIRECT: u64 = 1 << 62;
@@ -372,13 +491,47 @@ fn baser_bytes(v: u64) -> u64 {
     ((v & 0xff) + 1) * TABLE_PAGE
 }
 
-/// Priority and enable of `intid` from the property table at `propbaser`;
-/// an entry PROPBASER does not cover, or outside RAM, reads as disabled.
-fn lpi_config(propbaser: u64, intid: u32, mem: &dyn GuestMemory) -> LpiConfig {
-    read_lpi_config(propbaser, intid, mem).unwrap_or(LpiConfig {
+/// Priority and enable of `intid` from the property table `props`; an
+/// entry PROPBASER does not cover, or outside RAM, reads as disabled.
+#[inline]
+fn lpi_config(props: &PropTable<'_>, intid: u32, mem: &dyn GuestMemory) -> LpiConfig {
+    props.config(intid, mem).unwrap_or(LpiConfig {
         priority: 0xfc,
         enabled: false,
     })
+}
+
+/// A guest's memory as one run of commands reads it: the LPI property
+/// table translated once for every MAPTI and INV of the run that reads
+/// it, not once per command.
+struct RunMem<'m> {
+    mem: &'m dyn GuestMemory,
+    props: Option<PropTable<'m>>,
+}
+
+impl<'m> RunMem<'m> {
+    fn new(mem: &'m dyn GuestMemory) -> Self {
+        Self { mem, props: None }
+    }
+
+    /// [`lpi_config`] from the table at `propbaser` (the vGIC's, read under
+    /// its lock: a table kept from an earlier PROPBASER is not used).
+    #[inline(always)]
+    fn lpi_config(&mut self, propbaser: u64, intid: u32) -> LpiConfig {
+        match &self.props {
+            Some(p) if p.propbaser() == propbaser => lpi_config(p, intid, self.mem),
+            _ => self.lpi_config_new_table(propbaser, intid),
+        }
+    }
+
+    /// [`Self::lpi_config`] of the run's first read, or the first since
+    /// PROPBASER changed: the table is translated again.
+    #[cold]
+    #[inline(never)]
+    fn lpi_config_new_table(&mut self, propbaser: u64, intid: u32) -> LpiConfig {
+        let props = self.props.insert(PropTable::new(propbaser, self.mem));
+        lpi_config(props, intid, self.mem)
+    }
 }
 
 /// A physical ITS behind this virtual one, for passed-through devices
@@ -499,7 +652,7 @@ impl Vits {
         let mut q = self.cmdq.lock();
         let mut r = self.routes.lock();
         if let Some(m) = self.mirror.get() {
-            for &device in r.devices.keys() {
+            for device in r.devices.ids() {
                 if m.owns(device) {
                     m.unmap_device(device);
                 }
@@ -549,7 +702,7 @@ impl Vits {
     /// The route of (DeviceID, EventID): (vINTID, ICID), if mapped.
     pub fn lookup(&self, device: u32, event: u32) -> Option<(u32, u16)> {
         let r = self.routes.lock();
-        let ite = r.devices.get(&device)?.ite(device, event).ok()?;
+        let ite = r.devices.get(device)?.ite(device, event).ok()?;
         Some((ite.intid, ite.icid))
     }
 
@@ -594,7 +747,7 @@ impl Vits {
         // vITS invariant 3: every step tolerates "not mapped any more".
         let dev = routes
             .devices
-            .get(&device)
+            .get(device)
             .ok_or(TranslateError::DeviceUnmapped)?;
         let ite = dev
             .ite(device, event)
@@ -675,6 +828,13 @@ impl Vits {
             self.unfinished
                 .store(false, core::sync::atomic::Ordering::Release);
         }
+        // The queue translated once, if it is all RAM; otherwise each
+        // command is read on its own, and the queue stalls on the first
+        // that cannot be.
+        let window = mem.window(base, size);
+        let mut run_mem = RunMem::new(mem);
+        let mut held = Held::new(self);
+        let mut run = 0;
         while !q.stalled && q.creadr != q.cwriter {
             if budget == 0 {
                 // The rest waits for the next slice; CREADR shows how far
@@ -683,26 +843,42 @@ impl Vits {
                     .store(true, core::sync::atomic::Ordering::Release);
                 return kick;
             }
-            let mut dw = [0u64; 4];
-            if mem.read_u64s(base + q.creadr, &mut dw).is_err() {
+            let dw = match &window {
+                Some(w) => w.read_u64s::<4>(q.creadr),
+                None => {
+                    let mut dw = [0u64; 4];
+                    mem.read_u64s(base + q.creadr, &mut dw).ok().map(|()| dw)
+                }
+            };
+            let Some(dw) = dw else {
+                held.release();
                 log::error!(
                     "vits: command at {:#x} unreadable, queue stalled",
                     base + q.creadr
                 );
                 q.stalled = true;
                 break;
-            }
-            let res = match Command::decode(dw) {
+            };
+            let raw = RawCommand(dw);
+            let res = if q.walk.is_none() && !raw.walks() {
                 // The common case: a command that walks nothing, none
-                // half-done.
-                Ok(cmd) if q.walk.is_none() && !walks(&cmd) => {
-                    budget -= 1;
-                    self.execute(q, &cmd, mem, &mut kick).map(|()| true)
+                // half-done, in the run.
+                budget -= 1;
+                run += 1;
+                if run > RUN {
+                    held.release();
+                    run = 1;
                 }
-                Ok(cmd) => self.step(q, &cmd, mem, &mut kick, &mut budget),
-                Err(op) => {
-                    budget -= 1;
-                    Err(CmdError::UnknownCommand(op))
+                self.execute(q, &mut held, raw, &mut run_mem, &mut kick)
+                    .map(|()| true)
+            } else {
+                held.release();
+                match Command::decode(dw) {
+                    Ok(cmd) => self.step(q, &cmd, raw, mem, &mut kick, &mut budget),
+                    Err(op) => {
+                        budget -= 1;
+                        Err(CmdError::UnknownCommand(op))
+                    }
                 }
             };
             if res == Ok(false) {
@@ -715,14 +891,19 @@ impl Vits {
                 q.walk = None;
             }
             if let Err(e) = res {
-                // The error policy: ignore the command and continue.
+                // The error policy: ignore the command and continue. Logged
+                // with no lock of the run held.
+                held.release();
                 vigil_vgic::guest_warn!("vits: command at CREADR {:#x} ignored: {e:?}", q.creadr);
                 q.errors += 1;
                 q.last_error = Some(e);
             }
             q.commands += 1;
             // vITS invariant 1: 32 bytes per command, wrapping.
-            q.creadr = (q.creadr + 32) % size;
+            q.creadr += 32;
+            if q.creadr == size {
+                q.creadr = 0;
+            }
         }
         kick
     }
@@ -734,6 +915,7 @@ impl Vits {
         &self,
         q: &mut CmdQueue,
         cmd: &Command,
+        raw: RawCommand,
         mem: &dyn GuestMemory,
         kick: &mut Kick,
         budget: &mut u32,
@@ -791,8 +973,10 @@ impl Vits {
                 };
                 (rest.is_none(), used + 1, rest)
             }
-            (cmd, _) => {
-                self.execute(q, &cmd, mem, kick)?;
+            // A command that walks nothing, at a CREADR where a walk had
+            // stopped (the guest rewrote the queue under it).
+            _ => {
+                self.execute(q, &mut Held::new(self), raw, &mut RunMem::new(mem), kick)?;
                 (true, 1, None)
             }
         };
@@ -830,40 +1014,27 @@ impl Vits {
     /// command loop: a call per command with the decoded command passed
     /// through memory cost more than its dispatch.
     #[inline(always)]
-    fn execute(
-        &self,
+    fn execute<'a>(
+        &'a self,
         q: &CmdQueue,
-        cmd: &Command,
-        mem: &dyn GuestMemory,
+        held: &mut Held<'a>,
+        raw: RawCommand,
+        mem: &mut RunMem<'_>,
         kick: &mut Kick,
     ) -> Result<(), CmdError> {
-        match *cmd {
-            // Handled by `step`, which may split them.
-            Command::Mapd { .. }
-            | Command::Mapc { .. }
-            | Command::Invall { .. }
-            | Command::Movall { .. } => Ok(()),
-            Command::Mapti {
-                device,
-                event,
-                intid,
-                icid,
-            } => self.cmd_mapti(q, device, event, intid, icid, mem, kick),
-            Command::Mapi {
-                device,
-                event,
-                icid,
-            } => self.cmd_mapti(q, device, event, event, icid, mem, kick),
-            Command::Movi {
-                device,
-                event,
-                icid,
-            } => self.cmd_movi(q, device, event, icid, kick),
-            Command::Discard { device, event } => self.cmd_discard(device, event, kick),
-            Command::Inv { device, event } => self.cmd_inv(device, event, mem, kick),
-            Command::Int { device, event } => self.cmd_int(device, event, kick),
-            Command::Clear { device, event } => self.cmd_clear(device, event, kick),
-            Command::Sync { rdbase } => self.cmd_sync(rdbase),
+        let (device, event, icid) = (raw.device(), raw.event(), raw.icid());
+        match raw.opcode() {
+            opcode::MAPTI => self.cmd_mapti(q, held, device, event, raw.intid(), icid, mem, kick),
+            opcode::MAPI => self.cmd_mapti(q, held, device, event, event, icid, mem, kick),
+            opcode::DISCARD => self.cmd_discard(held, device, event, kick),
+            opcode::MOVI => self.cmd_movi(q, held, device, event, icid, kick),
+            opcode::INV => self.cmd_inv(held, device, event, mem, kick),
+            opcode::INT => self.cmd_int(held, device, event, kick),
+            opcode::CLEAR => self.cmd_clear(held, device, event, kick),
+            opcode::SYNC => self.cmd_sync(raw.rdbase()),
+            // Walking commands go to `step`, which may split them.
+            opcode::MAPD | opcode::MAPC | opcode::INVALL | opcode::MOVALL => Ok(()),
+            op => Err(CmdError::UnknownCommand(op)),
         }
     }
 
@@ -954,7 +1125,7 @@ impl Vits {
             }
         }
         let mut routes = self.routes.lock();
-        let old_entries = routes.devices.get(&device).map(|d| d.itt.len() as u64);
+        let old_entries = routes.devices.get(device).map(|d| d.itt.len() as u64);
         let itt = if valid {
             if old_entries.is_none() && routes.devices.len() >= self.cfg.max_devices as usize {
                 return Err(CmdError::TooManyDevices(device));
@@ -963,6 +1134,10 @@ impl Vits {
             if routes.itt_entries - old_entries.unwrap_or(0) + entries as u64 > self.itt_quota() {
                 return Err(CmdError::IttQuota(device));
             }
+            routes
+                .devices
+                .reserve()
+                .map_err(|()| CmdError::IttQuota(device))?;
             // Allocated here, once, before any change (vITS invariant 7);
             // MAPTI and DISCARD then only write entries. Fallible: a full
             // heap is a command error, not a panic.
@@ -975,7 +1150,7 @@ impl Vits {
             None
         };
         let mut unmapped = None;
-        if let Some(old) = routes.devices.remove(&device) {
+        if let Some(old) = routes.devices.remove(device) {
             routes.mappings -= old.mapped;
             routes.itt_entries -= old.itt.len() as u64;
             // vITS invariants 2 and 6: with the route lock held no injection
@@ -1059,55 +1234,57 @@ impl Vits {
     /// enable are read from the property table.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn cmd_mapti(
-        &self,
+    fn cmd_mapti<'a>(
+        &'a self,
         q: &CmdQueue,
+        held: &mut Held<'a>,
         device: u32,
         event: u32,
         intid: u32,
         icid: u16,
-        mem: &dyn GuestMemory,
+        mem: &mut RunMem<'_>,
         kick: &mut Kick,
     ) -> Result<(), CmdError> {
         if u64::from(device) >= 1u64 << self.cfg.device_id_bits {
             return Err(CmdError::DeviceOutOfRange(device));
         }
         self.check_icid(q, icid)?;
-        let propbaser = {
-            let st = self.vgic.lock();
-            if !st.lpi_in_range(intid) {
-                return Err(CmdError::LpiOutOfRange(intid));
-            }
-            st.propbaser()
-        };
-        let cfg = lpi_config(propbaser, intid, mem);
-        let mut routes = self.routes.lock();
-        if routes.mappings >= self.cfg.max_mappings {
+        let Held { its, routes, vgic } = held;
+        let r = routes_of(routes, its);
+        let st = vgic_under(vgic, its, r);
+        if !st.lpi_in_range(intid) {
+            return Err(CmdError::LpiOutOfRange(intid));
+        }
+        if r.mappings >= self.cfg.max_mappings {
             return Err(CmdError::TooManyMappings(device, event));
         }
-        let r = &mut *routes;
         let target = r.collections.get(icid);
         let dev = r
             .devices
-            .get_mut(&device)
+            .get_mut(device)
             .ok_or(CmdError::DeviceUnmapped(device))?;
         let slot = dev.entry(device, event)?;
         if slot.is_some() {
             // vITS invariant 7: no side effect beyond the error policy.
             return Err(CmdError::EventAlreadyMapped(device, event));
         }
+        // One byte of guest RAM, read under the run's locks (reading guest
+        // memory takes no lock and cannot block).
+        let cfg = mem.lpi_config(st.propbaser(), intid);
         // vITS invariant 5: a vINTID nothing maps any more starts pristine
         // with a new generation, whatever an LR still holds of the old one.
-        let gen = self
-            .vgic
-            .lock()
+        let gen = st
             .lpi_map(intid, target, cfg, kick)
             .ok_or(CmdError::LpiTableFull(intid))?;
         // Under the route lock: a host LPI the physical MAPTI raises is
         // translated only once the ITE below is in place.
-        let direct = self
-            .mirror_for(device)
-            .is_some_and(|m| m.map_event(device, event, intid, target, gen));
+        let direct = match self.mirror_for(device) {
+            Some(m) => {
+                *vgic = None;
+                m.map_event(device, event, intid, target, gen)
+            }
+            None => false,
+        };
         *slot = Some(Ite {
             intid,
             icid,
@@ -1123,39 +1300,43 @@ impl Vits {
     fn ite(routes: &Routes, device: u32, event: u32) -> Result<Ite, CmdError> {
         routes
             .devices
-            .get(&device)
+            .get(device)
             .ok_or(CmdError::DeviceUnmapped(device))?
             .ite(device, event)
     }
 
     /// MOVI (IHI 0069 §5.3, MOVI): pending state moves with the LPI, exactly
     /// once (vITS invariant 9).
-    fn cmd_movi(
-        &self,
+    fn cmd_movi<'a>(
+        &'a self,
         q: &CmdQueue,
+        held: &mut Held<'a>,
         device: u32,
         event: u32,
         icid: u16,
         kick: &mut Kick,
     ) -> Result<(), CmdError> {
         self.check_icid(q, icid)?;
-        let mut routes = self.routes.lock();
-        let r = &mut *routes;
+        let Held { its, routes, vgic } = held;
+        let r = routes_of(routes, its);
+        let vcpu = r
+            .collections
+            .get(icid)
+            .ok_or(CmdError::CollectionUnmapped(icid));
         let dev = r
             .devices
-            .get_mut(&device)
+            .get_mut(device)
             .ok_or(CmdError::DeviceUnmapped(device))?;
         let ite = dev
             .entry(device, event)?
             .as_mut()
             .ok_or(CmdError::EventUnmapped(device, event))?;
-        let vcpu = r
-            .collections
-            .get(icid)
-            .ok_or(CmdError::CollectionUnmapped(icid))?;
+        let vcpu = vcpu?;
         ite.icid = icid;
-        self.vgic.lock().lpi_set_target(ite.intid, Some(vcpu), kick);
+        let intid = ite.intid;
+        vgic_under(vgic, its, r).lpi_set_target(intid, Some(vcpu), kick);
         if let Some(m) = self.mirror_for(device) {
+            *vgic = None;
             m.move_event(device, event, vcpu);
         }
         Ok(())
@@ -1164,12 +1345,19 @@ impl Vits {
     /// DISCARD (IHI 0069 §5.3, DISCARD): the route and the pending state go. Once
     /// this returns no new instance is injected (vITS invariant 2); one the
     /// guest already took can still be deactivated (vITS invariant 8).
-    fn cmd_discard(&self, device: u32, event: u32, kick: &mut Kick) -> Result<(), CmdError> {
-        let mut routes = self.routes.lock();
-        let r = &mut *routes;
+    #[inline(always)]
+    fn cmd_discard<'a>(
+        &'a self,
+        held: &mut Held<'a>,
+        device: u32,
+        event: u32,
+        kick: &mut Kick,
+    ) -> Result<(), CmdError> {
+        let Held { its, routes, vgic } = held;
+        let r = routes_of(routes, its);
         let dev = r
             .devices
-            .get_mut(&device)
+            .get_mut(device)
             .ok_or(CmdError::DeviceUnmapped(device))?;
         let ite = dev
             .entry(device, event)?
@@ -1178,28 +1366,32 @@ impl Vits {
         dev.mapped -= 1;
         r.mappings -= 1;
         if let Some(m) = self.mirror_for(device) {
+            *vgic = None;
             m.unmap_event(device, event);
         }
-        self.vgic.lock().lpi_unmap(ite.intid, kick);
+        vgic_under(vgic, its, r).lpi_unmap(ite.intid, kick);
         Ok(())
     }
 
     /// INV (IHI 0069 §5.3, INV): reload priority and enable of one LPI.
-    fn cmd_inv(
-        &self,
+    fn cmd_inv<'a>(
+        &'a self,
+        held: &mut Held<'a>,
         device: u32,
         event: u32,
-        mem: &dyn GuestMemory,
+        mem: &mut RunMem<'_>,
         kick: &mut Kick,
     ) -> Result<(), CmdError> {
-        let ite = Self::ite(&self.routes.lock(), device, event)?;
-        let cfg = lpi_config(self.vgic.lock().propbaser(), ite.intid, mem);
-        let _routes = self.routes.lock();
-        let mut st = self.vgic.lock();
-        // vITS invariant 3: apply only to the mapping we looked up.
+        let Held { its, routes, vgic } = held;
+        let r = routes_of(routes, its);
+        let ite = Self::ite(r, device, event)?;
+        let st = vgic_under(vgic, its, r);
+        let cfg = mem.lpi_config(st.propbaser(), ite.intid);
         st.lpi_set_config(ite.intid, ite.gen, cfg, kick);
-        drop(st);
-        self.inv_direct(device, event, &ite);
+        if ite.direct {
+            *vgic = None;
+            self.inv_direct(device, event, &ite);
+        }
         Ok(())
     }
 
@@ -1218,22 +1410,15 @@ impl Vits {
         max: u32,
     ) -> WalkResult {
         self.check_icid(q, icid)?;
-        let (hits, next, scanned) = {
-            let routes = self.routes.lock();
-            if !routes.collections.contains(icid) {
-                return Err(CmdError::CollectionUnmapped(icid));
-            }
-            scan(&routes, icid, after, max)
-        };
-        // Guest memory is read with no lock held.
-        let propbaser = self.vgic.lock().propbaser();
-        let cfgs: Vec<LpiConfig> = hits
-            .iter()
-            .map(|&(_, _, i)| lpi_config(propbaser, i.intid, mem))
-            .collect();
-        let _routes = self.routes.lock();
+        let routes = self.routes.lock();
+        if !routes.collections.contains(icid) {
+            return Err(CmdError::CollectionUnmapped(icid));
+        }
+        let (hits, next, scanned) = scan(&routes, icid, after, max);
         let mut st = self.vgic.lock();
-        for (&(_, _, ite), cfg) in hits.iter().zip(cfgs) {
+        let props = PropTable::new(st.propbaser(), mem);
+        for &(_, _, ite) in &hits {
+            let cfg = lpi_config(&props, ite.intid, mem);
             st.lpi_set_config(ite.intid, ite.gen, cfg, kick);
         }
         drop(st);
@@ -1244,33 +1429,49 @@ impl Vits {
     }
 
     /// INT (IHI 0069 §5.3, INT): as if the device had written TRANSLATER.
-    fn cmd_int(&self, device: u32, event: u32, kick: &mut Kick) -> Result<(), CmdError> {
-        let routes = self.routes.lock();
-        let ite = Self::ite(&routes, device, event)?;
-        let vcpu = routes
+    fn cmd_int<'a>(
+        &'a self,
+        held: &mut Held<'a>,
+        device: u32,
+        event: u32,
+        kick: &mut Kick,
+    ) -> Result<(), CmdError> {
+        let Held { its, routes, vgic } = held;
+        let r = routes_of(routes, its);
+        let ite = Self::ite(r, device, event)?;
+        let vcpu = r
             .collections
             .get(ite.icid)
             .ok_or(CmdError::CollectionUnmapped(ite.icid))?;
-        if ite.direct && self.raise_direct(device, event) {
-            return Ok(());
+        if ite.direct {
+            *vgic = None;
+            if self.raise_direct(device, event) {
+                return Ok(());
+            }
         }
-        self.vgic
-            .lock()
-            .lpi_set_pending(ite.intid, None, Some(vcpu), kick);
+        vgic_under(vgic, its, r).lpi_set_pending(ite.intid, None, Some(vcpu), kick);
         Ok(())
     }
 
     /// CLEAR (IHI 0069 §5.3, CLEAR).
-    fn cmd_clear(&self, device: u32, event: u32, kick: &mut Kick) -> Result<(), CmdError> {
-        let routes = self.routes.lock();
-        let ite = Self::ite(&routes, device, event)?;
-        if !routes.collections.contains(ite.icid) {
+    fn cmd_clear<'a>(
+        &'a self,
+        held: &mut Held<'a>,
+        device: u32,
+        event: u32,
+        kick: &mut Kick,
+    ) -> Result<(), CmdError> {
+        let Held { its, routes, vgic } = held;
+        let r = routes_of(routes, its);
+        let ite = Self::ite(r, device, event)?;
+        if !r.collections.contains(ite.icid) {
             return Err(CmdError::CollectionUnmapped(ite.icid));
         }
         if let Some(m) = self.mirror_for(device) {
+            *vgic = None;
             m.clear_event(device, event);
         }
-        self.vgic.lock().lpi_clear_pending(ite.intid, kick);
+        vgic_under(vgic, its, r).lpi_clear_pending(ite.intid, kick);
         Ok(())
     }
 
@@ -1561,17 +1762,6 @@ fn translater_w(its: &Vits, a: &Acc, value: u64, _: &dyn GuestMemory) -> Kick {
         .unwrap_or_default()
 }
 
-/// Whether `cmd` may walk mappings (and so run in parts: `Vits::step`).
-fn walks(cmd: &Command) -> bool {
-    matches!(
-        cmd,
-        Command::Mapd { .. }
-            | Command::Mapc { .. }
-            | Command::Invall { .. }
-            | Command::Movall { .. }
-    )
-}
-
 /// The mappings of collection `icid` in (DeviceID, EventID) order after
 /// `after`, scanning at most `max` mappings: (DeviceID, EventID, ITE) of
 /// those that match, the cursor to resume from if the scan stopped early
@@ -1583,12 +1773,10 @@ fn scan(
     after: Option<(u32, u32)>,
     max: u32,
 ) -> (Vec<(u32, u32, Ite)>, Option<(u32, u32)>, u32) {
-    use core::ops::Bound::{Included, Unbounded};
     let mut hits = Vec::new();
     let mut scanned = 0u32;
     let mut last = after;
-    let first = after.map_or(Unbounded, |(d, _)| Included(d));
-    for (&device, dev) in routes.devices.range((first, Unbounded)) {
+    for (device, dev) in routes.devices.from(after.map_or(0, |(d, _)| d)) {
         let from = match after {
             Some((d, e)) if d == device => e as usize + 1,
             _ => 0,

@@ -33,7 +33,7 @@ pub mod hostlpi;
 pub mod its;
 pub mod mirror;
 
-pub use cmd::Command;
+pub use cmd::{Command, RawCommand};
 pub use its::{
     CmdError, Mirror, TranslateError, Vits, VitsConfig, GITS_SIZE, GITS_TRANSLATER, HEAP_AT_QUOTA,
     ITT_ENTRY_SIZE, MAX_MAPPINGS, SLICE, TABLE_ENTRY_SIZE, TABLE_PAGE, VITS_IIDR,
