@@ -1,10 +1,11 @@
 //! The fuzz targets and their seeds. Each reads its input as a program
 //! ([`Input`]) and panics on anything Vigil must never do.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use vigil_vgic::sim::SimCpu;
-use vigil_vgic::{GuestMemory, MemError, Vgic, VgicConfig, GICR_STRIDE};
+use vigil_vgic::{GuestMemory, MemError, RamWindow, Vgic, VgicConfig, GICR_STRIDE};
 use vigil_vits::{Command, Vits, VitsConfig};
 use vigil_vm::esr::{Esr, MmioAccess};
 
@@ -67,21 +68,32 @@ const PEND_TABLE: u64 = RAM + 0x5_0000;
 const ITT_BASE: u64 = RAM + 0xa_0000;
 const VALID: u64 = 1 << 63;
 
-struct Ram(Mutex<Vec<u8>>);
+/// Accessed only atomically (`vigil_guestmem`), as Vigil accesses a
+/// guest's RAM, so the vITS may read it through windows.
+struct Ram {
+    words: Box<[AtomicU64]>,
+    /// Whether `window` gives windows (the input picks; without, every
+    /// read goes through `read`).
+    windows: bool,
+}
 
 impl Ram {
-    fn new() -> Self {
-        Self(Mutex::new(vec![0; RAM_SIZE as usize]))
+    fn new(windows: bool) -> Self {
+        Self {
+            words: (0..RAM_SIZE / 8).map(|_| AtomicU64::new(0)).collect(),
+            windows,
+        }
+    }
+
+    fn at(&self, gpa: u64) -> *mut u8 {
+        let base: *const u8 = self.words.as_ptr().cast();
+        base.wrapping_add((gpa - RAM) as usize) as *mut u8
     }
 
     fn write(&self, gpa: u64, bytes: &[u8]) {
-        let Some(off) = gpa.checked_sub(RAM) else {
-            return;
-        };
-        let mut d = self.0.lock().unwrap();
-        let off = off as usize;
-        if off + bytes.len() <= d.len() {
-            d[off..off + bytes.len()].copy_from_slice(bytes);
+        if self.is_ram(gpa, bytes.len() as u64) {
+            // SAFETY: inside `words` (checked), only accessed atomically.
+            unsafe { vigil_guestmem::write(self.at(gpa), bytes) };
         }
     }
 }
@@ -95,9 +107,17 @@ impl GuestMemory for Ram {
         if !self.is_ram(gpa, buf.len() as u64) {
             return Err(MemError::OutOfRam);
         }
-        let off = (gpa - RAM) as usize;
-        buf.copy_from_slice(&self.0.lock().unwrap()[off..off + buf.len()]);
+        // SAFETY: inside `words` (checked), only accessed atomically.
+        unsafe { vigil_guestmem::read(self.at(gpa), buf) };
         Ok(())
+    }
+
+    fn window(&self, gpa: u64, len: u64) -> Option<RamWindow<'_>> {
+        if !self.windows || !self.is_ram(gpa, len) {
+            return None;
+        }
+        // SAFETY: as in `read`, for as long as `self` is borrowed.
+        Some(unsafe { RamWindow::new(self.at(gpa), len as usize) })
     }
 }
 
@@ -145,11 +165,13 @@ fn vits(data: &[u8]) {
             ..VitsConfig::default()
         },
     );
-    let ram = Ram::new();
+    let setup = inp.u8();
+    // Bit 1: RAM read byte by byte, not through windows.
+    let ram = Ram::new(setup & 2 == 0);
     let mut cpus: Vec<SimCpu> = (0..n).map(|v| SimCpu::new(v, 4)).collect();
     // As a guest driver sets it up (valid flat tables, LPIs on) unless the
     // input's first byte says to start bare.
-    if inp.u8() & 1 == 0 {
+    if setup & 1 == 0 {
         its.mmio_write(0x100, 8, VALID | DEV_TABLE, &ram);
         its.mmio_write(0x108, 8, VALID | COLL_TABLE, &ram);
         its.mmio_write(0x80, 8, VALID | CMDQ | (CMDQ_SIZE / 4096 - 1), &ram);
@@ -246,8 +268,12 @@ fn vits_seeds() -> Vec<Vec<u8>> {
         event: 2,
     }));
     s.extend([5, 1, 0, 0, 0, 2, 0, 0, 0, 7, 1, 3]);
+    // The same with RAM read byte by byte (no windows).
+    let mut bytewise = s.clone();
+    bytewise[2] = 2;
     vec![
         s,
+        bytewise,
         vec![1, 1, 1, 2, 0x88, 0, 0, 0, 3, 0xff, 0xff, 0, 0, 0, 0, 0, 0],
     ]
 }
@@ -261,7 +287,7 @@ fn vgic(data: &[u8]) {
     let n = 1 + usize::from(inp.u8() % 4);
     let g = Vgic::new(&VgicConfig::simple(n));
     let mut cpus: Vec<SimCpu> = (0..n).map(|v| SimCpu::new(v, 4)).collect();
-    let ram = Ram::new();
+    let ram = Ram::new(true);
     let mut ops = 0;
     while !inp.is_empty() && ops < 512 {
         ops += 1;
