@@ -8,7 +8,8 @@
 //!    collection table. Held for every lookup or change of a route.
 //! 3. The VM's [`Vgic`] state lock — per-LPI and per-vCPU interrupt state.
 //! 4. The [`Mirror`] (the hypervisor's passthrough of a real device) is
-//!    called with 1 and 2 held and never with 3: it takes its own locks
+//!    called with 1 and 2 held (1 alone for MAPC's moves) and never with
+//!    3: it takes its own locks
 //!    (its device map, then the physical ITS queue) and may wait for the
 //!    host-LPI acknowledgement windows, which hold no lock
 //!    ([`crate::hostlpi`]).
@@ -538,8 +539,9 @@ impl<'m> RunMem<'m> {
 /// whose MSIs arrive as host LPIs (the hypervisor mirrors the guest's
 /// mappings onto it, as Xen does for its hardware domain).
 ///
-/// Every call is made with the route lock held, after the virtual route
-/// changed and before the command completes: when a DISCARD or MAPD(V=0)
+/// Every call is made with the route lock held (but MAPC's moves, made
+/// with only the queue lock), after the virtual route changed and before
+/// the command completes: when a DISCARD or MAPD(V=0)
 /// returns to the guest, the physical mapping is gone too (vITS invariant
 /// 2 on the passthrough path). Implementations may take their own locks
 /// (the physical command queue) but never the vITS's or the vGIC's.
@@ -1219,9 +1221,10 @@ impl Vits {
             }
         }
         drop(routes);
-        // The mirror runs below the route lock only, never under the
-        // vGIC's (lock order, item 4). Routes cannot change meanwhile:
-        // only this queue's commands change them, and they run in order.
+        // The mirror runs with only the queue lock held, the route lock
+        // dropped above and never the vGIC's (lock order, item 4). Routes
+        // cannot change meanwhile: only this queue's commands change them,
+        // and they run in order under the queue lock.
         for &(device, event, _) in &hits {
             if let Some(m) = self.mirror_for(device) {
                 m.move_event(device, event, vcpu);
