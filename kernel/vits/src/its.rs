@@ -424,6 +424,7 @@ impl CmdQueue {
 /// Commands a run holds locks 2 and 3 over ([`Held`]): it bounds how long
 /// an injection on another CPU, or another vCPU's exit, waits for them.
 const RUN: u32 = 16;
+const _: () = assert!(RUN.is_power_of_two());
 
 /// Locks 2 and 3 as a run of commands holds them: taken by the first
 /// command that needs them, kept for the next ones (up to [`RUN`]) so that
@@ -836,7 +837,6 @@ impl Vits {
         let window = mem.window(base, size);
         let mut run_mem = RunMem::new(mem);
         let mut held = Held::new(self);
-        let mut run = 0;
         while !q.stalled && q.creadr != q.cwriter {
             if budget == 0 {
                 // The rest waits for the next slice; CREADR shows how far
@@ -864,33 +864,34 @@ impl Vits {
             let raw = RawCommand(dw);
             let res = if q.walk.is_none() && !raw.walks() {
                 // The common case: a command that walks nothing, none
-                // half-done, in the run.
-                budget -= 1;
-                run += 1;
-                if run > RUN {
+                // half-done, in the run. A run ends every RUN commands of
+                // the budget: at most RUN commands since the last release
+                // (walks release too).
+                if budget.is_multiple_of(RUN) {
                     held.release();
-                    run = 1;
                 }
+                budget -= 1;
                 self.execute(q, &mut held, raw, &mut run_mem, &mut kick)
                     .map(|()| true)
             } else {
                 held.release();
-                match Command::decode(dw) {
+                let res = match Command::decode(dw) {
                     Ok(cmd) => self.step(q, &cmd, raw, mem, &mut kick, &mut budget),
                     Err(op) => {
                         budget -= 1;
                         Err(CmdError::UnknownCommand(op))
                     }
+                };
+                if res != Ok(false) && q.walk.is_some() {
+                    q.walk = None;
                 }
+                res
             };
             if res == Ok(false) {
                 // A walk stopped midway: CREADR stays on its command.
                 self.unfinished
                     .store(true, core::sync::atomic::Ordering::Release);
                 return kick;
-            }
-            if q.walk.is_some() {
-                q.walk = None;
             }
             if let Err(e) = res {
                 // The error policy: ignore the command and continue. Logged
