@@ -1229,25 +1229,20 @@ impl VgicState {
         kick: &mut Kick,
     ) -> Option<u64> {
         let priority = cfg.priority & self.pri_mask;
-        let next_gen = self.next_gen;
         let irq = self.lpis.slot(intid)?;
+        if irq.map_refs == 0 {
+            // Its block was just allocated: the common case maps it.
+            return self.lpi_map(intid, target, cfg, kick);
+        }
         irq.priority = priority;
         irq.enabled = cfg.enabled;
-        if irq.map_refs > 0 {
-            irq.map_refs += 1;
-            if target.is_some() {
-                irq.target = target;
-            }
-            let gen = irq.gen;
-            self.queue(0, intid, kick);
-            return Some(gen);
+        irq.map_refs += 1;
+        if target.is_some() {
+            irq.target = target;
         }
-        irq.map_refs = 1;
-        irq.gen = next_gen;
-        irq.target = target;
-        self.next_gen += 1;
-        self.lpis.note_mapped();
-        Some(next_gen)
+        let gen = irq.gen;
+        self.queue(0, intid, kick);
+        Some(gen)
     }
 
     /// One ITE fewer maps to `intid` (DISCARD, MAPD V=0). When it was the
